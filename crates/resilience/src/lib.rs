@@ -1,1 +1,37 @@
-//! placeholder
+//! Tower layers that let a service survive its dependencies.
+//!
+//! Every call between services fails in new ways: the network drops, the dependency
+//! slows down, a deploy restarts it, a burst overloads it. This crate gives a tokio/tower
+//! service the classic defences as middleware, one module per strategy:
+//!
+//! | module | protects against |
+//! |---|---|
+//! | [`backoff`] | retry storms: spaces retries out, with jitter |
+//! | `retry` | transient failures, with a shared retry budget |
+//! | `timeout` | calls that hang |
+//! | `bulkhead` | one slow dependency exhausting every worker |
+//! | `fallback` | a failure reaching the user when a degraded answer would do |
+//! | `rate_limit` | calling a dependency faster than it (or its contract) allows |
+//! | `pipeline` | getting the order of all of the above wrong |
+//!
+//! Each layer's error is a concrete type (`Elapsed`, `RetriesExhausted`,
+//! `BulkheadFull`, `RateLimited`, `FallbackFailed`)
+//! returned through [`BoxError`] exactly as tower's own layers do, so axum's
+//! `HandleErrorLayer` and tonic work unchanged and a caller tells a timeout from the inner
+//! error by type (`err.is::<Elapsed>()`), never by string. The `pipeline` adds one typed
+//! enum on top.
+//!
+//! Time comes from `tokio::time`, so every schedule is testable under a paused clock.
+//! Configuration is validated when built: a bad value is a [`ConfigError`], never a panic.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod duration_serde;
+mod error;
+pub(crate) mod rng;
+
+pub mod backoff;
+
+pub use error::ConfigError;
+
+/// The error type every layer of this crate returns, as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,0 +1,250 @@
+//! The envelope ↔ broker header mapping shared by the broker backends.
+//!
+//! Every broker carries string name/value pairs next to a binary body (AMQP headers,
+//! Kafka headers, Redis stream fields, NATS headers), so one mapping serves all of
+//! them:
+//!
+//! - envelope attributes travel under their CloudEvents binary-mode names with the
+//!   `ce_` prefix (`ce_id`, `ce_type`, `ce_source`, `ce_subject`, `ce_time`), plus
+//!   `content-type`, `ce_correlationid` and `ce_causationid`;
+//! - free headers travel under their own names, except that a name which would read
+//!   as a reserved one (starting with `ce_`, `x-palisade-` or `\`, or equal to
+//!   `content-type`) is escaped with a leading `\`, so no free header can overwrite an
+//!   attribute and every name comes back exactly;
+//! - names starting with `x-palisade-` are the backends' own transport metadata
+//!   (attempt counters), never shown as free headers.
+//!
+//! Times are written as RFC 3339 with nanoseconds, so they round-trip exactly.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use uuid::Uuid;
+
+use crate::envelope::Envelope;
+use crate::error::Error;
+
+/// `id`.
+pub(crate) const ID: &str = "ce_id";
+/// `type`.
+pub(crate) const TYPE: &str = "ce_type";
+/// `source`.
+pub(crate) const SOURCE: &str = "ce_source";
+/// `subject`, our ordering key.
+pub(crate) const SUBJECT: &str = "ce_subject";
+/// `time`.
+pub(crate) const TIME: &str = "ce_time";
+/// `datacontenttype` (binary mode uses the transport's content type header).
+pub(crate) const CONTENT_TYPE: &str = "content-type";
+/// Correlation id (a CloudEvents extension attribute).
+pub(crate) const CORRELATION_ID: &str = "ce_correlationid";
+/// Causation id (a CloudEvents extension attribute).
+pub(crate) const CAUSATION_ID: &str = "ce_causationid";
+/// Prefix of the backends' own transport metadata.
+pub(crate) const INTERNAL_PREFIX: &str = "x-palisade-";
+/// Free header carrying a dead letter's reason.
+pub(crate) const DEAD_LETTER_REASON: &str = "palisade-dead-letter-reason";
+
+const ESCAPE: char = '\\';
+
+fn needs_escape(name: &str) -> bool {
+    name.starts_with("ce_")
+        || name.starts_with(INTERNAL_PREFIX)
+        || name.starts_with(ESCAPE)
+        || name == CONTENT_TYPE
+}
+
+/// The wire name of a free header.
+pub(crate) fn escape(name: &str) -> std::borrow::Cow<'_, str> {
+    if needs_escape(name) {
+        std::borrow::Cow::Owned(format!("{ESCAPE}{name}"))
+    } else {
+        std::borrow::Cow::Borrowed(name)
+    }
+}
+
+/// Formats a time so it parses back to the same instant, nanoseconds included.
+pub(crate) fn format_time(time: &DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// The envelope's attributes and free headers as wire pairs (the payload travels as
+/// the body, separately). Absent optional attributes are left out.
+pub(crate) fn encode(envelope: &Envelope) -> Vec<(std::borrow::Cow<'_, str>, String)> {
+    use std::borrow::Cow::Borrowed;
+    let mut pairs = Vec::with_capacity(8 + envelope.headers.len());
+    pairs.push((Borrowed(ID), envelope.id.to_string()));
+    pairs.push((Borrowed(TYPE), envelope.event_type.clone()));
+    pairs.push((Borrowed(SOURCE), envelope.source.clone()));
+    pairs.push((Borrowed(TIME), format_time(&envelope.time)));
+    pairs.push((Borrowed(CONTENT_TYPE), envelope.content_type.clone()));
+    if let Some(key) = &envelope.key {
+        pairs.push((Borrowed(SUBJECT), key.clone()));
+    }
+    if let Some(id) = &envelope.correlation_id {
+        pairs.push((Borrowed(CORRELATION_ID), id.clone()));
+    }
+    if let Some(id) = &envelope.causation_id {
+        pairs.push((Borrowed(CAUSATION_ID), id.clone()));
+    }
+    for (name, value) in &envelope.headers {
+        pairs.push((escape(name), value.clone()));
+    }
+    pairs
+}
+
+/// Builds an envelope back from wire pairs and the body.
+///
+/// Missing or unreadable required attributes (`ce_id`, `ce_type`, `ce_source`,
+/// `ce_time`, `content-type`) are [`Error::Malformed`]; `x-palisade-*` pairs are
+/// skipped; everything else is a free header.
+pub(crate) fn decode<'a, I>(pairs: I, payload: Bytes) -> Result<Envelope, Error>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
+    let mut id = None;
+    let mut event_type = None;
+    let mut source = None;
+    let mut time = None;
+    let mut content_type = None;
+    let mut key = None;
+    let mut correlation_id = None;
+    let mut causation_id = None;
+    let mut headers = BTreeMap::new();
+    for (name, value) in pairs {
+        match name {
+            ID => id = Some(value),
+            TYPE => event_type = Some(value),
+            SOURCE => source = Some(value),
+            TIME => time = Some(value),
+            CONTENT_TYPE => content_type = Some(value),
+            SUBJECT => key = Some(value.to_owned()),
+            CORRELATION_ID => correlation_id = Some(value.to_owned()),
+            CAUSATION_ID => causation_id = Some(value.to_owned()),
+            _ if name.starts_with(INTERNAL_PREFIX) => {}
+            _ => {
+                let name = name.strip_prefix(ESCAPE).unwrap_or(name);
+                headers.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+    let id = required(ID, id)?;
+    let id = Uuid::parse_str(id).map_err(|e| malformed(format!("{ID} {id:?}: {e}")))?;
+    let time = required(TIME, time)?;
+    let time = DateTime::parse_from_rfc3339(time)
+        .map_err(|e| malformed(format!("{TIME} {time:?}: {e}")))?
+        .with_timezone(&Utc);
+    Ok(Envelope {
+        id,
+        event_type: required(TYPE, event_type)?.to_owned(),
+        source: required(SOURCE, source)?.to_owned(),
+        key,
+        time,
+        content_type: required(CONTENT_TYPE, content_type)?.to_owned(),
+        correlation_id,
+        causation_id,
+        headers,
+        payload,
+    })
+}
+
+fn required<'a>(name: &str, value: Option<&'a str>) -> Result<&'a str, Error> {
+    value.ok_or_else(|| malformed(format!("missing required attribute {name}")))
+}
+
+/// An [`Error::Malformed`] with `reason`.
+pub(crate) fn malformed(reason: impl Into<String>) -> Error {
+    Error::Malformed {
+        reason: reason.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn decode_pairs(
+        pairs: &[(std::borrow::Cow<'_, str>, String)],
+        payload: Bytes,
+    ) -> Result<Envelope, Error> {
+        decode(pairs.iter().map(|(n, v)| (n.as_ref(), v.as_str())), payload)
+    }
+
+    #[test]
+    fn full_envelope_round_trips() -> Result<(), Error> {
+        let envelope = Envelope::new("order.placed", "orders", b"{}".to_vec())
+            .with_key("k")
+            .with_correlation_id("c")
+            .with_causation_id("z")
+            .with_header("tenant", "acme")
+            .with_header("ce_type", "sneaky")
+            .with_header("content-type", "text/plain")
+            .with_header("x-palisade-attempt", "9")
+            .with_header("\\odd", "1");
+        let pairs = encode(&envelope);
+        let back = decode_pairs(&pairs, envelope.payload.clone())?;
+        assert_eq!(back, envelope);
+        Ok(())
+    }
+
+    #[test]
+    fn missing_required_attribute_is_malformed_not_a_panic() {
+        let envelope = Envelope::new("t", "s", Vec::new());
+        for required in [ID, TYPE, SOURCE, TIME, CONTENT_TYPE] {
+            let pairs: Vec<_> = encode(&envelope)
+                .into_iter()
+                .filter(|(n, _)| n != required)
+                .collect();
+            let result = decode_pairs(&pairs, Bytes::new());
+            assert!(matches!(result, Err(Error::Malformed { .. })), "{required}");
+        }
+    }
+
+    #[test]
+    fn unreadable_id_or_time_is_malformed() {
+        let envelope = Envelope::new("t", "s", Vec::new());
+        for (name, bad) in [(ID, "not-a-uuid"), (TIME, "yesterday")] {
+            let pairs: Vec<_> = encode(&envelope)
+                .into_iter()
+                .map(|(n, v)| {
+                    if n == name {
+                        (n, bad.to_owned())
+                    } else {
+                        (n, v)
+                    }
+                })
+                .collect();
+            assert!(matches!(
+                decode_pairs(&pairs, Bytes::new()),
+                Err(Error::Malformed { .. })
+            ));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_envelope_round_trips(
+            event_type in ".*",
+            source in ".*",
+            key in proptest::option::of(".*"),
+            correlation in proptest::option::of(".*"),
+            causation in proptest::option::of(".*"),
+            headers in proptest::collection::btree_map(".*", ".*", 0..6),
+            nanos in 0i64..4_000_000_000_000_000_000,
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut envelope = Envelope::new(event_type, source, payload);
+            envelope.key = key;
+            envelope.correlation_id = correlation;
+            envelope.causation_id = causation;
+            envelope.headers = headers;
+            envelope.time = DateTime::from_timestamp_nanos(nanos);
+            let pairs = encode(&envelope);
+            let back = decode_pairs(&pairs, envelope.payload.clone());
+            prop_assert_eq!(back.ok(), Some(envelope));
+        }
+    }
+}

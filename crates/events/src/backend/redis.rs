@@ -1,0 +1,638 @@
+//! Redis Streams backend.
+//!
+//! A topic is a stream, a consumer group is a stream consumer group, and each
+//! subscription is one consumer of that group with a name of its own.
+//!
+//! - **Publish**: `XADD <topic> MAXLEN ~ <n> * …fields`; the reply (the entry id) is
+//!   the confirmation. [`Publisher::publish_batch`] pipelines the `XADD`s in one round
+//!   trip.
+//! - **Envelope mapping**: one stream field per attribute (`ce_id`, `ce_type`,
+//!   `ce_source`, `ce_subject`, `ce_time`, `content-type`, `ce_correlationid`,
+//!   `ce_causationid`), one per free header, and the payload in `ce_data`. An entry
+//!   without the required fields is handed out as [`Delivery::malformed`], to be
+//!   dead-lettered with its fields intact.
+//! - **Consume**: `XREADGROUP … >` for new entries, at most `prefetch` unsettled at
+//!   once; every [`RedisOptions::claim_idle`] the subscription also runs `XAUTOCLAIM`
+//!   to take over entries that another member read but never settled (a consumer that
+//!   died). That is how an unacknowledged delivery is delivered again: dropping a
+//!   [`Delivery`] leaves its entry pending until a member claims it.
+//! - **Settle**: ack is `XACK`; retry re-adds the entry to the stream with its attempt
+//!   counter raised and acks the original in one `MULTI`, after the delay (a process
+//!   that dies during the delay leaves the original pending, so it is claimed again —
+//!   nothing is lost); dead-letter adds the entry, with the reason in the
+//!   `palisade-dead-letter-reason` field, to `<topic>.dlq` and acks the original in
+//!   one `MULTI`.
+//! - **Connections**: publishing and settling share one auto-reconnecting
+//!   [`ConnectionManager`]; each subscription reads on a connection of its own (a
+//!   blocking `XREADGROUP` would stall everything behind it) and retries with backoff
+//!   while Redis is away.
+//!
+//! A new group starts at the beginning of the stream (`XGROUP CREATE … 0 MKSTREAM`),
+//! so it sees the events still retained by `MAXLEN`. Order: a stream is totally
+//! ordered and one consumer reads it in order; members of one group split the work
+//! entry by entry, so order per key holds within a member, not across members.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use palisade_events::backend::redis::RedisBus;
+//! use palisade_events::{Envelope, Publisher, Subscriber, Subscription};
+//!
+//! # async fn run() -> Result<(), palisade_events::Error> {
+//! let bus = RedisBus::connect("redis://127.0.0.1:6379").await?;
+//! let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+//! bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+//! if let Some(delivery) = deliveries.next().await {
+//!     delivery?.ack().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::{Client, Value};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::time::Instant;
+
+use super::headers;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::publisher::{BoxFuture, Publisher};
+use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
+
+const BACKEND: &str = "redis";
+/// The stream field carrying the payload.
+const DATA: &str = "ce_data";
+/// The stream field counting deliveries across re-adds by `retry`.
+const ATTEMPT: &str = "x-palisade-attempt";
+
+/// Options of a [`RedisBus`], with documented defaults.
+///
+/// ```
+/// use std::time::Duration;
+/// use palisade_events::backend::redis::RedisOptions;
+///
+/// let options = RedisOptions::new("redis://127.0.0.1:6379")
+///     .max_len(Some(100_000))
+///     .claim_idle(Duration::from_secs(10));
+/// assert_eq!(options.url(), "redis://127.0.0.1:6379");
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    url: String,
+    max_len: Option<usize>,
+    block: Duration,
+    claim_idle: Duration,
+    response_timeout: Duration,
+    dead_letter_suffix: String,
+}
+
+impl RedisOptions {
+    /// Options for the Redis server at `url` with every default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_len: Some(1_000_000),
+            block: Duration::from_secs(1),
+            claim_idle: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(5),
+            dead_letter_suffix: ".dlq".to_owned(),
+        }
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Approximate cap on a stream's length (`MAXLEN ~`). Default: 1,000,000 entries,
+    /// a bound on memory that still keeps hours of history at typical rates. `None`
+    /// never trims. Entries trimmed before a group read them are lost to that group.
+    #[must_use]
+    pub fn max_len(mut self, max_len: Option<usize>) -> Self {
+        self.max_len = max_len;
+        self
+    }
+
+    /// How long one `XREADGROUP` blocks waiting for entries. Default: 1 s; also bounds
+    /// how often stale entries are looked for.
+    #[must_use]
+    pub fn block(mut self, block: Duration) -> Self {
+        self.block = block.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long an entry stays pending with another member before this subscription
+    /// claims it (`XAUTOCLAIM` min-idle-time). Default: 30 s — longer than a handler
+    /// normally runs, so live members are not robbed, short enough that a crashed
+    /// member's work resumes quickly.
+    #[must_use]
+    pub fn claim_idle(mut self, claim_idle: Duration) -> Self {
+        self.claim_idle = claim_idle.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How long a command may wait for its reply before it fails. Default: 5 s, well
+    /// above a pipelined batch's round trip on a loaded machine.
+    #[must_use]
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+
+    /// Suffix of the dead-letter stream's name. Default: `.dlq` (`orders.dlq`).
+    #[must_use]
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dead_letter_suffix = suffix.into();
+        self
+    }
+}
+
+/// Publisher and subscriber over Redis Streams. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBus {
+    client: Client,
+    conn: ConnectionManager,
+    options: Arc<RedisOptions>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBus {
+    /// Connects to the Redis server at `url` with default [`RedisOptions`].
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::with_options(RedisOptions::new(url)).await
+    }
+
+    /// Connects with `options`.
+    pub async fn with_options(options: RedisOptions) -> Result<Self, Error> {
+        let client =
+            Client::open(options.url.as_str()).map_err(|e| Error::connection(BACKEND, e))?;
+        let conn = manager(&client, options.response_timeout).await?;
+        Ok(Self {
+            client,
+            conn,
+            options: Arc::new(options),
+        })
+    }
+
+    /// The name of `topic`'s dead-letter stream.
+    pub fn dead_letter_topic(&self, topic: &str) -> String {
+        format!("{topic}{}", self.options.dead_letter_suffix)
+    }
+
+    fn xadd(&self, cmd: &mut redis::Cmd, topic: &str) {
+        xadd_head(cmd, topic, self.options.max_len);
+    }
+}
+
+async fn manager(client: &Client, response_timeout: Duration) -> Result<ConnectionManager, Error> {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(response_timeout))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_max_delay(Duration::from_secs(5));
+    ConnectionManager::new_with_config(client.clone(), config)
+        .await
+        .map_err(|e| Error::connection(BACKEND, e))
+}
+
+fn xadd_head(cmd: &mut redis::Cmd, topic: &str, max_len: Option<usize>) {
+    cmd.arg(topic);
+    if let Some(n) = max_len {
+        cmd.arg("MAXLEN").arg("~").arg(n);
+    }
+    cmd.arg("*");
+}
+
+fn xadd_envelope(cmd: &mut redis::Cmd, envelope: &Envelope) {
+    for (name, value) in headers::encode(envelope) {
+        cmd.arg(name.as_ref()).arg(value);
+    }
+    cmd.arg(DATA).arg(envelope.payload.as_ref());
+}
+
+fn redis_error(e: redis::RedisError) -> Error {
+    if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
+    {
+        Error::connection(BACKEND, e)
+    } else {
+        Error::broker(BACKEND, e)
+    }
+}
+
+impl Publisher for RedisBus {
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
+        let mut cmd = redis::cmd("XADD");
+        self.xadd(&mut cmd, topic);
+        xadd_envelope(&mut cmd, &envelope);
+        let mut conn = self.conn.clone();
+        let _id: String = cmd.query_async(&mut conn).await.map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
+        if envelopes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for envelope in &envelopes {
+            let mut cmd = redis::cmd("XADD");
+            self.xadd(&mut cmd, topic);
+            xadd_envelope(&mut cmd, envelope);
+            pipe.add_command(cmd);
+        }
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        if ids.len() != envelopes.len() {
+            return Err(Error::NotConfirmed {
+                reason: format!("{} of {} XADDs answered", ids.len(), envelopes.len()),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Subscriber for RedisBus {
+    async fn subscribe(&self, subscription: &Subscription) -> Result<DeliveryStream, Error> {
+        let mut conn = self.conn.clone();
+        let created: Result<(), redis::RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&subscription.topic)
+            .arg(&subscription.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(redis_error(e)),
+        }
+        // A blocking read needs a connection of its own, with a reply timeout longer
+        // than the block.
+        let reader = manager(
+            &self.client,
+            self.options.response_timeout + self.options.block,
+        )
+        .await?;
+        let shared = Arc::new(Shared {
+            conn: self.conn.clone(),
+            stream: subscription.topic.clone(),
+            group: subscription.group.clone(),
+            dead_letter: self.dead_letter_topic(&subscription.topic),
+            max_len: self.options.max_len,
+        });
+        let prefetch = subscription.prefetch.max(1);
+        let (tx, mut rx) = mpsc::channel(prefetch);
+        let consumer = Consumer {
+            shared,
+            reader,
+            name: format!("{}-{}", subscription.group, uuid::Uuid::now_v7()),
+            permits: Arc::new(Semaphore::new(prefetch)),
+            batch: prefetch,
+            block: self.options.block.min(self.options.claim_idle),
+            claim_idle: self.options.claim_idle,
+            tx,
+        };
+        tokio::spawn(consumer.run());
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+}
+
+/// What every delivery of one subscription needs to settle itself.
+struct Shared {
+    conn: ConnectionManager,
+    stream: String,
+    group: String,
+    dead_letter: String,
+    max_len: Option<usize>,
+}
+
+/// The task behind one subscription.
+struct Consumer {
+    shared: Arc<Shared>,
+    reader: ConnectionManager,
+    name: String,
+    permits: Arc<Semaphore>,
+    batch: usize,
+    block: Duration,
+    claim_idle: Duration,
+    tx: mpsc::Sender<Result<Delivery, Error>>,
+}
+
+impl Consumer {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(50);
+        let mut claim_cursor = "0-0".to_owned();
+        let mut next_claim = Instant::now() + self.claim_idle;
+        let tx = self.tx.clone();
+        loop {
+            let first = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                () = self.tx.closed() => return,
+            };
+            let mut permits = vec![first];
+            while permits.len() < self.batch {
+                match self.permits.clone().try_acquire_owned() {
+                    Ok(permit) => permits.push(permit),
+                    Err(_) => break,
+                }
+            }
+            let fetched = if Instant::now() >= next_claim {
+                let claimed = self.claim(&mut claim_cursor, permits.len()).await;
+                if claim_cursor == "0-0" {
+                    next_claim = Instant::now() + self.claim_idle / 2;
+                }
+                claimed
+            } else {
+                tokio::select! {
+                    read = self.read(permits.len()) => read,
+                    () = tx.closed() => return,
+                }
+            };
+            match fetched {
+                Ok(entries) => {
+                    backoff = Duration::from_millis(50);
+                    for (entry, attempt) in entries {
+                        let Some(permit) = permits.pop() else { break };
+                        let delivery = self.delivery(entry, attempt, permit);
+                        if self.tx.send(Ok(delivery)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(stream = %self.shared.stream, group = %self.shared.group, error = %e, "redis read failed; retrying");
+                    drop(permits);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.tx.closed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn read(&mut self, count: usize) -> Result<Vec<(StreamId, u32)>, redis::RedisError> {
+        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(&self.shared.group)
+            .arg(&self.name)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(self.block.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&self.shared.stream)
+            .arg(">")
+            .query_async(&mut self.reader)
+            .await?;
+        Ok(reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .map(|entry| {
+                let attempt = base_attempt(&entry);
+                (entry, attempt)
+            })
+            .collect())
+    }
+
+    /// Claims entries other members left pending longer than `claim_idle`.
+    async fn claim(
+        &mut self,
+        cursor: &mut String,
+        count: usize,
+    ) -> Result<Vec<(StreamId, u32)>, redis::RedisError> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.shared.stream)
+            .arg(&self.shared.group)
+            .arg(&self.name)
+            .arg(self.claim_idle.as_millis() as u64)
+            .arg(cursor.as_str())
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.reader)
+            .await?;
+        *cursor = reply.next_stream_id;
+        let (Some(first), Some(last)) = (reply.claimed.first(), reply.claimed.last()) else {
+            return Ok(Vec::new());
+        };
+        // XAUTOCLAIM does not say how often an entry was delivered; XPENDING does.
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
+            .arg(&self.shared.stream)
+            .arg(&self.shared.group)
+            .arg(&first.id)
+            .arg(&last.id)
+            .arg(reply.claimed.len())
+            .arg(&self.name)
+            .query_async(&mut self.reader)
+            .await?;
+        let delivered: HashMap<String, usize> = pending
+            .ids
+            .into_iter()
+            .map(|p| (p.id, p.times_delivered))
+            .collect();
+        Ok(reply
+            .claimed
+            .into_iter()
+            .map(|entry| {
+                let times = delivered.get(&entry.id).copied().unwrap_or(2).max(1);
+                let attempt = base_attempt(&entry)
+                    .saturating_add(u32::try_from(times - 1).unwrap_or(u32::MAX));
+                (entry, attempt)
+            })
+            .collect())
+    }
+
+    fn delivery(&self, entry: StreamId, attempt: u32, permit: OwnedSemaphorePermit) -> Delivery {
+        let fields: Vec<(String, Bytes)> = entry
+            .map
+            .into_iter()
+            .map(|(name, value)| (name, value_bytes(value)))
+            .collect();
+        let envelope = decode_fields(&fields);
+        let acker = Box::new(RedisAcker {
+            shared: self.shared.clone(),
+            entry_id: entry.id,
+            fields,
+            attempt,
+            _permit: permit,
+        });
+        match envelope {
+            Ok(envelope) => Delivery::new(envelope, attempt, acker),
+            Err(error) => Delivery::malformed(error, attempt, acker),
+        }
+    }
+}
+
+fn base_attempt(entry: &StreamId) -> u32 {
+    entry.get::<u32>(ATTEMPT).unwrap_or(1).max(1)
+}
+
+fn value_bytes(value: Value) -> Bytes {
+    match value {
+        Value::BulkString(bytes) => Bytes::from(bytes),
+        Value::SimpleString(s) => Bytes::from(s),
+        Value::Int(i) => Bytes::from(i.to_string()),
+        _ => Bytes::new(),
+    }
+}
+
+/// Reads an envelope out of an entry's fields.
+fn decode_fields(fields: &[(String, Bytes)]) -> Result<Envelope, Error> {
+    let mut payload = None;
+    let mut pairs = Vec::with_capacity(fields.len());
+    for (name, value) in fields {
+        if name == DATA {
+            payload = Some(value.clone());
+            continue;
+        }
+        let value = std::str::from_utf8(value)
+            .map_err(|e| headers::malformed(format!("field {name:?} is not UTF-8: {e}")))?;
+        pairs.push((name.as_str(), value));
+    }
+    let payload = payload.ok_or_else(|| headers::malformed(format!("missing field {DATA}")))?;
+    headers::decode(pairs, payload)
+}
+
+/// Settles one entry.
+struct RedisAcker {
+    shared: Arc<Shared>,
+    entry_id: String,
+    fields: Vec<(String, Bytes)>,
+    attempt: u32,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl RedisAcker {
+    /// `MULTI; XADD <to> …fields; XACK <stream> <group> <id>; EXEC`.
+    async fn move_to(self, to: &str, extra: &[(&str, String)]) -> Result<(), Error> {
+        let mut add = redis::cmd("XADD");
+        xadd_head(&mut add, to, self.shared.max_len);
+        for (name, value) in &self.fields {
+            if !extra.iter().any(|(n, _)| n == name) {
+                add.arg(name.as_str()).arg(value.as_ref());
+            }
+        }
+        for (name, value) in extra {
+            add.arg(*name).arg(value.as_str());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .add_command(add)
+            .cmd("XACK")
+            .arg(&self.shared.stream)
+            .arg(&self.shared.group)
+            .arg(&self.entry_id);
+        let mut conn = self.shared.conn.clone();
+        let _: (String, i64) = pipe.query_async(&mut conn).await.map_err(redis_error)?;
+        Ok(())
+    }
+}
+
+impl Acknowledge for RedisAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            let mut conn = self.shared.conn.clone();
+            let _: i64 = redis::cmd("XACK")
+                .arg(&self.shared.stream)
+                .arg(&self.shared.group)
+                .arg(&self.entry_id)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            Ok(())
+        })
+    }
+
+    fn retry(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            let next = self.attempt.saturating_add(1).to_string();
+            let stream = self.shared.stream.clone();
+            if delay.is_zero() {
+                return self.move_to(&stream, &[(ATTEMPT, next)]).await;
+            }
+            // The original stays pending until the re-add, so a crash during the delay
+            // leaves it to be claimed again rather than lost.
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let id = self.entry_id.clone();
+                if let Err(e) = self.move_to(&stream, &[(ATTEMPT, next)]).await {
+                    tracing::warn!(%stream, entry = %id, error = %e, "delayed redis retry failed; the entry stays pending and will be claimed");
+                }
+            });
+            Ok(())
+        })
+    }
+
+    fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            let to = self.shared.dead_letter.clone();
+            let attempt = self.attempt.to_string();
+            self.move_to(
+                &to,
+                &[(headers::DEAD_LETTER_REASON, reason), (ATTEMPT, attempt)],
+            )
+            .await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields_of(envelope: &Envelope) -> Vec<(String, Bytes)> {
+        let mut fields: Vec<(String, Bytes)> = headers::encode(envelope)
+            .into_iter()
+            .map(|(n, v)| (n.into_owned(), Bytes::from(v)))
+            .collect();
+        fields.push((DATA.to_owned(), envelope.payload.clone()));
+        fields
+    }
+
+    #[test]
+    fn stream_fields_round_trip_the_envelope() -> Result<(), Error> {
+        let envelope = Envelope::new("order.placed", "shop", vec![0u8, 159, 146, 150])
+            .with_key("order-1")
+            .with_correlation_id("c")
+            .with_header("ce_data", "not the payload");
+        assert_eq!(decode_fields(&fields_of(&envelope))?, envelope);
+        Ok(())
+    }
+
+    #[test]
+    fn entry_without_payload_or_with_binary_header_is_malformed() {
+        let envelope = Envelope::new("t", "s", "{}");
+        let mut fields = fields_of(&envelope);
+        fields.retain(|(n, _)| n != DATA);
+        assert!(matches!(
+            decode_fields(&fields),
+            Err(Error::Malformed { .. })
+        ));
+        let mut fields = fields_of(&envelope);
+        fields.push(("h".to_owned(), Bytes::from_static(&[0xff, 0xfe])));
+        assert!(matches!(
+            decode_fields(&fields),
+            Err(Error::Malformed { .. })
+        ));
+    }
+}

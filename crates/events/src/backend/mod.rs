@@ -1,0 +1,16 @@
+//! Broker backends, each behind its cargo feature; the in-memory bus needs none.
+//!
+//! | backend | feature | module |
+//! |---|---|---|
+//! | in-memory | — | [`memory`] |
+//! | RabbitMQ | `rabbitmq` | `rabbitmq` |
+//! | Kafka | `kafka` | `kafka` |
+//! | Redis Streams | `redis` | `redis` |
+//! | NATS JetStream | `nats` | `nats` |
+
+#[allow(dead_code)] // used by the broker backends, which are behind features
+pub(crate) mod headers;
+pub mod memory;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;

@@ -1,0 +1,67 @@
+//! Payload codecs.
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+/// Turns typed events into payload bytes and back.
+///
+/// JSON ([`JsonCodec`]) is the default; implement this trait to carry another format.
+pub trait Codec: Send + Sync + 'static {
+    /// The content type this codec writes.
+    fn content_type(&self) -> &str;
+
+    /// Whether this codec can read a payload of the given content type.
+    fn accepts(&self, content_type: &str) -> bool {
+        content_type == self.content_type()
+    }
+
+    /// Encodes a value.
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Bytes, Error>;
+
+    /// Decodes a value.
+    fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Error>;
+}
+
+/// The JSON codec (`application/json`).
+///
+/// ```
+/// use palisade_events::{Codec, JsonCodec};
+///
+/// let bytes = JsonCodec.encode(&vec![1, 2, 3])?;
+/// let back: Vec<u32> = JsonCodec.decode(&bytes)?;
+/// assert_eq!(back, [1, 2, 3]);
+/// assert!(JsonCodec.decode::<Vec<u32>>(b"[1, 2").is_err());
+/// # Ok::<(), palisade_events::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonCodec;
+
+impl JsonCodec {
+    /// `application/json`.
+    pub const CONTENT_TYPE: &'static str = "application/json";
+}
+
+impl Codec for JsonCodec {
+    fn content_type(&self) -> &str {
+        Self::CONTENT_TYPE
+    }
+
+    fn accepts(&self, content_type: &str) -> bool {
+        // `application/json; charset=utf-8` and `application/cloudevents+json` are JSON too.
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        essence == Self::CONTENT_TYPE || essence.ends_with("+json")
+    }
+
+    fn encode<T: Serialize>(&self, value: &T) -> Result<Bytes, Error> {
+        serde_json::to_vec(value)
+            .map(Bytes::from)
+            .map_err(|e| Error::Encode(Box::new(e)))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Error> {
+        serde_json::from_slice(payload).map_err(|e| Error::Decode(Box::new(e)))
+    }
+}

@@ -1,0 +1,210 @@
+//! The one envelope every backend carries.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::{Codec, JsonCodec};
+use crate::error::Error;
+use crate::event::Event;
+
+/// An event on the wire: CloudEvents attributes, tracing ids, free headers and the
+/// encoded payload.
+///
+/// Attribute names follow [CloudEvents 1.0](https://cloudevents.io) so an envelope maps
+/// onto AMQP properties, Kafka headers, Redis stream fields and NATS headers without
+/// loss. Every backend round-trips every field.
+///
+/// ```
+/// use palisade_events::Envelope;
+///
+/// let envelope = Envelope::new("order.placed", "orders", b"{\"id\":7}".to_vec())
+///     .with_key("order-7")
+///     .with_header("tenant", "acme");
+/// assert_eq!(envelope.event_type, "order.placed");
+/// assert_eq!(envelope.key.as_deref(), Some("order-7"));
+/// assert_eq!(envelope.id.get_version_num(), 7);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Unique id of this event (`id`), a UUID v7 so ids sort by creation time.
+    pub id: Uuid,
+    /// Stable type name (`type`), e.g. `order.placed`.
+    pub event_type: String,
+    /// Who produced it (`source`), e.g. the service name.
+    pub source: String,
+    /// Ordering and partition key (CloudEvents `subject`): events with one key are
+    /// delivered in order.
+    pub key: Option<String>,
+    /// When the event happened (`time`).
+    pub time: DateTime<Utc>,
+    /// Media type of the payload (`datacontenttype`), e.g. `application/json`.
+    pub content_type: String,
+    /// Id of the request or conversation this event belongs to.
+    pub correlation_id: Option<String>,
+    /// Id of the event or command that caused this one.
+    pub causation_id: Option<String>,
+    /// Free headers, carried as broker-native headers.
+    pub headers: BTreeMap<String, String>,
+    /// The encoded event (`data`).
+    pub payload: Bytes,
+}
+
+impl Envelope {
+    /// A new envelope with a fresh UUID v7 id, the current time and a JSON content type.
+    pub fn new(
+        event_type: impl Into<String>,
+        source: impl Into<String>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            event_type: event_type.into(),
+            source: source.into(),
+            key: None,
+            time: Utc::now(),
+            content_type: JsonCodec::CONTENT_TYPE.to_owned(),
+            correlation_id: None,
+            causation_id: None,
+            headers: BTreeMap::new(),
+            payload: payload.into(),
+        }
+    }
+
+    /// Encodes a typed event with the JSON codec; the key comes from [`Event::key`].
+    ///
+    /// ```
+    /// use palisade_events::{Envelope, Event};
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// #[derive(Serialize, Deserialize)]
+    /// struct OrderPlaced { order_id: u64 }
+    ///
+    /// impl Event for OrderPlaced {
+    ///     const TYPE: &'static str = "order.placed";
+    ///     fn key(&self) -> Option<String> { Some(self.order_id.to_string()) }
+    /// }
+    ///
+    /// let envelope = Envelope::from_event(&OrderPlaced { order_id: 7 }, "orders")?;
+    /// assert_eq!(envelope.key.as_deref(), Some("7"));
+    /// let back: OrderPlaced = envelope.decode()?;
+    /// assert_eq!(back.order_id, 7);
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
+    pub fn from_event<E: Event>(event: &E, source: impl Into<String>) -> Result<Self, Error> {
+        Self::from_event_with(&JsonCodec, event, source)
+    }
+
+    /// Encodes a typed event with the given codec.
+    pub fn from_event_with<C: Codec, E: Event>(
+        codec: &C,
+        event: &E,
+        source: impl Into<String>,
+    ) -> Result<Self, Error> {
+        let payload = codec.encode(event)?;
+        let mut envelope = Self::new(E::TYPE, source, payload);
+        envelope.key = event.key();
+        envelope.content_type = codec.content_type().to_owned();
+        Ok(envelope)
+    }
+
+    /// Decodes the payload with the JSON codec, checking the content type first.
+    pub fn decode<E: Event>(&self) -> Result<E, Error> {
+        self.decode_with(&JsonCodec)
+    }
+
+    /// Decodes the payload with the given codec, checking the content type first.
+    pub fn decode_with<C: Codec, E: Event>(&self, codec: &C) -> Result<E, Error> {
+        if !codec.accepts(&self.content_type) {
+            return Err(Error::ContentType {
+                expected: codec.content_type().to_owned(),
+                found: self.content_type.clone(),
+            });
+        }
+        codec.decode(&self.payload)
+    }
+
+    /// Sets the ordering key.
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the correlation id.
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
+        self.correlation_id = Some(id.into());
+        self
+    }
+
+    /// Sets the causation id.
+    #[must_use]
+    pub fn with_causation_id(mut self, id: impl Into<String>) -> Self {
+        self.causation_id = Some(id.into());
+        self
+    }
+
+    /// Adds a free header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Sets the content type.
+    #[must_use]
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = content_type.into();
+        self
+    }
+
+    /// A follow-up envelope caused by this one: same correlation id (or this id when
+    /// none), causation id set to this id.
+    pub fn caused(&self, event_type: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        let correlation = self
+            .correlation_id
+            .clone()
+            .unwrap_or_else(|| self.id.to_string());
+        Self::new(event_type, self.source.clone(), payload)
+            .with_correlation_id(correlation)
+            .with_causation_id(self.id.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_v7_and_sort_by_creation() {
+        let a = Envelope::new("t", "s", Vec::new());
+        let b = Envelope::new("t", "s", Vec::new());
+        assert_eq!(a.id.get_version_num(), 7);
+        assert!(a.id < b.id);
+    }
+
+    #[test]
+    fn caused_envelope_links_correlation_and_causation() {
+        let first = Envelope::new("a", "svc", Vec::new()).with_correlation_id("req-1");
+        let next = first.caused("b", Vec::new());
+        assert_eq!(next.correlation_id.as_deref(), Some("req-1"));
+        assert_eq!(next.causation_id, Some(first.id.to_string()));
+    }
+
+    #[test]
+    fn envelope_serde_round_trip_keeps_every_field() -> Result<(), serde_json::Error> {
+        let envelope = Envelope::new("order.placed", "orders", b"{\"x\":1}".to_vec())
+            .with_key("k")
+            .with_correlation_id("c")
+            .with_causation_id("z")
+            .with_header("h", "v");
+        let json = serde_json::to_vec(&envelope)?;
+        let back: Envelope = serde_json::from_slice(&json)?;
+        assert_eq!(back, envelope);
+        Ok(())
+    }
+}

@@ -1,0 +1,105 @@
+//! The crate's error type.
+
+/// A boxed error from a broker client, a codec or a store, kept as the source.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong publishing, consuming or deduplicating events.
+///
+/// Sources (broker client errors, serde errors) are kept, never stringified, so
+/// `std::error::Error::source` walks down to the driver's own error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The payload could not be encoded.
+    #[error("failed to encode the event payload")]
+    Encode(#[source] BoxError),
+    /// The payload could not be decoded into the handler's type.
+    #[error("failed to decode the event payload")]
+    Decode(#[source] BoxError),
+    /// The payload's content type is not one the codec reads.
+    #[error("content type {found:?} is not readable by a codec for {expected:?}")]
+    ContentType {
+        /// The codec's content type.
+        expected: String,
+        /// The delivery's content type.
+        found: String,
+    },
+    /// A broker message could not be mapped to an [`Envelope`](crate::Envelope)
+    /// (a required attribute is missing or unreadable).
+    #[error("malformed message: {reason}")]
+    Malformed {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The payload is larger than the configured limit.
+    #[error("payload of {size} bytes exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The payload's size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The broker refused or did not confirm a publish: the event may not be stored.
+    #[error("the broker did not confirm the publish: {reason}")]
+    NotConfirmed {
+        /// Why, as the broker said it.
+        reason: String,
+    },
+    /// The connection to the broker or store failed or was lost.
+    #[error("connection to {backend} failed")]
+    Connection {
+        /// The backend, e.g. `rabbitmq`.
+        backend: &'static str,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// Any other error reported by a broker client.
+    #[error("{backend} error")]
+    Broker {
+        /// The backend, e.g. `kafka`.
+        backend: &'static str,
+        /// The client's error.
+        #[source]
+        source: BoxError,
+    },
+    /// An inbox (deduplication store) failed.
+    #[error("inbox error")]
+    Inbox(#[source] BoxError),
+    /// The subscription or bus was closed.
+    #[error("closed")]
+    Closed,
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl Error {
+    /// Wraps a broker client's error.
+    pub fn broker(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Broker {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// Wraps a connection error.
+    pub fn connection(backend: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Connection {
+            backend,
+            source: source.into(),
+        }
+    }
+
+    /// Whether retrying the same operation later may succeed (connection losses,
+    /// unconfirmed publishes), as opposed to errors that will repeat (bad payloads).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Connection { .. }
+                | Self::NotConfirmed { .. }
+                | Self::Broker { .. }
+                | Self::Inbox(_)
+        )
+    }
+}

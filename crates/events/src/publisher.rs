@@ -1,0 +1,119 @@
+//! Publishing events and waiting for the broker's confirmation.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::envelope::Envelope;
+use crate::error::Error;
+
+/// A boxed, sendable future, as returned by the object-safe [`DynPublisher`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Publishes envelopes to a topic and returns only once the broker confirmed them.
+///
+/// "Confirmed" means what the broker can promise: RabbitMQ publisher confirms, Kafka
+/// `acks=all`, the `XADD` reply, the JetStream `PubAck`, or for the in-memory bus the
+/// event being queued. A publish that cannot be confirmed is an [`Error`]: never a
+/// silent loss. An error does not prove the event was *not* stored (a confirm can be
+/// lost on the way back), so retrying a failed publish gives at-least-once delivery.
+///
+/// # Cancellation
+///
+/// Dropping a publish future before it resolves leaves the event's fate unknown, like
+/// an error: publish it again to be sure.
+///
+/// The trait uses `impl Future` returns; wrap a publisher in [`DynPublisher`]
+/// (`Arc<dyn DynPublisher>`) to choose a backend at run time.
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes one envelope and waits for the broker's confirmation.
+    fn publish(
+        &self,
+        topic: &str,
+        envelope: Envelope,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Publishes envelopes in order and waits until all are confirmed.
+    ///
+    /// Backends override this to pipeline the batch; the default publishes one at a
+    /// time. On error, a prefix of the batch may have been confirmed: retry the whole
+    /// batch (consumers deduplicate by event id).
+    fn publish_batch(
+        &self,
+        topic: &str,
+        envelopes: Vec<Envelope>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async move {
+            for envelope in envelopes {
+                self.publish(topic, envelope).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The object-safe form of [`Publisher`], implemented for every publisher.
+///
+/// ```
+/// use std::sync::Arc;
+/// use palisade_events::{DynPublisher, Envelope, Error, Publisher};
+///
+/// /// A publisher that confirms everything, for the example.
+/// struct Confirming;
+///
+/// impl Publisher for Confirming {
+///     async fn publish(&self, _topic: &str, _envelope: Envelope) -> Result<(), Error> {
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let publisher: Arc<dyn DynPublisher> = Arc::new(Confirming);
+/// publisher.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub trait DynPublisher: Send + Sync + 'static {
+    /// [`Publisher::publish`], boxed.
+    fn publish_dyn<'a>(
+        &'a self,
+        topic: &'a str,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// [`Publisher::publish_batch`], boxed.
+    fn publish_batch_dyn<'a>(
+        &'a self,
+        topic: &'a str,
+        envelopes: Vec<Envelope>,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+impl<P: Publisher> DynPublisher for P {
+    fn publish_dyn<'a>(
+        &'a self,
+        topic: &'a str,
+        envelope: Envelope,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.publish(topic, envelope))
+    }
+
+    fn publish_batch_dyn<'a>(
+        &'a self,
+        topic: &'a str,
+        envelopes: Vec<Envelope>,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(self.publish_batch(topic, envelopes))
+    }
+}
+
+impl Publisher for Arc<dyn DynPublisher> {
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
+        self.as_ref().publish_dyn(topic, envelope).await
+    }
+
+    async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
+        self.as_ref().publish_batch_dyn(topic, envelopes).await
+    }
+}

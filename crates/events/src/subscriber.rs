@@ -1,0 +1,147 @@
+//! Subscribing to a topic and settling deliveries.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_core::Stream;
+
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::publisher::BoxFuture;
+
+/// What to subscribe to: a topic, as a member of a consumer group.
+///
+/// Members of one group share the topic's events (competing consumers); each group
+/// gets every event (fan-out).
+///
+/// ```
+/// use palisade_events::Subscription;
+///
+/// let subscription = Subscription::new("orders", "billing").with_prefetch(64);
+/// assert_eq!(subscription.group, "billing");
+/// assert_eq!(subscription.prefetch, 64);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscription {
+    /// The topic (exchange routing key, Kafka topic, stream, subject).
+    pub topic: String,
+    /// The consumer group (durable queue, Kafka group id, stream group, durable consumer).
+    pub group: String,
+    /// How many unsettled deliveries the broker may hand this member at once.
+    /// Default: 256, enough to keep a network round trip busy without hoarding work
+    /// that other members of the group could take.
+    pub prefetch: usize,
+}
+
+impl Subscription {
+    /// A subscription with the default prefetch (256).
+    pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            group: group.into(),
+            prefetch: 256,
+        }
+    }
+
+    /// Sets how many unsettled deliveries this member may hold.
+    #[must_use]
+    pub fn with_prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = prefetch.max(1);
+        self
+    }
+}
+
+/// The stream of deliveries a [`Subscriber`] yields.
+///
+/// An `Err` item reports a problem with the subscription (a lost connection the backend
+/// could not re-establish); the stream ends when the subscription is closed.
+pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send + 'static>>;
+
+/// Subscribes to topics.
+pub trait Subscriber: Send + Sync + 'static {
+    /// Starts consuming `subscription.topic` as a member of `subscription.group`.
+    fn subscribe(
+        &self,
+        subscription: &Subscription,
+    ) -> impl Future<Output = Result<DeliveryStream, Error>> + Send;
+}
+
+/// How a backend settles one delivery. Implemented by each backend; users settle
+/// through [`Delivery`].
+pub trait Acknowledge: Send + 'static {
+    /// The event was handled: the broker may forget it.
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
+    /// Deliver it again after `delay` (to this group).
+    fn retry(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>>;
+    /// Move it to the dead-letter destination with the reason in its headers.
+    fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>>;
+}
+
+/// One event handed to a consumer, to be settled exactly once: [`ack`](Self::ack),
+/// [`retry`](Self::retry) or [`dead_letter`](Self::dead_letter).
+///
+/// A delivery dropped without being settled stays unacknowledged, and the broker
+/// delivers it again (to this or another member of the group) — at-least-once.
+pub struct Delivery {
+    message: Result<Envelope, Error>,
+    attempt: u32,
+    acker: Box<dyn Acknowledge>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &self.message)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// A delivery of a well-formed envelope. `attempt` is 1 for the first delivery.
+    pub fn new(envelope: Envelope, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
+        Self {
+            message: Ok(envelope),
+            attempt: attempt.max(1),
+            acker,
+        }
+    }
+
+    /// A delivery whose broker message could not be mapped to an envelope (a missing
+    /// required header, an unreadable attribute). The consumer runtime dead-letters
+    /// it at once with the error as the reason.
+    pub fn malformed(error: Error, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
+        Self {
+            message: Err(error),
+            attempt: attempt.max(1),
+            acker,
+        }
+    }
+
+    /// The envelope, or why the message is not one.
+    pub fn envelope(&self) -> Result<&Envelope, &Error> {
+        self.message.as_ref()
+    }
+
+    /// Which delivery of this event this is, starting at 1, as far as the broker
+    /// tracks it (redelivery counts, `x-death`, JetStream's `num_delivered`).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Acknowledges: the event was handled.
+    pub async fn ack(self) -> Result<(), Error> {
+        self.acker.ack().await
+    }
+
+    /// Asks for redelivery after `delay`.
+    pub async fn retry(self, delay: Duration) -> Result<(), Error> {
+        self.acker.retry(delay).await
+    }
+
+    /// Moves the event to the dead-letter destination with `reason`.
+    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), Error> {
+        self.acker.dead_letter(reason.into()).await
+    }
+}

@@ -28,7 +28,8 @@ fn compensation_after_pivot_is_a_definition_error() {
 
 #[tokio::test(start_paused = true)]
 async fn deadline_triggers_compensation_on_memory() {
-    common::deadline_triggers_compensation(MemoryStore::new(), std::time::Duration::from_secs(5)).await;
+    common::deadline_triggers_compensation(MemoryStore::new(), std::time::Duration::from_secs(5))
+        .await;
 }
 
 #[tokio::test(start_paused = true)]

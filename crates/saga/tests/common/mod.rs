@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use palisade_resilience::backoff::Backoff;
 use palisade_saga::{
     Clock, Error, HistoryEntry, HistoryEvent, IdempotencyKey, ListFilter, Orchestrator,
-    SagaDefinition, SagaId, SagaRecord, SagaState, SagaStore, Step, StepError, StepInfo,
-    StepKind, StepPolicy, StoreError,
+    SagaDefinition, SagaId, SagaRecord, SagaState, SagaStore, Step, StepError, StepInfo, StepKind,
+    StepPolicy, StoreError,
 };
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,10 @@ pub struct CrashStore<S> {
 }
 
 impl<S: SagaStore> CrashStore<S> {
-    async fn guard<T>(&self, write: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn guard<T>(
+        &self,
+        write: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let (before, after) = self.crash.on_write();
         if before {
             self.crash.die();
@@ -116,17 +119,45 @@ impl<S: SagaStore> CrashStore<S> {
 }
 
 impl<S: SagaStore> SagaStore for CrashStore<S> {
-    async fn create(&self, record: &SagaRecord, history: &[HistoryEntry]) -> Result<Option<SagaRecord>, StoreError> {
+    async fn create(
+        &self,
+        record: &SagaRecord,
+        history: &[HistoryEntry],
+    ) -> Result<Option<SagaRecord>, StoreError> {
         self.guard(self.inner.create(record, history)).await
     }
-    async fn update(&self, record: &SagaRecord, expected_version: i64, history: &[HistoryEntry]) -> Result<(), StoreError> {
-        self.guard(self.inner.update(record, expected_version, history)).await
+    async fn update(
+        &self,
+        record: &SagaRecord,
+        expected_version: i64,
+        history: &[HistoryEntry],
+    ) -> Result<(), StoreError> {
+        self.guard(self.inner.update(record, expected_version, history))
+            .await
     }
-    async fn renew_lease(&self, id: SagaId, owner: &str, version: i64, until: DateTime<Utc>) -> Result<(), StoreError> {
-        self.guard(self.inner.renew_lease(id, owner, version, until)).await
+    async fn renew_lease(
+        &self,
+        id: SagaId,
+        owner: &str,
+        version: i64,
+        until: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.guard(self.inner.renew_lease(id, owner, version, until))
+            .await
     }
-    async fn claim(&self, owner: &str, now: DateTime<Utc>, lease_until: DateTime<Utc>, definitions: &[String], limit: u32) -> Result<Vec<SagaRecord>, StoreError> {
-        self.guard(self.inner.claim(owner, now, lease_until, definitions, limit)).await
+    async fn claim(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+        definitions: &[String],
+        limit: u32,
+    ) -> Result<Vec<SagaRecord>, StoreError> {
+        self.guard(
+            self.inner
+                .claim(owner, now, lease_until, definitions, limit),
+        )
+        .await
     }
     async fn get(&self, id: SagaId) -> Result<Option<SagaRecord>, StoreError> {
         self.inner.get(id).await
@@ -192,16 +223,22 @@ pub fn saga_spec() -> impl Strategy<Value = SagaSpec> {
                     behaviour(ATTEMPTS + 1, true).boxed()
                 };
                 let compensation = if before_pivot {
-                    proptest::option::weighted(0.8, prop_oneof![
-                        8 => Just(Behaviour::Succeed),
-                        4 => (1..=ATTEMPTS + 1).prop_map(Behaviour::FailTimes),
-                        1 => Just(Behaviour::Permanent),
-                    ])
+                    proptest::option::weighted(
+                        0.8,
+                        prop_oneof![
+                            8 => Just(Behaviour::Succeed),
+                            4 => (1..=ATTEMPTS + 1).prop_map(Behaviour::FailTimes),
+                            1 => Just(Behaviour::Permanent),
+                        ],
+                    )
                     .boxed()
                 } else {
                     Just(None).boxed()
                 };
-                (action, compensation).prop_map(|(action, compensation)| StepSpec { action, compensation })
+                (action, compensation).prop_map(|(action, compensation)| StepSpec {
+                    action,
+                    compensation,
+                })
             })
             .collect();
         (steps, Just(pivot)).prop_map(|(steps, pivot)| SagaSpec { steps, pivot })
@@ -211,9 +248,9 @@ pub fn saga_spec() -> impl Strategy<Value = SagaSpec> {
 pub fn crash_point() -> impl Strategy<Value = CrashPoint> {
     prop_oneof![
         1 => Just(CrashPoint::None),
-        3 => (0u64..30).prop_map(CrashPoint::BeforeWrite),
-        3 => (0u64..30).prop_map(CrashPoint::AfterWrite),
-        3 => (0u64..30).prop_map(CrashPoint::InCall),
+        3 => (0u64..10).prop_map(CrashPoint::BeforeWrite),
+        3 => (0u64..10).prop_map(CrashPoint::AfterWrite),
+        3 => (0u64..10).prop_map(CrashPoint::InCall),
     ]
 }
 
@@ -252,7 +289,13 @@ pub struct Ctx {
     pub done: Vec<usize>,
 }
 
-async fn observed_call(observed: Arc<Observed>, crash: Option<Arc<Crash>>, b: Behaviour, index: usize, info: StepInfo) -> Result<(), StepError> {
+async fn observed_call(
+    observed: Arc<Observed>,
+    crash: Option<Arc<Crash>>,
+    b: Behaviour,
+    index: usize,
+    info: StepInfo,
+) -> Result<(), StepError> {
     let compensation = info.kind == StepKind::Compensation;
     let key = (info.saga_id, index, compensation);
     let n = {
@@ -269,7 +312,10 @@ async fn observed_call(observed: Arc<Observed>, crash: Option<Arc<Crash>>, b: Be
             observed.overlap.store(true, Ordering::SeqCst);
         }
     }
-    let _guard = InFlight { observed: Arc::clone(&observed), key };
+    let _guard = InFlight {
+        observed: Arc::clone(&observed),
+        key,
+    };
     if let Some(crash) = &crash {
         crash.on_call().await;
     }
@@ -290,7 +336,12 @@ async fn observed_call(observed: Arc<Observed>, crash: Option<Arc<Crash>>, b: Be
     result
 }
 
-pub fn build_definition(name: &str, spec: &SagaSpec, observed: &Arc<Observed>, crash: Option<Arc<Crash>>) -> SagaDefinition<Ctx> {
+pub fn build_definition(
+    name: &str,
+    spec: &SagaSpec,
+    observed: &Arc<Observed>,
+    crash: Option<Arc<Crash>>,
+) -> SagaDefinition<Ctx> {
     let mut builder = SagaDefinition::<Ctx>::builder(name, 1);
     for (i, s) in spec.steps.iter().enumerate() {
         let (obs, cr, b) = (Arc::clone(observed), crash.clone(), s.action);
@@ -306,10 +357,16 @@ pub fn build_definition(name: &str, spec: &SagaSpec, observed: &Arc<Observed>, c
         if let Some(cb) = s.compensation {
             let (obs, cr) = (Arc::clone(observed), crash.clone());
             step = step
-                .compensate(move |_ctx: Ctx, info| observed_call(Arc::clone(&obs), cr.clone(), cb, i, info))
+                .compensate(move |_ctx: Ctx, info| {
+                    observed_call(Arc::clone(&obs), cr.clone(), cb, i, info)
+                })
                 .compensation_policy(fast_policy(ATTEMPTS));
         }
-        builder = if spec.pivot == Some(i) { builder.pivot(step) } else { builder.step(step) };
+        builder = if spec.pivot == Some(i) {
+            builder.pivot(step)
+        } else {
+            builder.step(step)
+        };
     }
     builder.build().unwrap()
 }
@@ -317,7 +374,12 @@ pub fn build_definition(name: &str, spec: &SagaSpec, observed: &Arc<Observed>, c
 /// Runs one crash-recovery case: start the sagas on an orchestrator that dies at
 /// `point`, then finish them with a fresh orchestrator on the same store, and check
 /// every promise.
-pub fn crash_recovery_case<S, F>(make_store: F, specs: Vec<SagaSpec>, point: CrashPoint, paused: bool) -> Result<(), TestCaseError>
+pub fn crash_recovery_case<S, F>(
+    make_store: F,
+    specs: Vec<SagaSpec>,
+    point: CrashPoint,
+    paused: bool,
+) -> Result<(), TestCaseError>
 where
     S: SagaStore + Clone,
     F: Fn(&tokio::runtime::Runtime) -> S,
@@ -339,9 +401,21 @@ where
     let rt1 = runtime();
     let store = make_store(&rt1);
     {
-        let crash_store = CrashStore { inner: store.clone(), crash: Arc::clone(&crash) };
-        let defs: Vec<_> = specs.iter().enumerate().map(|(i, s)| build_definition(&format!("t{i}"), s, &observed, Some(Arc::clone(&crash)))).collect();
-        let mut builder = Orchestrator::builder(crash_store).clock(clock.clone()).lease(LEASE).owner("first");
+        let crash_store = CrashStore {
+            inner: store.clone(),
+            crash: Arc::clone(&crash),
+        };
+        let defs: Vec<_> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                build_definition(&format!("t{i}"), s, &observed, Some(Arc::clone(&crash)))
+            })
+            .collect();
+        let mut builder = Orchestrator::builder(crash_store)
+            .clock(clock.clone())
+            .lease(LEASE)
+            .owner("first");
         for d in &defs {
             builder = builder.register(d);
         }
@@ -367,8 +441,15 @@ where
     // Second life: a fresh orchestrator after the lease expired.
     clock.advance(LEASE * 2);
     let rt2 = runtime();
-    let defs: Vec<_> = specs.iter().enumerate().map(|(i, s)| build_definition(&format!("t{i}"), s, &observed, None)).collect();
-    let mut builder = Orchestrator::builder(store.clone()).clock(clock.clone()).lease(LEASE).owner("second");
+    let defs: Vec<_> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, s)| build_definition(&format!("t{i}"), s, &observed, None))
+        .collect();
+    let mut builder = Orchestrator::builder(store.clone())
+        .clock(clock.clone())
+        .lease(LEASE)
+        .owner("second");
     for d in &defs {
         builder = builder.register(d);
     }
@@ -379,13 +460,31 @@ where
         for id in &ids {
             match orch.status(*id).await.unwrap() {
                 None => out.push(None),
-                Some(_) => out.push(Some(tokio::time::timeout(Duration::from_secs(600), orch.outcome(*id)).await.expect("saga never finished").unwrap())),
+                Some(_) => out.push(Some(
+                    tokio::time::timeout(Duration::from_secs(600), orch.outcome(*id))
+                        .await
+                        .expect("saga never finished")
+                        .unwrap(),
+                )),
             }
         }
         out
     });
 
-    prop_assert!(!observed.overlap.load(Ordering::SeqCst), "a step ran concurrently with itself");
+    if std::env::var_os("SAGA_STATS").is_some() {
+        eprintln!(
+            "STATS crashed={} states={:?}",
+            crash.happened.load(Ordering::SeqCst),
+            finals
+                .iter()
+                .map(|f| f.as_ref().map(|r| r.state))
+                .collect::<Vec<_>>()
+        );
+    }
+    prop_assert!(
+        !observed.overlap.load(Ordering::SeqCst),
+        "a step ran concurrently with itself"
+    );
     let calls = observed.calls.lock().unwrap().clone();
     let started = observed.started.lock().unwrap().clone();
     for ((spec, id), fin) in specs.iter().zip(&ids).zip(&finals) {
@@ -396,16 +495,30 @@ where
         };
         let mine: Vec<&CallLog> = calls.iter().filter(|c| c.saga == *id).collect();
         for c in &mine {
-            prop_assert_eq!(&c.key, &IdempotencyKey::new(*id, &format!("s{}", c.step), c.kind));
+            prop_assert_eq!(
+                &c.key,
+                &IdempotencyKey::new(*id, &format!("s{}", c.step), c.kind)
+            );
         }
         let action_started = |i: usize| started.contains_key(&(*id, i, false));
-        let action_ok = |i: usize| mine.iter().any(|c| c.step == i && c.kind == StepKind::Action && c.ok);
-        let comps: Vec<usize> = mine.iter().filter(|c| c.kind == StepKind::Compensation).map(|c| c.step).collect();
+        let action_ok = |i: usize| {
+            mine.iter()
+                .any(|c| c.step == i && c.kind == StepKind::Action && c.ok)
+        };
+        let comps: Vec<usize> = mine
+            .iter()
+            .filter(|c| c.kind == StepKind::Compensation)
+            .map(|c| c.step)
+            .collect();
         // Compensations only for steps whose action ran (or may have), in reverse order.
         for s in &comps {
             prop_assert!(action_started(*s), "compensated step {} never ran", s);
         }
-        prop_assert!(comps.windows(2).all(|w| w[0] >= w[1]), "compensations out of order: {:?}", comps);
+        prop_assert!(
+            comps.windows(2).all(|w| w[0] >= w[1]),
+            "compensations out of order: {:?}",
+            comps
+        );
         match fin.state {
             SagaState::Completed => {
                 for i in 0..spec.steps.len() {
@@ -424,17 +537,29 @@ where
                 for (i, s) in spec.steps.iter().enumerate() {
                     if s.compensation.is_some() && action_ok(i) {
                         prop_assert!(
-                            mine.iter().any(|c| c.step == i && c.kind == StepKind::Compensation && c.ok),
-                            "step {} succeeded but was not compensated", i
+                            mine.iter()
+                                .any(|c| c.step == i && c.kind == StepKind::Compensation && c.ok),
+                            "step {} succeeded but was not compensated",
+                            i
                         );
                     }
                 }
             }
             SagaState::Failed => {
                 // Parked only when a compensation was made to fail.
-                let failing = mine.iter().any(|c| c.kind == StepKind::Compensation && !c.ok);
-                prop_assert!(failing, "parked without a failing compensation: {:?}", fin.error);
-                prop_assert!(fin.error.as_deref().is_some_and(|e| e.contains("compensation")));
+                let failing = mine
+                    .iter()
+                    .any(|c| c.kind == StepKind::Compensation && !c.ok);
+                prop_assert!(
+                    failing,
+                    "parked without a failing compensation: {:?}",
+                    fin.error
+                );
+                prop_assert!(
+                    fin.error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("compensation"))
+                );
             }
             other => prop_assert!(false, "saga ended {}", other),
         }
@@ -505,10 +630,23 @@ pub async fn four_steps_complete_in_five_writes<S: SagaStore>(store: S) {
     assert_eq!(done.state, SagaState::Completed);
     assert_eq!(orch.store_writes(), 5, "writes per successful 4-step saga");
     assert_eq!(*log.lock().unwrap(), ["do a", "do b", "do c"]);
-    let events: Vec<HistoryEvent> = orch.history(id).await.unwrap().iter().map(|h| h.event).collect();
+    let events: Vec<HistoryEvent> = orch
+        .history(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h.event)
+        .collect();
     assert_eq!(
         events,
-        [HistoryEvent::Created, HistoryEvent::ActionSucceeded, HistoryEvent::ActionSucceeded, HistoryEvent::ActionSucceeded, HistoryEvent::ActionSucceeded, HistoryEvent::Completed]
+        [
+            HistoryEvent::Created,
+            HistoryEvent::ActionSucceeded,
+            HistoryEvent::ActionSucceeded,
+            HistoryEvent::ActionSucceeded,
+            HistoryEvent::ActionSucceeded,
+            HistoryEvent::Completed
+        ]
     );
     assert_eq!(done.owner, None);
 }
@@ -527,9 +665,15 @@ pub async fn permanent_failure_compensates_in_reverse<S: SagaStore>(store: S) {
     let done = orch.outcome(id).await.unwrap();
     assert_eq!(done.state, SagaState::Compensated);
     assert!(done.error.as_deref().unwrap().contains("declined"));
-    assert_eq!(*log.lock().unwrap(), ["do a", "do b", "fail c", "undo b", "undo a"]);
+    assert_eq!(
+        *log.lock().unwrap(),
+        ["do a", "do b", "fail c", "undo b", "undo a"]
+    );
     let history = orch.history(id).await.unwrap();
-    let failed = history.iter().find(|h| h.event == HistoryEvent::ActionFailed).unwrap();
+    let failed = history
+        .iter()
+        .find(|h| h.event == HistoryEvent::ActionFailed)
+        .unwrap();
     assert_eq!(failed.step.as_deref(), Some("c"));
     assert!(failed.error.as_deref().unwrap().contains("declined"));
     assert_eq!(history.last().unwrap().event, HistoryEvent::Compensated);
@@ -548,7 +692,11 @@ pub async fn pivot_forbids_compensation_after_it_succeeded<S: SagaStore + Clone>
                 let t = Arc::clone(&t);
                 async move {
                     // Permanent errors after the pivot are retried, like retryable ones.
-                    if t.fetch_add(1, Ordering::SeqCst) < 2 { Err(StepError::permanent("audit down")) } else { Ok(c) }
+                    if t.fetch_add(1, Ordering::SeqCst) < 2 {
+                        Err(StepError::permanent("audit down"))
+                    } else {
+                        Ok(c)
+                    }
                 }
             })
             .policy(fast_policy(3)),
@@ -585,7 +733,10 @@ pub fn compensation_after_pivot_is_a_definition_error() {
         .step(counting_step("after", &log))
         .build()
         .unwrap_err();
-    assert!(matches!(err, palisade_saga::DefinitionError::CompensationAfterPivot { .. }));
+    assert!(matches!(
+        err,
+        palisade_saga::DefinitionError::CompensationAfterPivot { .. }
+    ));
 }
 
 /// Past the saga deadline the running step is abandoned and everything is undone,
@@ -617,25 +768,51 @@ pub async fn deadline_triggers_compensation<S: SagaStore>(store: S, deadline: Du
     assert_eq!(done.state, SagaState::Compensated);
     assert_eq!(*log.lock().unwrap(), ["do a", "do slow", "undo a"]);
     let history = orch.history(id).await.unwrap();
-    assert!(history.iter().any(|h| h.event == HistoryEvent::DeadlineExceeded));
-    assert!(history.iter().any(|h| h.event == HistoryEvent::CompensationSucceeded && h.step.as_deref() == Some("slow")));
+    assert!(
+        history
+            .iter()
+            .any(|h| h.event == HistoryEvent::DeadlineExceeded)
+    );
+    assert!(history.iter().any(
+        |h| h.event == HistoryEvent::CompensationSucceeded && h.step.as_deref() == Some("slow")
+    ));
 }
 
 /// Starting twice with one id runs the saga once.
 pub async fn starting_twice_with_one_id_runs_once<S: SagaStore>(store: S) {
     let log = Arc::new(Mutex::new(Vec::new()));
-    let def = SagaDefinition::builder("once", 1).step(counting_step("a", &log)).build().unwrap();
-    let other = SagaDefinition::builder("other", 1).step(counting_step("z", &log)).build().unwrap();
+    let def = SagaDefinition::builder("once", 1)
+        .step(counting_step("a", &log))
+        .build()
+        .unwrap();
+    let other = SagaDefinition::builder("other", 1)
+        .step(counting_step("z", &log))
+        .build()
+        .unwrap();
     let orch = orchestrator(store, &[&def, &other]);
     let id = SagaId::new();
-    assert_eq!(orch.start_with_id(&def, id, &Ctx::default()).await.unwrap(), id);
-    assert_eq!(orch.start_with_id(&def, id, &Ctx { done: vec![9] }).await.unwrap(), id);
+    assert_eq!(
+        orch.start_with_id(&def, id, &Ctx::default()).await.unwrap(),
+        id
+    );
+    assert_eq!(
+        orch.start_with_id(&def, id, &Ctx { done: vec![9] })
+            .await
+            .unwrap(),
+        id
+    );
     let done = orch.outcome(id).await.unwrap();
     assert_eq!(done.state, SagaState::Completed);
-    assert_eq!(orch.start_with_id(&def, id, &Ctx::default()).await.unwrap(), id);
+    assert_eq!(
+        orch.start_with_id(&def, id, &Ctx::default()).await.unwrap(),
+        id
+    );
     orch.idle().await;
     assert_eq!(*log.lock().unwrap(), ["do a"]);
-    assert!(matches!(orch.start_with_id(&other, id, &Ctx::default()).await, Err(Error::IdInUse { .. })));
+    assert!(matches!(
+        orch.start_with_id(&other, id, &Ctx::default()).await,
+        Err(Error::IdInUse { .. })
+    ));
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -645,11 +822,16 @@ struct CtxV2 {
 
 /// A context that no longer decodes parks that saga with a clear error; others run on.
 /// An unknown saga type at resume is a clear error, not a panic.
-pub async fn bad_context_parks_the_saga_and_unknown_type_is_an_error<S: SagaStore + Clone>(store: S) {
+pub async fn bad_context_parks_the_saga_and_unknown_type_is_an_error<S: SagaStore + Clone>(
+    store: S,
+) {
     let clock = Clock::manual(Utc::now());
     let log = Arc::new(Mutex::new(Vec::new()));
     // Version 1 started a saga, then the process died before it finished.
-    let v1 = SagaDefinition::builder("evolving", 1).step(counting_step("a", &log)).build().unwrap();
+    let v1 = SagaDefinition::builder("evolving", 1)
+        .step(counting_step("a", &log))
+        .build()
+        .unwrap();
     let now = clock.now();
     let stuck = |id: SagaId, saga_type: &str, version: u32| SagaRecord {
         id,
@@ -670,13 +852,19 @@ pub async fn bad_context_parks_the_saga_and_unknown_type_is_an_error<S: SagaStor
     let bad = SagaId::new();
     let unknown = SagaId::new();
     store.create(&stuck(bad, "evolving", 1), &[]).await.unwrap();
-    store.create(&stuck(unknown, "retired", 7), &[]).await.unwrap();
+    store
+        .create(&stuck(unknown, "retired", 7), &[])
+        .await
+        .unwrap();
     // The redeploy changed the context type but kept version 1: a bug we must survive.
     let v1_changed = SagaDefinition::<CtxV2>::builder("evolving", 1)
         .step(Step::new("a", |c: CtxV2, _| async move { Ok(c) }))
         .build()
         .unwrap();
-    let fine = SagaDefinition::builder("fine", 1).step(counting_step("f", &log)).build().unwrap();
+    let fine = SagaDefinition::builder("fine", 1)
+        .step(counting_step("f", &log))
+        .build()
+        .unwrap();
     clock.advance(LEASE);
     let orch = Orchestrator::builder(store.clone())
         .clock(clock.clone())
@@ -685,19 +873,31 @@ pub async fn bad_context_parks_the_saga_and_unknown_type_is_an_error<S: SagaStor
         .build()
         .unwrap();
     let _ = v1;
-    assert_eq!(orch.recover().await.unwrap(), 1, "only the known type is taken over");
+    assert_eq!(
+        orch.recover().await.unwrap(),
+        1,
+        "only the known type is taken over"
+    );
     let ok = orch.start(&fine, &Ctx::default()).await.unwrap();
     let parked = orch.outcome(bad).await.unwrap();
     assert_eq!(parked.state, SagaState::Failed);
     let reason = parked.error.unwrap();
-    assert!(reason.contains("does not decode") && reason.contains("evolving"), "{reason}");
+    assert!(
+        reason.contains("does not decode") && reason.contains("evolving"),
+        "{reason}"
+    );
     assert_eq!(orch.outcome(ok).await.unwrap().state, SagaState::Completed);
     match orch.resume(unknown).await {
-        Err(Error::UnknownDefinition { name, version }) => assert_eq!((name.as_str(), version), ("retired", 7)),
+        Err(Error::UnknownDefinition { name, version }) => {
+            assert_eq!((name.as_str(), version), ("retired", 7))
+        }
         other => panic!("expected UnknownDefinition, got {other:?}"),
     }
     // Still there, visible to an operator.
-    let running = orch.list(&ListFilter::default().state(SagaState::Running)).await.unwrap();
+    let running = orch
+        .list(&ListFilter::default().state(SagaState::Running))
+        .await
+        .unwrap();
     assert_eq!(running.iter().map(|r| r.id).collect::<Vec<_>>(), [unknown]);
 }
 
@@ -709,13 +909,18 @@ pub async fn failing_compensation_parks_then_operator_retries_and_resolves<S: Sa
     let log = Arc::new(Mutex::new(Vec::new()));
     let def = SagaDefinition::builder("refund", 1)
         .step(
-            Step::new("charge", |c: Ctx, _| async move { Ok(c) }).compensate(move |_: Ctx, _| {
-                let h = Arc::clone(&h);
-                async move {
-                    if h.load(Ordering::SeqCst) { Ok(()) } else { Err(StepError::retryable("refunds down")) }
-                }
-            })
-            .compensation_policy(fast_policy(3)),
+            Step::new("charge", |c: Ctx, _| async move { Ok(c) })
+                .compensate(move |_: Ctx, _| {
+                    let h = Arc::clone(&h);
+                    async move {
+                        if h.load(Ordering::SeqCst) {
+                            Ok(())
+                        } else {
+                            Err(StepError::retryable("refunds down"))
+                        }
+                    }
+                })
+                .compensation_policy(fast_policy(3)),
         )
         .step(failing_step("reserve", &log))
         .build()
@@ -728,12 +933,27 @@ pub async fn failing_compensation_parks_then_operator_retries_and_resolves<S: Sa
         assert_eq!(parked.state, SagaState::Failed);
         assert!(parked.error.as_deref().unwrap().contains("refunds down"));
     }
-    let listed = orch.list(&ListFilter::default().state(SagaState::Failed)).await.unwrap();
+    let listed = orch
+        .list(&ListFilter::default().state(SagaState::Failed))
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 2);
-    let retries = orch.history(a).await.unwrap().iter().filter(|h| h.event == HistoryEvent::CompensationRetry).count();
-    assert_eq!(retries, 2, "two failed attempts were retried, the third parked");
+    let retries = orch
+        .history(a)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|h| h.event == HistoryEvent::CompensationRetry)
+        .count();
+    assert_eq!(
+        retries, 2,
+        "two failed attempts were retried, the third parked"
+    );
 
-    assert!(matches!(orch.retry(SagaId::new()).await, Err(Error::Store(StoreError::NotFound(_)))));
+    assert!(matches!(
+        orch.retry(SagaId::new()).await,
+        Err(Error::Store(StoreError::NotFound(_)))
+    ));
     healthy.store(true, Ordering::SeqCst);
     orch.retry(a).await.unwrap();
     assert_eq!(orch.outcome(a).await.unwrap().state, SagaState::Compensated);
@@ -741,7 +961,10 @@ pub async fn failing_compensation_parks_then_operator_retries_and_resolves<S: Sa
     let resolved = orch.resolve(b, "refunded by hand").await.unwrap();
     assert_eq!(resolved.state, SagaState::Resolved);
     let last = orch.history(b).await.unwrap().pop().unwrap();
-    assert_eq!((last.event, last.error.as_deref()), (HistoryEvent::Resolved, Some("refunded by hand")));
+    assert_eq!(
+        (last.event, last.error.as_deref()),
+        (HistoryEvent::Resolved, Some("refunded by hand"))
+    );
 }
 
 /// A writer holding an old version is rejected and writes nothing.
@@ -766,11 +989,29 @@ pub async fn stale_writer_is_rejected<S: SagaStore>(store: S) {
     assert!(store.create(&record, &[]).await.unwrap().is_none());
     // Another instance takes it over after the lease.
     let later = now + chrono::Duration::seconds(1);
-    let claimed = store.claim("b", later, later + chrono::Duration::seconds(30), &["t@1".into()], 10).await.unwrap();
+    let claimed = store
+        .claim(
+            "b",
+            later,
+            later + chrono::Duration::seconds(30),
+            &["t@1".into()],
+            10,
+        )
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), 1);
-    assert_eq!((claimed[0].version, claimed[0].owner.as_deref()), (2, Some("b")));
+    assert_eq!(
+        (claimed[0].version, claimed[0].owner.as_deref()),
+        (2, Some("b"))
+    );
     // Nothing left to claim while b holds it.
-    assert!(store.claim("c", later, later, &["t@1".into()], 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim("c", later, later, &["t@1".into()], 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // The old owner's write is rejected.
     record.version = 2;
     record.cursor = 1;
@@ -785,10 +1026,26 @@ pub async fn stale_writer_is_rejected<S: SagaStore>(store: S) {
     mine.cursor = 1;
     mine.context = serde_json::json!({"k": [1, 2]});
     mine.error = Some("e".into());
-    store.update(&mine, 2, &[HistoryEntry { event: HistoryEvent::ActionSucceeded, step: Some("s".into()), attempt: 1, error: None, started_at: later, at: later }]).await.unwrap();
+    store
+        .update(
+            &mine,
+            2,
+            &[HistoryEntry {
+                event: HistoryEvent::ActionSucceeded,
+                step: Some("s".into()),
+                attempt: 1,
+                error: None,
+                started_at: later,
+                at: later,
+            }],
+        )
+        .await
+        .unwrap();
     let stored = store.get(record.id).await.unwrap().unwrap();
     assert_eq!(stored.context, mine.context);
-    assert_eq!((stored.version, stored.cursor, stored.error.as_deref()), (3, 1, Some("e")));
+    assert_eq!(
+        (stored.version, stored.cursor, stored.error.as_deref()),
+        (3, 1, Some("e"))
+    );
     assert_eq!(store.history(record.id).await.unwrap().len(), 1);
 }
-

@@ -30,6 +30,7 @@ mod error;
 pub(crate) mod rng;
 
 pub mod backoff;
+pub mod circuit_breaker;
 
 pub use error::ConfigError;
 

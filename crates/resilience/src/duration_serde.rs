@@ -92,6 +92,7 @@ pub(crate) mod option {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

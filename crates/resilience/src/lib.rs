@@ -7,15 +7,15 @@
 //! | module | protects against |
 //! |---|---|
 //! | [`backoff`] | retry storms: spaces retries out, with jitter |
-//! | `retry` | transient failures, with a shared retry budget |
-//! | `timeout` | calls that hang |
-//! | `bulkhead` | one slow dependency exhausting every worker |
-//! | `fallback` | a failure reaching the user when a degraded answer would do |
-//! | `rate_limit` | calling a dependency faster than it (or its contract) allows |
+//! | [`retry`] | transient failures, with a shared [retry budget](retry::RetryBudget) |
+//! | [`timeout`] | calls that hang |
+//! | [`bulkhead`] | one slow dependency exhausting every worker |
+//! | [`fallback`] | a failure reaching the user when a degraded answer would do |
+//! | [`rate_limit`] | calling a dependency faster than it (or its contract) allows |
 //! | `pipeline` | getting the order of all of the above wrong |
 //!
-//! Each layer's error is a concrete type (`Elapsed`, `RetriesExhausted`,
-//! `BulkheadFull`, `RateLimited`, `FallbackFailed`)
+//! Each layer's error is a concrete type ([`timeout::Elapsed`], [`retry::RetriesExhausted`],
+//! [`bulkhead::BulkheadFull`], [`rate_limit::RateLimited`], [`fallback::FallbackFailed`])
 //! returned through [`BoxError`] exactly as tower's own layers do, so axum's
 //! `HandleErrorLayer` and tonic work unchanged and a caller tells a timeout from the inner
 //! error by type (`err.is::<Elapsed>()`), never by string. The `pipeline` adds one typed
@@ -30,7 +30,13 @@ mod error;
 pub(crate) mod rng;
 
 pub mod backoff;
+pub mod bulkhead;
 pub mod circuit_breaker;
+pub mod fallback;
+pub mod rate_limit;
+pub mod retry;
+pub mod telemetry;
+pub mod timeout;
 
 pub use error::ConfigError;
 

@@ -11,8 +11,8 @@
 //!
 //! A [`Backoff`] only decides *how long to wait*. Whether to retry at all (a 400 never, a
 //! 503 yes), how many times, and within what total time is the job of the
-//! `retry` layer, which takes a `Backoff`. For a single call with a deadline
-//! use the `timeout` layer instead.
+//! [`retry`](crate::retry) layer, which takes a `Backoff`. For a single call with a deadline
+//! use [`timeout`](crate::timeout) instead.
 //!
 //! # Shapes and jitter
 //!
@@ -366,6 +366,7 @@ impl Iterator for BackoffIter {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

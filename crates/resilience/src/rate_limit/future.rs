@@ -1,0 +1,60 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pin_project_lite::pin_project;
+
+use super::RateLimited;
+use crate::BoxError;
+
+pin_project! {
+    #[project = KindProj]
+    #[derive(Debug)]
+    enum Kind<F> {
+        Called { #[pin] future: F },
+        Rejected { error: Option<RateLimited> },
+    }
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`](super::RateLimit): the inner call, or an
+    /// immediate [`RateLimited`].
+    #[derive(Debug)]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn called(future: F) -> Self {
+        Self {
+            kind: Kind::Called { future },
+        }
+    }
+
+    pub(crate) fn rejected(error: RateLimited) -> Self {
+        Self {
+            kind: Kind::Rejected { error: Some(error) },
+        }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future } => future.poll(cx).map_err(Into::into),
+            KindProj::Rejected { error } => Poll::Ready(Err(match error.take() {
+                Some(e) => Box::new(e),
+                None => "rate limit response future polled after completion".into(),
+            })),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::ConfigError;
+
+/// A shared GCRA rate limiter: `rate` calls per `period`, bursts of up to `burst`.
+///
+/// The whole state is one `AtomicU64` (the theoretical arrival time of the next call),
+/// updated with a compare-and-swap: no lock, and every clone of the handle (every
+/// service built with it) draws from the same allowance.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::rate_limit::RateLimiter;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+/// let limiter = RateLimiter::builder("geo-api")
+///     .rate(10, Duration::from_secs(1))
+///     .burst(2)
+///     .build()?;
+/// assert!(limiter.try_acquire().is_ok());
+/// assert!(limiter.try_acquire().is_ok());
+/// // The burst is spent; the next slot opens in 100 ms.
+/// assert_eq!(limiter.try_acquire(), Err(Duration::from_millis(100)));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RateLimiter {
+    pub(crate) state: Arc<State>,
+}
+
+pub(crate) struct State {
+    pub(crate) name: Arc<str>,
+    epoch: Instant,
+    /// Theoretical arrival time, nanoseconds since `epoch`.
+    tat: AtomicU64,
+    /// Nanoseconds between calls at the sustained rate.
+    interval: u64,
+    /// `burst × interval`: how far ahead of now the TAT may run.
+    tolerance: u64,
+    pub(crate) max_wait: Duration,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field("name", &self.state.name)
+            .field("interval", &Duration::from_nanos(self.state.interval))
+            .field("burst", &(self.state.tolerance / self.state.interval))
+            .field("max_wait", &self.state.max_wait)
+            .finish()
+    }
+}
+
+/// Builds a [`RateLimiter`]; every setter names its default.
+#[derive(Clone, Debug)]
+pub struct RateLimiterBuilder {
+    name: Arc<str>,
+    rate: u32,
+    period: Duration,
+    burst: Option<u32>,
+    max_wait: Duration,
+}
+
+impl RateLimiterBuilder {
+    /// `rate` calls per `period` sustained (default 100 per second).
+    pub fn rate(mut self, rate: u32, period: Duration) -> Self {
+        self.rate = rate;
+        self.period = period;
+        self
+    }
+
+    /// Calls allowed back to back after a quiet spell (default: `rate`, one period's
+    /// worth). Must be ≥ 1.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// How long a call may wait for its slot before it is rejected with
+    /// [`RateLimited`](super::RateLimited) (default zero: reject at once).
+    pub fn max_wait(mut self, d: Duration) -> Self {
+        self.max_wait = d;
+        self
+    }
+
+    /// Validates and builds the shared limiter.
+    pub fn build(self) -> Result<RateLimiter, ConfigError> {
+        if self.rate == 0 {
+            return Err(ConfigError::Zero { field: "rate" });
+        }
+        if self.period.is_zero() {
+            return Err(ConfigError::Zero { field: "period" });
+        }
+        let burst = self.burst.unwrap_or(self.rate);
+        if burst == 0 {
+            return Err(ConfigError::Zero { field: "burst" });
+        }
+        let interval = u64::try_from(self.period.as_nanos() / u128::from(self.rate))
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Ok(RateLimiter {
+            state: Arc::new(State {
+                name: self.name,
+                epoch: Instant::now(),
+                tat: AtomicU64::new(0),
+                interval,
+                tolerance: interval.saturating_mul(u64::from(burst)),
+                max_wait: self.max_wait,
+            }),
+        })
+    }
+}
+
+impl RateLimiter {
+    /// A builder for a limiter called `name` (the name appears in errors and events).
+    pub fn builder(name: impl Into<Arc<str>>) -> RateLimiterBuilder {
+        RateLimiterBuilder {
+            name: name.into(),
+            rate: 100,
+            period: Duration::from_secs(1),
+            burst: None,
+            max_wait: Duration::ZERO,
+        }
+    }
+
+    /// The limiter's name.
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// How long a call may wait for its slot.
+    pub fn max_wait(&self) -> Duration {
+        self.state.max_wait
+    }
+
+    /// Takes a slot now, or says how long until one opens (nothing is reserved then).
+    #[inline]
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        self.state.reserve(Duration::ZERO).map(|_| ())
+    }
+
+    /// Reserves the next slot if it opens within `max_wait` and returns the wait until
+    /// it (zero: go now); otherwise reserves nothing and returns the time until a slot
+    /// would open.
+    #[inline]
+    pub fn reserve(&self, max_wait: Duration) -> Result<Duration, Duration> {
+        self.state.reserve(max_wait)
+    }
+}
+
+impl State {
+    #[inline]
+    fn reserve(&self, max_wait: Duration) -> Result<Duration, Duration> {
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let new_tat = tat.max(now).saturating_add(self.interval);
+            let wait = new_tat.saturating_sub(now.saturating_add(self.tolerance));
+            if wait > max_wait {
+                return Err(Duration::from_nanos(wait));
+            }
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(Duration::from_nanos(wait)),
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::{RateLimited, RateLimiter, ResponseFuture};
+use crate::BoxError;
+
+#[derive(Default)]
+enum Slot {
+    #[default]
+    None,
+    Waiting(Pin<Box<Sleep>>),
+    Granted,
+    Refused(Duration),
+}
+
+/// A service whose calls each take a slot of a shared [`RateLimiter`]. Built by
+/// [`RateLimitLayer`](super::RateLimitLayer).
+///
+/// `poll_ready` takes the slot: `Ready` at once when one is free, `Pending` until the
+/// reserved slot opens when it opens within `max_wait`; otherwise it returns `Ready(Ok)`
+/// and the next `call` fails with [`RateLimited`] carrying the `retry_after`, without
+/// calling the inner service. (Readiness never fails, so `tower::buffer` stays usable.)
+///
+/// A slot reserved in `poll_ready` is spent even if `call` never comes.
+pub struct RateLimit<S> {
+    inner: S,
+    limiter: RateLimiter,
+    slot: Slot,
+}
+
+impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .field("limiter", &self.limiter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Clone> Clone for RateLimit<S> {
+    /// A clone shares the limiter, not the slot this instance may hold.
+    fn clone(&self) -> Self {
+        Self::new(self.inner.clone(), self.limiter.clone())
+    }
+}
+
+impl<S> RateLimit<S> {
+    /// Wraps `inner` with `limiter`.
+    pub fn new(inner: S, limiter: RateLimiter) -> Self {
+        Self {
+            inner,
+            limiter,
+            slot: Slot::None,
+        }
+    }
+
+    /// The shared limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+}
+
+impl<S, Req> Service<Req> for RateLimit<S>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        loop {
+            match &mut self.slot {
+                Slot::None => {
+                    self.slot = match self.limiter.reserve(self.limiter.max_wait()) {
+                        Ok(wait) if wait.is_zero() => Slot::Granted,
+                        Ok(wait) => Slot::Waiting(Box::pin(tokio::time::sleep(wait))),
+                        Err(retry_after) => Slot::Refused(retry_after),
+                    };
+                }
+                Slot::Waiting(sleep) => {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    self.slot = Slot::Granted;
+                }
+                Slot::Granted => return self.inner.poll_ready(cx).map_err(Into::into),
+                Slot::Refused(_) => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        match std::mem::take(&mut self.slot) {
+            Slot::Granted => ResponseFuture::called(self.inner.call(req)),
+            Slot::Refused(retry_after) => self.refuse(retry_after),
+            // `call` without `poll_ready`: only a free slot lets it through.
+            Slot::None | Slot::Waiting(_) => match self.limiter.try_acquire() {
+                Ok(()) => ResponseFuture::called(self.inner.call(req)),
+                Err(retry_after) => self.refuse(retry_after),
+            },
+        }
+    }
+}
+
+impl<S> RateLimit<S> {
+    fn refuse<F>(&self, retry_after: Duration) -> ResponseFuture<F> {
+        crate::telemetry::rate_limited(self.limiter.name(), retry_after);
+        ResponseFuture::rejected(RateLimited::new(
+            self.limiter.state.name.clone(),
+            retry_after,
+        ))
+    }
+}

@@ -1,0 +1,232 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::policy::{
+    CloneRequest, Listener, RebuildRequest, RestoreRequest, RetryEvent, RetryOnError,
+};
+use super::{Retry, RetryBudget};
+use crate::ConfigError;
+use crate::backoff::Backoff;
+
+/// The configuration a [`Retry`] service and all its clones share.
+pub(crate) struct Policy<C, P> {
+    pub(crate) name: Arc<str>,
+    pub(crate) classify: C,
+    pub(crate) replay: P,
+    pub(crate) max_attempts: u32,
+    pub(crate) max_elapsed: Option<Duration>,
+    pub(crate) backoff: Backoff,
+    pub(crate) budget: Option<Arc<RetryBudget>>,
+    pub(crate) listeners: Vec<Listener>,
+}
+
+impl<C, P> Policy<C, P> {
+    pub(crate) fn emit(&self, event: RetryEvent<'_>) {
+        match event {
+            RetryEvent::Retrying { attempt, delay, .. } => {
+                crate::telemetry::retry_scheduled(&self.name, attempt, delay);
+            }
+            RetryEvent::GaveUp {
+                attempts, reason, ..
+            } => crate::telemetry::retries_exhausted(&self.name, attempts, reason.as_str()),
+        }
+        for listener in &self.listeners {
+            listener(&event);
+        }
+    }
+}
+
+/// Applies a [`Retry`] to a service. Cheap to clone: the policy sits behind one `Arc`.
+///
+/// Build it with [`RetryLayer::builder`]; the builder validates the configuration.
+pub struct RetryLayer<C = RetryOnError, P = CloneRequest> {
+    policy: Arc<Policy<C, P>>,
+}
+
+impl<C, P> Clone for RetryLayer<C, P> {
+    fn clone(&self) -> Self {
+        Self {
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<C, P> fmt::Debug for RetryLayer<C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("name", &self.policy.name)
+            .field("max_attempts", &self.policy.max_attempts)
+            .field("max_elapsed", &self.policy.max_elapsed)
+            .field("backoff", &self.policy.backoff)
+            .field("budget", &self.policy.budget.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RetryLayer {
+    /// A builder that retries errors (never responses), clones requests, makes at most 3
+    /// attempts and waits the default [`Backoff`] between them.
+    pub fn builder() -> RetryBuilder<RetryOnError, CloneRequest> {
+        RetryBuilder {
+            name: Arc::from("retry"),
+            classify: RetryOnError,
+            replay: CloneRequest,
+            max_attempts: 3,
+            max_elapsed: None,
+            backoff: Backoff::default(),
+            budget: None,
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl<C, P> RetryLayer<C, P> {
+    /// The policy's name, as used in events.
+    pub fn name(&self) -> &str {
+        &self.policy.name
+    }
+}
+
+impl<S, C, P> Layer<S> for RetryLayer<C, P> {
+    type Service = Retry<S, C, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry::from_policy(inner, self.policy.clone())
+    }
+}
+
+/// Builds a [`RetryLayer`]; every setter names its default.
+pub struct RetryBuilder<C, P> {
+    name: Arc<str>,
+    classify: C,
+    replay: P,
+    max_attempts: u32,
+    max_elapsed: Option<Duration>,
+    backoff: Backoff,
+    budget: Option<Arc<RetryBudget>>,
+    listeners: Vec<Listener>,
+}
+
+impl<C, P> fmt::Debug for RetryBuilder<C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryBuilder")
+            .field("name", &self.name)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_elapsed", &self.max_elapsed)
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, P> RetryBuilder<C, P> {
+    /// Names the policy in events and metrics (default `"retry"`).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The most attempts, the first call included (default 3). Must be at least 1.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// No retry is started whose wait would end more than `d` after the first call
+    /// began (default: no limit). Bound each attempt with a timeout inside the retry to
+    /// bound the total.
+    pub fn max_elapsed(mut self, d: Duration) -> Self {
+        self.max_elapsed = Some(d);
+        self
+    }
+
+    /// The delays between attempts (default [`Backoff::default`]: exponential from 100 ms,
+    /// capped at 10 s, full jitter). A [`RetryDecision::RetryAfter`](super::RetryDecision)
+    /// overrides it for one attempt.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Draws every retry from a shared [`RetryBudget`] (default: none).
+    pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Calls `listener` on every retry and every give-up.
+    pub fn on_event(mut self, listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Decides from the request and the whole outcome whether to retry
+    /// (default [`RetryOnError`]).
+    pub fn classify<C2>(self, classify: C2) -> RetryBuilder<C2, P> {
+        RetryBuilder {
+            name: self.name,
+            classify,
+            replay: self.replay,
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed,
+            backoff: self.backoff,
+            budget: self.budget,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Replays requests through `replay` instead of cloning them.
+    pub fn replay<P2>(self, replay: P2) -> RetryBuilder<C, P2> {
+        RetryBuilder {
+            name: self.name,
+            classify: self.classify,
+            replay,
+            max_attempts: self.max_attempts,
+            max_elapsed: self.max_elapsed,
+            backoff: self.backoff,
+            budget: self.budget,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Replays requests that are not `Clone` by rebuilding them:
+    /// `Fn(&Req) -> Option<Req>`.
+    pub fn rebuild_with<F>(self, f: F) -> RetryBuilder<C, RebuildRequest<F>> {
+        self.replay(RebuildRequest(f))
+    }
+
+    /// Replays requests that are not `Clone` by taking them back out of the failed
+    /// outcome: `Fn(&mut Result<Res, E>) -> Option<Req>`.
+    pub fn restore_with<F>(self, f: F) -> RetryBuilder<C, RestoreRequest<F>> {
+        self.replay(RestoreRequest(f))
+    }
+
+    /// Validates and builds the layer.
+    pub fn build(self) -> Result<RetryLayer<C, P>, ConfigError> {
+        if self.max_attempts == 0 {
+            return Err(ConfigError::Zero {
+                field: "max_attempts",
+            });
+        }
+        if self.max_elapsed == Some(Duration::ZERO) {
+            return Err(ConfigError::Zero {
+                field: "max_elapsed",
+            });
+        }
+        self.backoff.validate()?;
+        Ok(RetryLayer {
+            policy: Arc::new(Policy {
+                name: self.name,
+                classify: self.classify,
+                replay: self.replay,
+                max_attempts: self.max_attempts,
+                max_elapsed: self.max_elapsed,
+                backoff: self.backoff,
+                budget: self.budget,
+                listeners: self.listeners,
+            }),
+        })
+    }
+}

@@ -1,0 +1,171 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What to do after an attempt, decided by a [`Classify`] over the whole outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Retry after the backoff's next delay.
+    Retry,
+    /// Retry after exactly this delay (a server's `Retry-After`), instead of the backoff's.
+    RetryAfter(Duration),
+    /// Return this outcome to the caller.
+    DoNotRetry,
+}
+
+/// Decides, from the request and the whole outcome of an attempt, whether to retry.
+///
+/// Seeing the whole outcome is what lets a policy retry a `503` *response* and a
+/// connection error while never retrying a `400`, and read a `Retry-After` header.
+/// Implemented for every `Fn(&Req, &Result<Res, E>) -> RetryDecision`.
+///
+/// ```rust
+/// use palisade_resilience::retry::{Classify, RetryDecision};
+///
+/// let only_errors = |_: &u32, outcome: &Result<u16, std::io::Error>| match outcome {
+///     Ok(503) => RetryDecision::Retry,
+///     Ok(_) => RetryDecision::DoNotRetry,
+///     Err(_) => RetryDecision::Retry,
+/// };
+/// assert_eq!(only_errors.classify(&1, &Ok(400)), RetryDecision::DoNotRetry);
+/// ```
+pub trait Classify<Req, Res, E> {
+    /// The decision for `outcome`, the result of sending `req`.
+    fn classify(&self, req: &Req, outcome: &Result<Res, E>) -> RetryDecision;
+}
+
+impl<Req, Res, E, F> Classify<Req, Res, E> for F
+where
+    F: Fn(&Req, &Result<Res, E>) -> RetryDecision,
+{
+    #[inline]
+    fn classify(&self, req: &Req, outcome: &Result<Res, E>) -> RetryDecision {
+        self(req, outcome)
+    }
+}
+
+/// The default classification: retry every error, never a response.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetryOnError;
+
+impl<Req, Res, E> Classify<Req, Res, E> for RetryOnError {
+    #[inline]
+    fn classify(&self, _: &Req, outcome: &Result<Res, E>) -> RetryDecision {
+        match outcome {
+            Ok(_) => RetryDecision::DoNotRetry,
+            Err(_) => RetryDecision::Retry,
+        }
+    }
+}
+
+/// How the retry layer gets a request to send again, since sending consumes it.
+///
+/// - [`CloneRequest`] (the default): keep a clone, for `Req: Clone`.
+/// - [`RebuildRequest`]: keep a copy built by a closure (e.g. from a buffered body).
+/// - [`RestoreRequest`]: keep nothing and take the request back out of the failed
+///   outcome, for clients that hand the unsent request back in their error (hyper's
+///   `TrySendError::into_message`) — the way to retry tonic's `http::Request`.
+pub trait Replay<Req, Res, E> {
+    /// A copy of `req` to keep for the next attempt, or `None`.
+    fn keep(&self, req: &Req) -> Option<Req>;
+
+    /// Called when nothing was kept: take the request back out of the outcome.
+    fn restore(&self, outcome: &mut Result<Res, E>) -> Option<Req> {
+        let _ = outcome;
+        None
+    }
+}
+
+/// Replays requests by cloning them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CloneRequest;
+
+impl<Req: Clone, Res, E> Replay<Req, Res, E> for CloneRequest {
+    #[inline]
+    fn keep(&self, req: &Req) -> Option<Req> {
+        Some(req.clone())
+    }
+}
+
+/// Replays requests by rebuilding them with `Fn(&Req) -> Option<Req>` (`None`: cannot be
+/// replayed, the first outcome is returned).
+#[derive(Clone, Copy, Debug)]
+pub struct RebuildRequest<F>(pub F);
+
+impl<Req, Res, E, F: Fn(&Req) -> Option<Req>> Replay<Req, Res, E> for RebuildRequest<F> {
+    #[inline]
+    fn keep(&self, req: &Req) -> Option<Req> {
+        (self.0)(req)
+    }
+}
+
+/// Replays requests by restoring them from the failed outcome with
+/// `Fn(&mut Result<Res, E>) -> Option<Req>`.
+#[derive(Clone, Copy, Debug)]
+pub struct RestoreRequest<F>(pub F);
+
+impl<Req, Res, E, F: Fn(&mut Result<Res, E>) -> Option<Req>> Replay<Req, Res, E>
+    for RestoreRequest<F>
+{
+    #[inline]
+    fn keep(&self, _: &Req) -> Option<Req> {
+        None
+    }
+
+    #[inline]
+    fn restore(&self, outcome: &mut Result<Res, E>) -> Option<Req> {
+        (self.0)(outcome)
+    }
+}
+
+/// Why the retry layer stopped retrying although the classifier asked for a retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GiveUpReason {
+    /// `max_attempts` attempts were made.
+    MaxAttempts,
+    /// The next retry would start after `max_elapsed`.
+    MaxElapsed,
+    /// The shared [`RetryBudget`](super::RetryBudget) had no token left.
+    BudgetExhausted,
+    /// The request could not be kept or restored for another attempt.
+    NotReplayable,
+}
+
+impl GiveUpReason {
+    /// A short snake_case label, as used in telemetry.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GiveUpReason::MaxAttempts => "max_attempts",
+            GiveUpReason::MaxElapsed => "max_elapsed",
+            GiveUpReason::BudgetExhausted => "budget_exhausted",
+            GiveUpReason::NotReplayable => "not_replayable",
+        }
+    }
+}
+
+/// What a retry listener is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RetryEvent<'a> {
+    /// Attempt `attempt` failed and another one starts after `delay`.
+    Retrying {
+        /// The policy's name.
+        name: &'a str,
+        /// The attempt that failed (1 is the first call).
+        attempt: u32,
+        /// The wait before the next attempt.
+        delay: Duration,
+    },
+    /// The classifier asked for a retry but the layer gave up.
+    GaveUp {
+        /// The policy's name.
+        name: &'a str,
+        /// Attempts made.
+        attempts: u32,
+        /// Why.
+        reason: GiveUpReason,
+    },
+}
+
+/// A user callback receiving [`RetryEvent`]s.
+pub(crate) type Listener = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;

@@ -9,8 +9,9 @@
 //!   `content-type`, `ce_correlationid` and `ce_causationid`;
 //! - free headers travel under their own names, except that a name which would read
 //!   as a reserved one (starting with `ce_`, `x-palisade-` or `\`, or equal to
-//!   `content-type`) is escaped with a leading `\`, so no free header can overwrite an
-//!   attribute and every name comes back exactly;
+//!   `content-type`, or owned by a broker such as `x-death` or `Nats-Msg-Id`) is
+//!   escaped with a leading `\`, so no free header can overwrite an attribute or be
+//!   mistaken for broker metadata, and every name comes back exactly;
 //! - names starting with `x-palisade-` are the backends' own transport metadata
 //!   (attempt counters), never shown as free headers.
 //!
@@ -48,8 +49,22 @@ pub(crate) const DEAD_LETTER_REASON: &str = "palisade-dead-letter-reason";
 
 const ESCAPE: char = '\\';
 
+/// Names a broker sets on its own (RabbitMQ dead-lettering and quorum queues, NATS),
+/// which the backends skip when reading; free headers with such names are escaped.
+pub(crate) fn broker_owned(name: &str) -> bool {
+    name == "x-death"
+        || name == "x-delivery-count"
+        || name.starts_with("x-first-death-")
+        || name.starts_with("x-last-death-")
+        || name == "x-received-from"
+        || name
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("nats-"))
+}
+
 fn needs_escape(name: &str) -> bool {
-    name.starts_with("ce_")
+    broker_owned(name)
+        || name.starts_with("ce_")
         || name.starts_with(INTERNAL_PREFIX)
         || name.starts_with(ESCAPE)
         || name == CONTENT_TYPE
@@ -183,6 +198,8 @@ mod tests {
             .with_header("ce_type", "sneaky")
             .with_header("content-type", "text/plain")
             .with_header("x-palisade-attempt", "9")
+            .with_header("x-death", "free")
+            .with_header("Nats-Msg-Id", "free")
             .with_header("\\odd", "1");
         let pairs = encode(&envelope);
         let back = decode_pairs(&pairs, envelope.payload.clone())?;

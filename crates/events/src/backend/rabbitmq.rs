@@ -1,0 +1,794 @@
+//! RabbitMQ backend (lapin, AMQP 0-9-1).
+//!
+//! - **Topology**: one durable topic exchange (default `palisade`); a topic is a routing
+//!   key; a group is a durable queue `<topic>.<group>` bound to it, so every group gets
+//!   every event (fan-out) and the members of a group compete for its queue. Each
+//!   topic also has a durable dead-letter queue `<topic>.dlq`, bound under the routing
+//!   key `<topic>.dlq`, which keeps dead letters even when nobody reads them; the group
+//!   queues name it as their dead-letter route, so messages the broker itself rejects
+//!   end up there too.
+//! - **Publish**: persistent messages on a channel in confirm mode; `publish` returns
+//!   after the broker's `basic.ack`. A `basic.nack`, a closed channel or a lost
+//!   connection is an error. By default a publish is `mandatory`: an event no queue is
+//!   bound for is returned by the broker and reported as [`Error::NotConfirmed`]
+//!   instead of silently dropped — declare the groups first
+//!   ([`RabbitMqBus::declare_group`]) or turn this off with
+//!   [`RabbitMqOptions::mandatory`]. [`Publisher::publish_batch`] sends the whole batch
+//!   before awaiting its confirms, so they pipeline.
+//! - **Envelope mapping**: every attribute and free header is an AMQP header
+//!   (long string) under the names of [the shared mapping](super::headers); the
+//!   standard properties (`message_id`, `type`, `app_id`, `content_type`,
+//!   `correlation_id`, `timestamp`) are set as well for other AMQP tools, but the
+//!   headers are what is read back, because properties cannot carry everything (the
+//!   timestamp has whole seconds). A message without the required headers is handed
+//!   out as [`Delivery::malformed`].
+//! - **Consume**: `basic.qos(prefetch)`, `basic.consume` with manual acks. Dropping
+//!   the [`DeliveryStream`] closes the channel, so the broker hands unacknowledged
+//!   messages to another member at once.
+//! - **Settle**: ack is `basic.ack`. Retry publishes a copy, with its attempt counter
+//!   raised, to a per-group delay queue `<topic>.<group>.delay.<ms>` whose TTL
+//!   dead-letters it back into the group's queue, then acks the original (after the
+//!   copy is confirmed: a crash in between duplicates, never loses). Delays are
+//!   rounded down to two significant digits so the number of delay queues stays small;
+//!   unused delay queues expire. Dead-letter publishes a copy with the reason in the
+//!   `palisade-dead-letter-reason` header to `<topic>.dlq`, confirmed, then acks.
+//! - **Attempts**: our `x-palisade-attempt` header (raised by retries) plus the
+//!   broker's redelivery: `x-delivery-count` on quorum queues, the `redelivered` flag
+//!   otherwise.
+//! - **Reconnection**: lapin does not reconnect by itself. A publish that finds the
+//!   connection gone reconnects once and fails if that fails; each subscription
+//!   re-establishes its connection, channel, topology and consumer with exponential
+//!   backoff (50 ms doubling to [`RabbitMqOptions::max_backoff`]) and resumes.
+//!   Deliveries from the lost channel can no longer be acked; the broker redelivers
+//!   them.
+//!
+//! Order: a queue is FIFO, so one member sees each key's events in publish order;
+//! members of a group split the queue message by message, and retries go to the back.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use palisade_events::backend::rabbitmq::RabbitMqBus;
+//! use palisade_events::{Envelope, Publisher, Subscriber, Subscription};
+//!
+//! # async fn run() -> Result<(), palisade_events::Error> {
+//! let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+//! bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+//! if let Some(delivery) = deliveries.next().await {
+//!     delivery?.ack().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use tokio::sync::{Mutex, mpsc};
+
+use super::headers;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::publisher::{BoxFuture, Publisher};
+use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
+
+const BACKEND: &str = "rabbitmq";
+/// Header counting deliveries across retries.
+const ATTEMPT: &str = "x-palisade-attempt";
+
+/// Options of a [`RabbitMqBus`], with documented defaults.
+///
+/// ```
+/// use palisade_events::backend::rabbitmq::RabbitMqOptions;
+///
+/// let options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f").exchange("events");
+/// assert_eq!(options.url(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+/// ```
+#[derive(Clone, Debug)]
+pub struct RabbitMqOptions {
+    url: String,
+    exchange: String,
+    dead_letter_suffix: String,
+    mandatory: bool,
+    max_backoff: Duration,
+}
+
+impl RabbitMqOptions {
+    /// Options for the broker at `url` with every default.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            exchange: "palisade".to_owned(),
+            dead_letter_suffix: ".dlq".to_owned(),
+            mandatory: true,
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    /// The broker URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The durable topic exchange events are published to. Default: `palisade`.
+    #[must_use]
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// Suffix of a topic's dead-letter routing key and queue. Default: `.dlq`.
+    #[must_use]
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dead_letter_suffix = suffix.into();
+        self
+    }
+
+    /// Whether a publish no queue is bound for is an error. Default: `true`, because
+    /// the broker would otherwise confirm and drop it.
+    #[must_use]
+    pub fn mandatory(mut self, mandatory: bool) -> Self {
+        self.mandatory = mandatory;
+        self
+    }
+
+    /// Longest wait between reconnection attempts of a subscription. Default: 5 s.
+    #[must_use]
+    pub fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff.max(Duration::from_millis(50));
+        self
+    }
+}
+
+/// The connection and the confirm-mode publishing channel, re-created when lost.
+struct Link {
+    options: RabbitMqOptions,
+    state: Mutex<LinkState>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    connection: Option<Arc<Connection>>,
+    publish: Option<Channel>,
+}
+
+impl Link {
+    async fn connection(&self) -> Result<Arc<Connection>, Error> {
+        let mut state = self.state.lock().await;
+        self.connected(&mut state).await
+    }
+
+    async fn connected(&self, state: &mut LinkState) -> Result<Arc<Connection>, Error> {
+        if let Some(connection) = &state.connection
+            && connection.status().connected()
+        {
+            return Ok(connection.clone());
+        }
+        state.publish = None;
+        let connection = Connection::connect(&self.options.url, ConnectionProperties::default())
+            .await
+            .map_err(connection_error)?;
+        let connection = Arc::new(connection);
+        state.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// The confirm-mode channel, reconnecting once if it was lost.
+    async fn publish_channel(&self) -> Result<Channel, Error> {
+        let mut state = self.state.lock().await;
+        if let Some(channel) = &state.publish
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let connection = self.connected(&mut state).await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(connection_error)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(broker_error)?;
+        declare_exchange(&channel, &self.options.exchange).await?;
+        state.publish = Some(channel.clone());
+        Ok(channel)
+    }
+
+    /// Publishes and awaits the broker's confirmation.
+    async fn publish_confirmed(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), Error> {
+        let channel = self.publish_channel().await?;
+        let confirm = channel
+            .basic_publish(
+                short(exchange)?,
+                short(routing_key)?,
+                BasicPublishOptions {
+                    mandatory: self.options.mandatory,
+                    immediate: false,
+                },
+                payload,
+                properties,
+            )
+            .await
+            .map_err(connection_error)?;
+        confirmed(confirm.await.map_err(connection_error)?, routing_key)
+    }
+}
+
+fn confirmed(confirmation: Confirmation, routing_key: &str) -> Result<(), Error> {
+    match confirmation {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) | Confirmation::Nack(Some(returned)) => {
+            Err(Error::NotConfirmed {
+                reason: format!(
+                    "returned by the broker ({} {}): no queue is bound for routing key {routing_key:?}",
+                    returned.reply_code, returned.reply_text
+                ),
+            })
+        }
+        Confirmation::Nack(None) => Err(Error::NotConfirmed {
+            reason: "basic.nack from the broker".to_owned(),
+        }),
+        Confirmation::NotRequested => Err(Error::NotConfirmed {
+            reason: "the channel is not in confirm mode".to_owned(),
+        }),
+    }
+}
+
+fn connection_error(e: lapin::Error) -> Error {
+    Error::connection(BACKEND, e)
+}
+
+fn broker_error(e: lapin::Error) -> Error {
+    Error::broker(BACKEND, e)
+}
+
+fn short(s: &str) -> Result<ShortString, Error> {
+    ShortString::try_new(s).map_err(|e| Error::Config(format!("{s:?}: {e}")))
+}
+
+async fn declare_exchange(channel: &Channel, exchange: &str) -> Result<(), Error> {
+    channel
+        .exchange_declare(
+            short(exchange)?,
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker_error)
+}
+
+async fn declare_queue(channel: &Channel, queue: &str, arguments: FieldTable) -> Result<(), Error> {
+    channel
+        .queue_declare(short(queue)?, QueueDeclareOptions::durable(), arguments)
+        .await
+        .map_err(broker_error)?;
+    Ok(())
+}
+
+async fn bind(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+) -> Result<(), Error> {
+    channel
+        .queue_bind(
+            short(queue)?,
+            short(exchange)?,
+            short(routing_key)?,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker_error)
+}
+
+fn long(value: impl Into<Vec<u8>>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// The AMQP properties carrying `envelope`.
+fn properties(envelope: &Envelope) -> Result<BasicProperties, Error> {
+    let mut table = FieldTable::default();
+    for (name, value) in headers::encode(envelope) {
+        let name = ShortString::try_new(name.as_ref()).map_err(|e| Error::Encode(Box::new(e)))?;
+        table.insert(name, long(value));
+    }
+    let mut properties = BasicProperties::default()
+        .with_headers(table)
+        .with_delivery_mode(2)
+        .with_message_id(ShortString::from(envelope.id.to_string()))
+        .with_timestamp(u64::try_from(envelope.time.timestamp()).unwrap_or(0));
+    // Optional properties for other tools; the headers are authoritative.
+    if let Ok(kind) = ShortString::try_new(envelope.event_type.as_str()) {
+        properties = properties.with_type(kind);
+    }
+    if let Ok(source) = ShortString::try_new(envelope.source.as_str()) {
+        properties = properties.with_app_id(source);
+    }
+    if let Ok(content_type) = ShortString::try_new(envelope.content_type.as_str()) {
+        properties = properties.with_content_type(content_type);
+    }
+    if let Some(Ok(id)) = envelope.correlation_id.as_deref().map(ShortString::try_new) {
+        properties = properties.with_correlation_id(id);
+    }
+    Ok(properties)
+}
+
+use headers::broker_owned as broker_header;
+
+/// Reads an envelope out of an AMQP message.
+fn decode(properties: &BasicProperties, payload: Bytes) -> Result<Envelope, Error> {
+    let empty = FieldTable::default();
+    let table = properties.headers().as_ref().unwrap_or(&empty);
+    let mut pairs = Vec::with_capacity(table.inner().len());
+    for (name, value) in table.inner() {
+        let name = name.as_str();
+        if broker_header(name) {
+            continue;
+        }
+        let value = match value {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes())
+                .map_err(|e| headers::malformed(format!("header {name:?} is not UTF-8: {e}")))?,
+            AMQPValue::ShortString(s) => s.as_str(),
+            // Numbers and tables other tools may add are not envelope headers.
+            _ if name.starts_with("x-") => continue,
+            other => {
+                return Err(headers::malformed(format!(
+                    "header {name:?} is not a string: {other:?}"
+                )));
+            }
+        };
+        pairs.push((name, value));
+    }
+    headers::decode(pairs, payload)
+}
+
+fn header_u32(properties: &BasicProperties, name: &str) -> Option<u32> {
+    let value = properties.headers().as_ref()?.inner().get(name)?;
+    match value {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
+        AMQPValue::ShortString(s) => s.as_str().parse().ok(),
+        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(*n),
+        AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+        _ => None,
+    }
+}
+
+/// Which delivery this is: our retry counter plus the broker's redelivery count.
+fn attempt(properties: &BasicProperties, redelivered: bool) -> u32 {
+    let base = header_u32(properties, ATTEMPT).unwrap_or(1).max(1);
+    let redeliveries = header_u32(properties, "x-delivery-count").unwrap_or(u32::from(redelivered));
+    base.saturating_add(redeliveries)
+}
+
+/// `ms` rounded down to two significant digits (at least 1 ms).
+fn delay_bucket(delay: Duration) -> u64 {
+    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX).max(1);
+    let mut scale = 1;
+    while ms / scale >= 100 {
+        scale *= 10;
+    }
+    ms / scale * scale
+}
+
+/// Publisher and subscriber over RabbitMQ. Cheap to clone.
+#[derive(Clone)]
+pub struct RabbitMqBus {
+    link: Arc<Link>,
+}
+
+impl std::fmt::Debug for RabbitMqBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqBus")
+            .field("options", &self.link.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RabbitMqBus {
+    /// Connects to the broker at `url` with default [`RabbitMqOptions`].
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::with_options(RabbitMqOptions::new(url)).await
+    }
+
+    /// Connects with `options` and declares the exchange.
+    pub async fn with_options(options: RabbitMqOptions) -> Result<Self, Error> {
+        let link = Arc::new(Link {
+            options,
+            state: Mutex::new(LinkState::default()),
+        });
+        link.publish_channel().await?;
+        Ok(Self { link })
+    }
+
+    /// The routing key (and queue) of `topic`'s dead letters.
+    pub fn dead_letter_topic(&self, topic: &str) -> String {
+        format!("{topic}{}", self.link.options.dead_letter_suffix)
+    }
+
+    /// The queue of `group` on `topic`.
+    pub fn queue_name(&self, topic: &str, group: &str) -> String {
+        format!("{topic}.{group}")
+    }
+
+    /// Declares `group`'s queue on `topic` (and the topic's dead-letter queue) without
+    /// consuming, so events published before the first subscriber are kept.
+    pub async fn declare_group(&self, topic: &str, group: &str) -> Result<(), Error> {
+        let channel = self.link.publish_channel().await?;
+        declare_group(&channel, &self.topology(topic, group)).await
+    }
+
+    fn topology(&self, topic: &str, group: &str) -> Topology {
+        Topology {
+            exchange: self.link.options.exchange.clone(),
+            topic: topic.to_owned(),
+            queue: self.queue_name(topic, group),
+            dead_letter: self.dead_letter_topic(topic),
+        }
+    }
+}
+
+/// Names one subscription uses.
+struct Topology {
+    exchange: String,
+    topic: String,
+    queue: String,
+    dead_letter: String,
+}
+
+async fn declare_group(channel: &Channel, topology: &Topology) -> Result<(), Error> {
+    declare_exchange(channel, &topology.exchange).await?;
+    declare_queue(channel, &topology.dead_letter, FieldTable::default()).await?;
+    bind(
+        channel,
+        &topology.dead_letter,
+        &topology.exchange,
+        &topology.dead_letter,
+    )
+    .await?;
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-dead-letter-exchange".into(),
+        long(topology.exchange.as_str()),
+    );
+    arguments.insert(
+        "x-dead-letter-routing-key".into(),
+        long(topology.dead_letter.as_str()),
+    );
+    declare_queue(channel, &topology.queue, arguments).await?;
+    bind(
+        channel,
+        &topology.queue,
+        &topology.exchange,
+        &topology.topic,
+    )
+    .await
+}
+
+impl Publisher for RabbitMqBus {
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
+        let properties = properties(&envelope)?;
+        self.link
+            .publish_confirmed(
+                &self.link.options.exchange,
+                topic,
+                &envelope.payload,
+                properties,
+            )
+            .await
+    }
+
+    async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
+        let channel = self.link.publish_channel().await?;
+        let exchange = short(&self.link.options.exchange)?;
+        let routing_key = short(topic)?;
+        let options = BasicPublishOptions {
+            mandatory: self.link.options.mandatory,
+            immediate: false,
+        };
+        let mut confirms = Vec::with_capacity(envelopes.len());
+        for envelope in &envelopes {
+            let confirm = channel
+                .basic_publish(
+                    exchange.clone(),
+                    routing_key.clone(),
+                    options,
+                    &envelope.payload,
+                    properties(envelope)?,
+                )
+                .await
+                .map_err(connection_error)?;
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            confirmed(confirm.await.map_err(connection_error)?, topic)?;
+        }
+        Ok(())
+    }
+}
+
+impl Subscriber for RabbitMqBus {
+    async fn subscribe(&self, subscription: &Subscription) -> Result<DeliveryStream, Error> {
+        let topology = self.topology(&subscription.topic, &subscription.group);
+        // Validate names and declare now, so a bad subscription fails here.
+        self.declare_group(&subscription.topic, &subscription.group)
+            .await?;
+        let prefetch = subscription.prefetch.max(1);
+        let (tx, mut rx) = mpsc::channel(prefetch);
+        let consumer = Consumer {
+            link: self.link.clone(),
+            topology: Arc::new(topology),
+            prefetch: u16::try_from(prefetch).unwrap_or(u16::MAX),
+            tx,
+        };
+        tokio::spawn(consumer.run());
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+}
+
+/// The task behind one subscription.
+struct Consumer {
+    link: Arc<Link>,
+    topology: Arc<Topology>,
+    prefetch: u16,
+    tx: mpsc::Sender<Result<Delivery, Error>>,
+}
+
+enum Ended {
+    /// The subscriber dropped the stream.
+    Dropped,
+    /// The connection or channel went away after consuming started.
+    Lost(Error),
+}
+
+impl Consumer {
+    async fn run(self) {
+        let min = Duration::from_millis(50);
+        let mut backoff = min;
+        loop {
+            match self.consume().await {
+                Ok(Ended::Dropped) => return,
+                Ok(Ended::Lost(e)) => {
+                    tracing::warn!(queue = %self.topology.queue, error = %e, "rabbitmq consumer lost; reconnecting");
+                    backoff = min;
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.topology.queue, error = %e, "rabbitmq consumer cannot start; retrying");
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = self.tx.closed() => return,
+            }
+            backoff = (backoff * 2).min(self.link.options.max_backoff);
+        }
+    }
+
+    async fn consume(&self) -> Result<Ended, Error> {
+        let connection = self.link.connection().await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(connection_error)?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(broker_error)?;
+        declare_group(&channel, &self.topology).await?;
+        let mut consumer = channel
+            .basic_consume(
+                short(&self.topology.queue)?,
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(broker_error)?;
+        loop {
+            let item = tokio::select! {
+                item = consumer.next() => item,
+                () = self.tx.closed() => {
+                    // Closing the channel hands every unacked message back to the queue.
+                    let _ = channel.close(200, ShortString::from("subscription dropped")).await;
+                    return Ok(Ended::Dropped);
+                }
+            };
+            let message = match item {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return Ok(Ended::Lost(connection_error(e))),
+                None => {
+                    return Ok(Ended::Lost(Error::Closed));
+                }
+            };
+            let payload = Bytes::from(message.data);
+            let attempt = attempt(&message.properties, message.redelivered);
+            let envelope = decode(&message.properties, payload.clone());
+            let acker = Box::new(RabbitMqAcker {
+                link: self.link.clone(),
+                topology: self.topology.clone(),
+                acker: message.acker,
+                properties: message.properties,
+                payload,
+                attempt,
+            });
+            let delivery = match envelope {
+                Ok(envelope) => Delivery::new(envelope, attempt, acker),
+                Err(error) => Delivery::malformed(error, attempt, acker),
+            };
+            if self.tx.send(Ok(delivery)).await.is_err() {
+                let _ = channel
+                    .close(200, ShortString::from("subscription dropped"))
+                    .await;
+                return Ok(Ended::Dropped);
+            }
+        }
+    }
+}
+
+/// Settles one message.
+struct RabbitMqAcker {
+    link: Arc<Link>,
+    topology: Arc<Topology>,
+    acker: lapin::Acker,
+    properties: BasicProperties,
+    payload: Bytes,
+    attempt: u32,
+}
+
+impl RabbitMqAcker {
+    /// A copy of the message's properties with `extra` headers set.
+    fn copy_properties(&self, extra: &[(&str, String)]) -> BasicProperties {
+        let mut table = FieldTable::default();
+        if let Some(original) = self.properties.headers() {
+            for (name, value) in original.inner() {
+                if !broker_header(name.as_str()) {
+                    table.insert(name.clone(), value.clone());
+                }
+            }
+        }
+        for (name, value) in extra {
+            table.insert(ShortString::from(*name), long(value.as_str()));
+        }
+        self.properties
+            .clone()
+            .with_headers(table)
+            .with_delivery_mode(2)
+    }
+
+    async fn ack_original(self) -> Result<(), Error> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(connection_error)?;
+        Ok(())
+    }
+}
+
+impl Acknowledge for RabbitMqAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(self.ack_original())
+    }
+
+    fn retry(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            let ms = delay_bucket(delay);
+            let delay_queue = format!("{}.delay.{ms}", self.topology.queue);
+            let channel = self.link.publish_channel().await?;
+            let mut arguments = FieldTable::default();
+            arguments.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(ms).unwrap_or(i64::MAX)),
+            );
+            arguments.insert("x-dead-letter-exchange".into(), long(""));
+            arguments.insert(
+                "x-dead-letter-routing-key".into(),
+                long(self.topology.queue.as_str()),
+            );
+            // An idle delay queue goes away, but never before its messages expired.
+            let expires = ms.saturating_add(60_000);
+            arguments.insert(
+                "x-expires".into(),
+                AMQPValue::LongLongInt(i64::try_from(expires).unwrap_or(i64::MAX)),
+            );
+            declare_queue(&channel, &delay_queue, arguments).await?;
+            let properties =
+                self.copy_properties(&[(ATTEMPT, self.attempt.saturating_add(1).to_string())]);
+            self.link
+                .publish_confirmed("", &delay_queue, &self.payload, properties)
+                .await?;
+            self.ack_original().await
+        })
+    }
+
+    fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            let properties = self.copy_properties(&[
+                (headers::DEAD_LETTER_REASON, reason),
+                (ATTEMPT, self.attempt.to_string()),
+            ]);
+            self.link
+                .publish_confirmed(
+                    &self.topology.exchange,
+                    &self.topology.dead_letter,
+                    &self.payload,
+                    properties,
+                )
+                .await?;
+            self.ack_original().await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqp_properties_round_trip_the_envelope() -> Result<(), Error> {
+        let envelope = Envelope::new("order.placed", "shop", vec![1u8, 2, 255])
+            .with_key("k")
+            .with_correlation_id("c")
+            .with_causation_id("z")
+            .with_header("x-death", "a free header, not the broker's")
+            .with_header("tenant", "acme");
+        let properties = properties(&envelope)?;
+        let mut expected = envelope.clone();
+        // Free headers named like broker headers are escaped, so they survive too.
+        assert_eq!(decode(&properties, envelope.payload.clone())?, {
+            expected
+                .headers
+                .insert("x-death".into(), "a free header, not the broker's".into());
+            expected
+        });
+        assert_eq!(attempt(&properties, false), 1);
+        assert_eq!(attempt(&properties, true), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn message_without_headers_is_malformed() {
+        let result = decode(&BasicProperties::default(), Bytes::from_static(b"{}"));
+        assert!(matches!(result, Err(Error::Malformed { .. })));
+    }
+
+    #[test]
+    fn header_name_too_long_for_amqp_is_an_error_not_a_panic() {
+        let envelope = Envelope::new("t", "s", "{}").with_header("h".repeat(300), "v");
+        assert!(matches!(properties(&envelope), Err(Error::Encode(_))));
+    }
+
+    #[test]
+    fn delays_round_down_to_two_significant_digits() {
+        assert_eq!(delay_bucket(Duration::ZERO), 1);
+        assert_eq!(delay_bucket(Duration::from_millis(57)), 57);
+        assert_eq!(delay_bucket(Duration::from_millis(1234)), 1200);
+        assert_eq!(delay_bucket(Duration::from_millis(99_999)), 99_000);
+    }
+}

@@ -1,0 +1,202 @@
+//! The RabbitMQ backend against the real broker (skipped when RabbitMQ is down).
+#![cfg(feature = "rabbitmq")]
+
+mod brokers;
+
+use std::collections::HashSet;
+
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
+use palisade_events::{Envelope, Error, Publisher, Subscriber, Subscription};
+use palisade_testkit::{FaultProxy, Service, require, unique_name};
+
+/// Each test on an exchange of its own.
+async fn bus_at(url: &str) -> Result<RabbitMqBus, Error> {
+    RabbitMqBus::with_options(RabbitMqOptions::new(url).exchange(unique_name("x"))).await
+}
+
+macro_rules! scenario {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> Result<(), Error> {
+            let Some(url) = require(Service::Amqp).await else {
+                return Ok(());
+            };
+            let bus = bus_at(&url).await?;
+            brokers::$name(&bus, &unique_name("topic")).await
+        }
+    };
+}
+
+scenario!(envelope_round_trips);
+scenario!(confirmed_events_are_all_consumed);
+scenario!(unacked_delivery_is_redelivered_after_consumer_death);
+scenario!(retried_delivery_comes_back_after_the_delay);
+scenario!(order_per_key_is_kept);
+scenario!(group_members_share_the_work);
+scenario!(separate_groups_each_get_every_event);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_carries_the_reason() -> Result<(), Error> {
+    let Some(url) = require(Service::Amqp).await else {
+        return Ok(());
+    };
+    let bus = bus_at(&url).await?;
+    let topic = unique_name("topic");
+    brokers::dead_letter_carries_the_reason(&bus, &topic, &bus.dead_letter_topic(&topic)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_with_no_queue_bound_is_an_error_not_a_silent_drop() -> Result<(), Error> {
+    let Some(url) = require(Service::Amqp).await else {
+        return Ok(());
+    };
+    let bus = bus_at(&url).await?;
+    let result = bus
+        .publish(&unique_name("topic"), Envelope::new("t", "test", "x"))
+        .await;
+    assert!(
+        matches!(result, Err(Error::NotConfirmed { .. })),
+        "{result:?}"
+    );
+    // Declared ahead, the group keeps events published before anyone subscribes.
+    let topic = unique_name("topic");
+    let group = unique_name("g");
+    bus.declare_group(&topic, &group).await?;
+    let sent = Envelope::new("t", "test", "early");
+    bus.publish(&topic, sent.clone()).await?;
+    let mut stream = bus.subscribe(&Subscription::new(&topic, &group)).await?;
+    let delivery = brokers::next(&mut stream).await;
+    assert_eq!(brokers::envelope(&delivery), sent);
+    delivery.ack().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_without_envelope_headers_is_delivered_malformed_and_can_be_dead_lettered()
+-> Result<(), Box<dyn std::error::Error>> {
+    let Some(url) = require(Service::Amqp).await else {
+        return Ok(());
+    };
+    let exchange = unique_name("x");
+    let bus = RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(&exchange)).await?;
+    let topic = unique_name("topic");
+    let mut stream = bus
+        .subscribe(&Subscription::new(&topic, unique_name("g")))
+        .await?;
+    let mut dead = bus
+        .subscribe(&Subscription::new(
+            bus.dead_letter_topic(&topic),
+            unique_name("dlq"),
+        ))
+        .await?;
+    let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            topic.as_str().into(),
+            BasicPublishOptions::default(),
+            b"raw",
+            BasicProperties::default(),
+        )
+        .await?;
+    let delivery = brokers::next(&mut stream).await;
+    assert!(matches!(delivery.envelope(), Err(Error::Malformed { .. })));
+    delivery.dead_letter("malformed").await?;
+    let letter = brokers::next(&mut dead).await;
+    assert!(matches!(letter.envelope(), Err(Error::Malformed { .. })));
+    letter.ack().await?;
+    let sent = Envelope::new("t", "test", "after");
+    bus.publish(&topic, sent.clone()).await?;
+    assert_eq!(
+        brokers::envelope(&brokers::next(&mut stream).await).id,
+        sent.id
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cut_mid_publish_loses_no_confirmed_event()
+-> Result<(), Box<dyn std::error::Error>> {
+    let Some(url) = require(Service::Amqp).await else {
+        return Ok(());
+    };
+    let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
+    let exchange = unique_name("x");
+    let through_proxy =
+        RabbitMqBus::with_options(RabbitMqOptions::new(proxy.url_for(&url)).exchange(&exchange))
+            .await?;
+    let direct = RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(&exchange)).await?;
+    let topic = unique_name("topic");
+    let mut stream = direct
+        .subscribe(&Subscription::new(&topic, unique_name("g")).with_prefetch(100))
+        .await?;
+
+    let mut confirmed = HashSet::new();
+    let mut failed = 0;
+    for n in 0..300 {
+        if n == 100 || n == 200 {
+            proxy.cut();
+        }
+        let envelope = Envelope::new("t", "test", n.to_string());
+        let id = envelope.id;
+        match through_proxy.publish(&topic, envelope).await {
+            Ok(()) => {
+                confirmed.insert(id);
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    assert_eq!(confirmed.len() + failed, 300);
+    assert!(failed >= 1, "a cut connection must surface as an error");
+    assert!(confirmed.len() >= 200, "{} confirmed", confirmed.len());
+    let mut seen = HashSet::new();
+    while !confirmed.is_subset(&seen) {
+        let delivery = brokers::next(&mut stream).await;
+        seen.insert(brokers::envelope(&delivery).id);
+        delivery.ack().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cut_mid_consume_reconnects_and_loses_nothing()
+-> Result<(), Box<dyn std::error::Error>> {
+    let Some(url) = require(Service::Amqp).await else {
+        return Ok(());
+    };
+    let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
+    let exchange = unique_name("x");
+    let through_proxy =
+        RabbitMqBus::with_options(RabbitMqOptions::new(proxy.url_for(&url)).exchange(&exchange))
+            .await?;
+    let direct = RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(&exchange)).await?;
+    let topic = unique_name("topic");
+    let mut stream = through_proxy
+        .subscribe(&Subscription::new(&topic, unique_name("g")).with_prefetch(10))
+        .await?;
+    let first: Vec<Envelope> = (0..50)
+        .map(|n| Envelope::new("t", "test", n.to_string()))
+        .collect();
+    let second: Vec<Envelope> = (50..100)
+        .map(|n| Envelope::new("t", "test", n.to_string()))
+        .collect();
+    let all: HashSet<_> = first.iter().chain(&second).map(|e| e.id).collect();
+    direct.publish_batch(&topic, first).await?;
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let delivery = brokers::next(&mut stream).await;
+        seen.insert(brokers::envelope(&delivery).id);
+        delivery.ack().await?;
+    }
+    proxy.cut();
+    direct.publish_batch(&topic, second).await?;
+    while seen.len() < all.len() {
+        let delivery = brokers::next(&mut stream).await;
+        seen.insert(brokers::envelope(&delivery).id);
+        let _ = delivery.ack().await;
+    }
+    assert_eq!(seen, all);
+    Ok(())
+}

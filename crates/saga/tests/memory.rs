@@ -1,4 +1,5 @@
 //! The orchestrator's promises on the in-memory store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -63,6 +64,7 @@ proptest! {
         specs in proptest::collection::vec(saga_spec(), 1..4),
         point in crash_point(),
     ) {
-        crash_recovery_case(|_| MemoryStore::new(), specs, point, true)?;
+        let store = MemoryStore::new();
+        crash_recovery_case(|_| store.clone(), specs, point, true)?;
     }
 }

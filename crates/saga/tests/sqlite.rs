@@ -1,5 +1,6 @@
 //! The orchestrator's promises on the SQLite store (a file per test, no server).
 #![cfg(feature = "sqlite")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -9,11 +10,18 @@ use common::*;
 use palisade_saga::SqliteStore;
 use proptest::prelude::*;
 
-async fn store() -> SqliteStore {
+fn fresh_url() -> String {
     let dir = std::env::temp_dir().join(palisade_testkit::unique_name("palisade_saga"));
     std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("saga.db").display());
-    let store = SqliteStore::connect(&url).await.unwrap();
+    format!("sqlite://{}", dir.join("saga.db").display())
+}
+
+async fn store() -> SqliteStore {
+    open(&fresh_url()).await
+}
+
+async fn open(url: &str) -> SqliteStore {
+    let store = SqliteStore::connect(url).await.unwrap();
     store.migrate().await.unwrap();
     // Migrating twice is harmless.
     store.migrate().await.unwrap();
@@ -35,8 +43,8 @@ async fn pivot_forbids_compensation_after_it_succeeded_on_sqlite() {
     common::pivot_forbids_compensation_after_it_succeeded(store().await).await;
 }
 
-// Real time: a paused clock would auto-advance past sqlx's own timeouts while SQLite's
-// worker thread runs. The deadline is short and the slow step sleeps an hour.
+// Real time: a paused clock would auto-advance past sqlx's own timeouts while SQLite's worker
+// thread runs. The deadline is short and the slow step sleeps an hour.
 #[tokio::test]
 async fn deadline_triggers_compensation_on_sqlite() {
     common::deadline_triggers_compensation(store().await, Duration::from_millis(300)).await;
@@ -71,6 +79,7 @@ proptest! {
         specs in proptest::collection::vec(saga_spec(), 1..4),
         point in crash_point(),
     ) {
-        crash_recovery_case(|rt| rt.block_on(store()), specs, point, false)?;
+        let url = fresh_url();
+        crash_recovery_case(|rt| rt.block_on(open(&url)), specs, point, false)?;
     }
 }

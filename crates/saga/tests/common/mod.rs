@@ -373,7 +373,7 @@ pub fn build_definition(
 
 /// Runs one crash-recovery case: start the sagas on an orchestrator that dies at
 /// `point`, then finish them with a fresh orchestrator on the same store, and check
-/// every promise.
+/// every promise. `make_store` is called once per life and must open the same store.
 pub fn crash_recovery_case<S, F>(
     make_store: F,
     specs: Vec<SagaSpec>,
@@ -441,6 +441,8 @@ where
     // Second life: a fresh orchestrator after the lease expired.
     clock.advance(LEASE * 2);
     let rt2 = runtime();
+    // A new process connects anew (a pool made on the dead runtime is dead with it).
+    let store = make_store(&rt2);
     let defs: Vec<_> = specs
         .iter()
         .enumerate()

@@ -60,7 +60,7 @@ pub enum ConfigError {
         /// Why it cannot work.
         reason: &'static str,
     },
-    /// An error inside one section of a `PipelineConfig`.
+    /// An error inside one section of a [`PipelineConfig`](crate::pipeline::PipelineConfig).
     #[error("in `{section}`: {source}")]
     InSection {
         /// The section, e.g. `"retry"`.

@@ -12,13 +12,13 @@
 //! | [`bulkhead`] | one slow dependency exhausting every worker |
 //! | [`fallback`] | a failure reaching the user when a degraded answer would do |
 //! | [`rate_limit`] | calling a dependency faster than it (or its contract) allows |
-//! | `pipeline` | getting the order of all of the above wrong |
+//! | [`pipeline`] | getting the order of all of the above wrong |
 //!
 //! Each layer's error is a concrete type ([`timeout::Elapsed`], [`retry::RetriesExhausted`],
 //! [`bulkhead::BulkheadFull`], [`rate_limit::RateLimited`], [`fallback::FallbackFailed`])
 //! returned through [`BoxError`] exactly as tower's own layers do, so axum's
 //! `HandleErrorLayer` and tonic work unchanged and a caller tells a timeout from the inner
-//! error by type (`err.is::<Elapsed>()`), never by string. The `pipeline` adds one typed
+//! error by type (`err.is::<Elapsed>()`), never by string. The [`pipeline`] adds one typed
 //! enum on top.
 //!
 //! Time comes from `tokio::time`, so every schedule is testable under a paused clock.
@@ -33,6 +33,7 @@ pub mod backoff;
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod fallback;
+pub mod pipeline;
 pub mod rate_limit;
 pub mod retry;
 pub mod telemetry;

@@ -22,7 +22,7 @@
 //! Put the retry outside a per-attempt [`timeout`](crate::timeout) (each attempt gets its
 //! own deadline), outside the circuit breaker (each attempt is counted, and an open
 //! circuit is an error not worth retrying) and inside a [`fallback`](crate::fallback) (the
-//! fallback answers once retries are exhausted). The `pipeline` stacks
+//! fallback answers once retries are exhausted). The [`pipeline`](crate::pipeline) stacks
 //! them in this order.
 //!
 //! # Outcomes

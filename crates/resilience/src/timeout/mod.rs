@@ -19,7 +19,7 @@
 //!
 //! Put the timeout *inside* a retry (each attempt gets its own deadline) and inside a
 //! bulkhead (the permit comes back when the timeout fires). For a deadline on the whole
-//! retried call, add a second timeout outside the retry. The `pipeline`
+//! retried call, add a second timeout outside the retry. The [`pipeline`](crate::pipeline)
 //! does this for you.
 //!
 //! The deadline can be fixed ([`TimeoutLayer::new`]) or computed from each request

@@ -1,0 +1,365 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::config::{PipelineConfig, RetryConfig};
+use super::{Optional, Pipeline};
+use crate::BoxError;
+use crate::ConfigError;
+use crate::bulkhead::{Bulkhead, BulkheadLayer, BulkheadService};
+use crate::circuit_breaker::{
+    AllErrorsAreFailures, CircuitBreaker, CircuitBreakerLayer, CircuitOpen,
+};
+use crate::rate_limit::{RateLimit, RateLimitLayer, RateLimited, RateLimiter};
+use crate::retry::{
+    Classify, CloneRequest, Retry, RetryBudget, RetryDecision, RetryEvent, RetryLayer,
+};
+use crate::timeout::{Timeout, TimeoutLayer};
+
+/// The pipeline's default retry classification: retry every error except an open
+/// circuit (retrying it only adds calls the breaker will refuse); after a
+/// [`RateLimited`], wait its `retry_after`; never retry a response.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RetryErrorsExceptOpenCircuit;
+
+impl<Req, Res> Classify<Req, Res, BoxError> for RetryErrorsExceptOpenCircuit {
+    fn classify(&self, _: &Req, outcome: &Result<Res, BoxError>) -> RetryDecision {
+        match outcome {
+            Ok(_) => RetryDecision::DoNotRetry,
+            Err(e) if e.is::<CircuitOpen>() => RetryDecision::DoNotRetry,
+            Err(e) => match e.downcast_ref::<RateLimited>() {
+                Some(limited) => RetryDecision::RetryAfter(limited.retry_after()),
+                None => RetryDecision::Retry,
+            },
+        }
+    }
+}
+
+/// Per-attempt timeout (innermost).
+pub type AttemptTimeout<S> = Optional<Timeout<S>, S>;
+/// Bulkhead around the attempt.
+pub type WithBulkhead<S> = Optional<BulkheadService<AttemptTimeout<S>>, AttemptTimeout<S>>;
+/// Rate limit outside the bulkhead.
+pub type WithRateLimit<S> = Optional<RateLimit<WithBulkhead<S>>, WithBulkhead<S>>;
+/// Circuit breaker outside the rate limit.
+pub type WithBreaker<S, B> = Optional<CircuitBreaker<WithRateLimit<S>, B>, WithRateLimit<S>>;
+/// Retry outside the breaker.
+pub type WithRetry<S, C, B> =
+    Optional<Retry<WithBreaker<S, B>, C, CloneRequest>, WithBreaker<S, B>>;
+/// The total timeout, outermost: the whole stack.
+pub type Stack<S, C, B> = Optional<Timeout<WithRetry<S, C, B>>, WithRetry<S, C, B>>;
+
+/// Stacks timeout, bulkhead, rate limit, circuit breaker, retry and total timeout in the
+/// documented order (see the [module docs](super)). Build it with
+/// [`PipelineLayer::builder`]; every strategy is optional.
+pub struct PipelineLayer<C = RetryErrorsExceptOpenCircuit, B = AllErrorsAreFailures> {
+    total_timeout: Option<Duration>,
+    retry: Option<RetryLayer<C, CloneRequest>>,
+    breaker: Option<CircuitBreakerLayer<B>>,
+    rate_limit: Option<RateLimitLayer>,
+    bulkhead: Option<BulkheadLayer>,
+    timeout: Option<Duration>,
+}
+
+impl<C, B: Clone> Clone for PipelineLayer<C, B> {
+    fn clone(&self) -> Self {
+        Self {
+            total_timeout: self.total_timeout,
+            retry: self.retry.clone(),
+            breaker: self.breaker.clone(),
+            rate_limit: self.rate_limit.clone(),
+            bulkhead: self.bulkhead.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<C, B: fmt::Debug> fmt::Debug for PipelineLayer<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipelineLayer")
+            .field("total_timeout", &self.total_timeout)
+            .field("retry", &self.retry)
+            .field("circuit_breaker", &self.breaker)
+            .field("rate_limit", &self.rate_limit)
+            .field("bulkhead", &self.bulkhead)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl PipelineLayer {
+    /// A builder for a pipeline called `name` (the name of its retry policy, breaker,
+    /// rate limiter and bulkhead when they are built from config).
+    pub fn builder(name: impl Into<Arc<str>>) -> PipelineBuilder {
+        PipelineBuilder {
+            name: name.into(),
+            config: PipelineConfig::default(),
+            classify: RetryErrorsExceptOpenCircuit,
+            breaker: None,
+            budget: None,
+            bulkhead: None,
+            rate_limiter: None,
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl<C, B> PipelineLayer<C, B> {
+    /// The breaker's handle, when the pipeline has one.
+    pub fn circuit_breaker(&self) -> Option<&CircuitBreakerLayer<B>> {
+        self.breaker.as_ref()
+    }
+
+    /// The bulkhead's handle, when the pipeline has one.
+    pub fn bulkhead(&self) -> Option<&Bulkhead> {
+        self.bulkhead.as_ref().map(BulkheadLayer::bulkhead)
+    }
+
+    /// The rate limiter's handle, when the pipeline has one.
+    pub fn rate_limiter(&self) -> Option<&RateLimiter> {
+        self.rate_limit.as_ref().map(RateLimitLayer::limiter)
+    }
+}
+
+fn optional<L: Layer<S>, S>(layer: Option<&L>, inner: S) -> Optional<L::Service, S> {
+    match layer {
+        Some(l) => Optional::On(l.layer(inner)),
+        None => Optional::Off(inner),
+    }
+}
+
+impl<S, C, B: Clone> Layer<S> for PipelineLayer<C, B> {
+    type Service = Pipeline<Stack<S, C, B>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let timeout = self.timeout.map(TimeoutLayer::new);
+        let s = optional(timeout.as_ref(), inner);
+        let s = optional(self.bulkhead.as_ref(), s);
+        let s = optional(self.rate_limit.as_ref(), s);
+        let s = optional(self.breaker.as_ref(), s);
+        let s = optional(self.retry.as_ref(), s);
+        let total = self.total_timeout.map(TimeoutLayer::new);
+        Pipeline {
+            stack: optional(total.as_ref(), s),
+        }
+    }
+}
+
+type RetryListener = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
+
+/// Builds a [`PipelineLayer`] from a [`PipelineConfig`] and shared handles.
+pub struct PipelineBuilder<C = RetryErrorsExceptOpenCircuit, B = AllErrorsAreFailures> {
+    name: Arc<str>,
+    config: PipelineConfig,
+    classify: C,
+    breaker: Option<CircuitBreakerLayer<B>>,
+    budget: Option<Arc<RetryBudget>>,
+    bulkhead: Option<Bulkhead>,
+    rate_limiter: Option<RateLimiter>,
+    listeners: Vec<RetryListener>,
+}
+
+impl<C, B> fmt::Debug for PipelineBuilder<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PipelineBuilder")
+            .field("name", &self.name)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C, B> PipelineBuilder<C, B> {
+    /// Takes every policy from `config` (replacing earlier settings).
+    pub fn config(mut self, config: PipelineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// A deadline on each attempt.
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.config.timeout = Some(d);
+        self
+    }
+
+    /// A deadline on the whole call, retries included.
+    pub fn total_timeout(mut self, d: Duration) -> Self {
+        self.config.total_timeout = Some(d);
+        self
+    }
+
+    /// Retries with these settings.
+    pub fn retry(mut self, retry: RetryConfig) -> Self {
+        self.config.retry = Some(retry);
+        self
+    }
+
+    /// Draws retries from a budget shared with other services (overrides the config's).
+    pub fn retry_budget(mut self, budget: Arc<RetryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Calls `listener` on every retry and give-up.
+    pub fn on_retry(mut self, listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.listeners.push(Arc::new(listener));
+        self
+    }
+
+    /// Uses this bulkhead (a handle shared with other services) instead of one from config.
+    pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
+        self.bulkhead = Some(bulkhead);
+        self
+    }
+
+    /// Uses this rate limiter (shared) instead of one from config.
+    pub fn rate_limiter(mut self, limiter: RateLimiter) -> Self {
+        self.rate_limiter = Some(limiter);
+        self
+    }
+
+    /// Uses this circuit breaker (its handle shared) instead of one from config.
+    pub fn circuit_breaker<B2>(self, breaker: CircuitBreakerLayer<B2>) -> PipelineBuilder<C, B2> {
+        PipelineBuilder {
+            name: self.name,
+            config: self.config,
+            classify: self.classify,
+            breaker: Some(breaker),
+            budget: self.budget,
+            bulkhead: self.bulkhead,
+            rate_limiter: self.rate_limiter,
+            listeners: self.listeners,
+        }
+    }
+
+    /// Replaces the retry classification
+    /// (default [`RetryErrorsExceptOpenCircuit`]); errors arrive as [`BoxError`] so the
+    /// classifier can tell them apart by type.
+    pub fn classify<C2>(self, classify: C2) -> PipelineBuilder<C2, B> {
+        PipelineBuilder {
+            name: self.name,
+            config: self.config,
+            classify,
+            breaker: self.breaker,
+            budget: self.budget,
+            bulkhead: self.bulkhead,
+            rate_limiter: self.rate_limiter,
+            listeners: self.listeners,
+        }
+    }
+}
+
+impl<C> PipelineBuilder<C, AllErrorsAreFailures> {
+    fn breaker_from_config(&mut self) -> Result<Option<CircuitBreakerLayer>, ConfigError> {
+        if let Some(b) = self.breaker.take() {
+            return Ok(Some(b));
+        }
+        match &self.config.circuit_breaker {
+            Some(c) => CircuitBreakerLayer::from_config(self.name.clone(), c.clone())
+                .map(Some)
+                .map_err(|e| e.in_section("circuit_breaker")),
+            None => Ok(None),
+        }
+    }
+
+    /// Validates every section and builds the layer, with a circuit breaker from the
+    /// config (or the one given).
+    pub fn build(mut self) -> Result<PipelineLayer<C, AllErrorsAreFailures>, ConfigError> {
+        let breaker = self.breaker_from_config()?;
+        self.breaker = breaker;
+        self.build_with_breaker()
+    }
+}
+
+impl<C, B> PipelineBuilder<C, B> {
+    /// Validates every section and builds the layer with the breaker given by
+    /// [`circuit_breaker`](Self::circuit_breaker) (a config section for the breaker is
+    /// ignored then).
+    pub fn build_with_breaker(self) -> Result<PipelineLayer<C, B>, ConfigError> {
+        let c = &self.config;
+        if c.timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::Zero { field: "timeout" });
+        }
+        if c.total_timeout == Some(Duration::ZERO) {
+            return Err(ConfigError::Zero {
+                field: "total_timeout",
+            });
+        }
+        if let (Some(total), Some(attempt)) = (c.total_timeout, c.timeout)
+            && total < attempt
+        {
+            return Err(ConfigError::BelowMinimum {
+                field: "total_timeout",
+                value: total,
+                minimum_field: "timeout",
+                minimum: attempt,
+            });
+        }
+        let bulkhead = match (self.bulkhead, &c.bulkhead) {
+            (Some(b), _) => Some(b),
+            (None, Some(cfg)) => Some(
+                Bulkhead::builder(self.name.clone())
+                    .max_concurrent(cfg.max_concurrent)
+                    .max_wait(cfg.max_wait)
+                    .build()
+                    .map_err(|e| e.in_section("bulkhead"))?,
+            ),
+            (None, None) => None,
+        };
+        let limiter = match (self.rate_limiter, &c.rate_limit) {
+            (Some(l), _) => Some(l),
+            (None, Some(cfg)) => {
+                let mut b = RateLimiter::builder(self.name.clone())
+                    .rate(cfg.rate, cfg.period)
+                    .max_wait(cfg.max_wait);
+                if let Some(burst) = cfg.burst {
+                    b = b.burst(burst);
+                }
+                Some(b.build().map_err(|e| e.in_section("rate_limit"))?)
+            }
+            (None, None) => None,
+        };
+        let retry = match &c.retry {
+            Some(cfg) => {
+                let budget = match (self.budget, &cfg.budget) {
+                    (Some(b), _) => Some(b),
+                    (None, Some(bc)) => {
+                        let mut b = RetryBudget::builder()
+                            .retry_ratio(bc.retry_ratio)
+                            .min_per_sec(bc.min_per_sec);
+                        if let Some(max) = bc.max_balance {
+                            b = b.max_balance(max);
+                        }
+                        Some(b.build().map_err(|e| e.in_section("retry"))?)
+                    }
+                    (None, None) => None,
+                };
+                let mut b = RetryLayer::builder()
+                    .name(self.name.clone())
+                    .classify(self.classify)
+                    .max_attempts(cfg.max_attempts)
+                    .backoff(cfg.backoff);
+                if let Some(d) = cfg.max_elapsed {
+                    b = b.max_elapsed(d);
+                }
+                if let Some(budget) = budget {
+                    b = b.budget(budget);
+                }
+                for listener in self.listeners {
+                    b = b.on_event(move |e| listener(e));
+                }
+                Some(b.build().map_err(|e| e.in_section("retry"))?)
+            }
+            None => None,
+        };
+        Ok(PipelineLayer {
+            total_timeout: c.total_timeout,
+            retry,
+            breaker: self.breaker,
+            rate_limit: limiter.map(RateLimitLayer::new),
+            bulkhead: bulkhead.map(BulkheadLayer::new),
+            timeout: c.timeout,
+        })
+    }
+}

@@ -1,0 +1,79 @@
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use super::{OptionalFuture, PipelineError, ResponseFuture};
+use crate::BoxError;
+
+/// A strategy that is in the stack or left out, with one type either way.
+#[derive(Clone, Debug)]
+pub enum Optional<On, Off> {
+    /// The strategy wraps the service.
+    On(On),
+    /// The service, unwrapped.
+    Off(Off),
+}
+
+impl<On, Off, Req> Service<Req> for Optional<On, Off>
+where
+    On: Service<Req>,
+    On::Error: Into<BoxError>,
+    Off: Service<Req, Response = On::Response>,
+    Off::Error: Into<BoxError>,
+{
+    type Response = On::Response;
+    type Error = BoxError;
+    type Future = OptionalFuture<On::Future, Off::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Optional::On(s) => s.poll_ready(cx).map_err(Into::into),
+            Optional::Off(s) => s.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        match self {
+            Optional::On(s) => OptionalFuture::on(s.call(req)),
+            Optional::Off(s) => OptionalFuture::off(s.call(req)),
+        }
+    }
+}
+
+/// The service a [`PipelineLayer`](super::PipelineLayer) builds: the stack of strategies,
+/// with errors as one [`PipelineError`].
+#[derive(Clone, Debug)]
+pub struct Pipeline<T> {
+    pub(crate) stack: T,
+}
+
+impl<T> Pipeline<T> {
+    /// The stack of strategies inside.
+    pub fn get_ref(&self) -> &T {
+        &self.stack
+    }
+}
+
+impl<T, Req> Service<Req> for Pipeline<T>
+where
+    T: Service<Req>,
+    T::Error: Into<BoxError>,
+{
+    type Response = T::Response;
+    type Error = PipelineError;
+    type Future = ResponseFuture<T::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipelineError>> {
+        self.stack
+            .poll_ready(cx)
+            .map_err(|e| PipelineError::from(e.into()))
+    }
+
+    #[inline]
+    fn call(&mut self, req: Req) -> Self::Future {
+        ResponseFuture::new(self.stack.call(req))
+    }
+}

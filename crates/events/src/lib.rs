@@ -7,12 +7,14 @@
 
 pub mod backend;
 pub mod codec;
+pub mod conformance;
 pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod publisher;
 pub mod subscriber;
 
+pub use backend::memory::MemoryBus;
 pub use codec::{Codec, JsonCodec};
 pub use envelope::Envelope;
 pub use error::{BoxError, Error};

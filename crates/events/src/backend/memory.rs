@@ -1,1 +1,699 @@
-//! The in-memory bus.
+//! The in-memory bus: the embedded default, for tests, single-process services and
+//! benchmarks.
+//!
+//! [`MemoryBus`] implements [`Publisher`] and [`Subscriber`] with the same semantics the
+//! broker backends promise, so code tested against it behaves the same on a broker:
+//!
+//! - **Topics and groups.** Each consumer group of a topic gets every event published
+//!   after the group was created (fan-out); the members of one group share them
+//!   (competing consumers), each holding at most its subscription's `prefetch`
+//!   unsettled deliveries. Events published to a topic that has no group yet are kept
+//!   for the first group that subscribes, so nothing is lost by subscribing late —
+//!   in particular a dead-letter topic can be read after the fact.
+//! - **At-least-once.** A delivery that is dropped without being settled goes back to
+//!   its group at once (as if its consumer died), [`retry(delay)`](Delivery::retry)
+//!   brings it back after `delay` (a `tokio::time` sleep, so paused clocks work), each
+//!   time with [`attempt`](Delivery::attempt) one higher.
+//! - **Dead letters.** [`dead_letter(reason)`](Delivery::dead_letter) publishes the
+//!   envelope to `<topic>.dlq` with the reason in the `palisade-dead-letter-reason`
+//!   header (and the group in `palisade-dead-letter-group`); subscribe to that topic to
+//!   read them.
+//! - **Order per key.** While a member holds unsettled deliveries of a key, further
+//!   events of that key go to that member only, in publish order, so a member that
+//!   settles in order sees each key in order and no two members work on one key at
+//!   once. A redelivered event (dropped or retried) goes back in front of later events
+//!   of its key that are still queued.
+//! - **Confirmation.** `publish` returns once the event is queued for every group.
+//!
+//! Nothing is persisted: the bus lives as long as its last clone.
+//!
+//! ```rust
+//! use futures_util::StreamExt;
+//! use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), palisade_events::Error> {
+//! let bus = MemoryBus::new();
+//! let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+//! bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+//!
+//! if let Some(delivery) = deliveries.next().await {
+//!     let delivery = delivery?;
+//!     let event_type = delivery.envelope().map(|e| e.event_type.clone()).ok();
+//!     assert_eq!(event_type.as_deref(), Some("order.placed"));
+//!     delivery.ack().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures_util::stream;
+use tokio::sync::Notify;
+
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::publisher::{BoxFuture, Publisher};
+use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
+
+/// Header naming the group that dead-lettered an event.
+pub const DEAD_LETTER_GROUP: &str = "palisade-dead-letter-group";
+/// Header carrying a dead letter's reason (shared with the broker backends).
+pub const DEAD_LETTER_REASON: &str = super::headers::DEAD_LETTER_REASON;
+
+/// The suffix of a topic's dead-letter topic.
+pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
+
+/// An in-process event bus. Cheap to clone; clones share the topics.
+///
+/// See the [module docs](self) for its guarantees.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryBus {
+    inner: Arc<Bus>,
+}
+
+#[derive(Debug, Default)]
+struct Bus {
+    topics: Mutex<HashMap<String, Topic>>,
+    closed: AtomicBool,
+    next_member: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Topic {
+    groups: HashMap<String, Arc<Group>>,
+    /// Events published while the topic had no group, for the first group.
+    backlog: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    attempt: u32,
+    envelope: Envelope,
+}
+
+#[derive(Debug)]
+struct Group {
+    topic: String,
+    name: String,
+    bus: Weak<Bus>,
+    state: Mutex<GroupState>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    next_seq: u64,
+    /// Available events, sorted by `seq`.
+    queue: VecDeque<Entry>,
+    /// Keys with unsettled or reserved deliveries: their member and how many.
+    owners: HashMap<String, Owner>,
+    /// Events reserved for the member owning their key, sorted by `seq`.
+    direct: HashMap<u64, VecDeque<Entry>>,
+    /// Unsettled deliveries per member.
+    members: HashMap<u64, usize>,
+    /// Events waiting out a retry delay.
+    delayed: usize,
+}
+
+#[derive(Debug)]
+struct Owner {
+    member: u64,
+    /// Unsettled deliveries plus reserved events of this key.
+    count: usize,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the queues half-updated in a way
+    // that matters more than losing the bus, so keep going with the data.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn insert_sorted(queue: &mut VecDeque<Entry>, entry: Entry) {
+    let at = queue.partition_point(|e| e.seq < entry.seq);
+    queue.insert(at, entry);
+}
+
+impl GroupState {
+    fn push(&mut self, mut entry: Entry) {
+        entry.seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push_back(entry);
+    }
+
+    /// Puts an event back in `seq` order, ahead of later events of its key: with the
+    /// member owning the key if there is one.
+    fn requeue(&mut self, entry: Entry) {
+        if let Some(key) = &entry.envelope.key
+            && let Some(owner) = self.owners.get_mut(key)
+        {
+            owner.count += 1;
+            insert_sorted(self.direct.entry(owner.member).or_default(), entry);
+            return;
+        }
+        insert_sorted(&mut self.queue, entry);
+    }
+
+    /// The next event `member` may take, and whether another member was handed work.
+    fn take(&mut self, member: u64, prefetch: usize) -> (Option<Entry>, bool) {
+        let unsettled = self.members.get(&member).copied().unwrap_or(0);
+        if unsettled >= prefetch {
+            return (None, false);
+        }
+        let mut handed_over = false;
+        let taken = match self.direct.get_mut(&member).and_then(VecDeque::pop_front) {
+            Some(entry) => Some(entry),
+            None => loop {
+                let Some(entry) = self.queue.pop_front() else {
+                    break None;
+                };
+                let Some(key) = &entry.envelope.key else {
+                    break Some(entry);
+                };
+                match self.owners.get_mut(key) {
+                    Some(owner) if owner.member != member => {
+                        owner.count += 1;
+                        let owner = owner.member;
+                        self.direct.entry(owner).or_default().push_back(entry);
+                        handed_over = true;
+                    }
+                    Some(owner) => {
+                        owner.count += 1;
+                        break Some(entry);
+                    }
+                    None => {
+                        self.owners.insert(key.clone(), Owner { member, count: 1 });
+                        break Some(entry);
+                    }
+                }
+            },
+        };
+        if taken.is_some() {
+            *self.members.entry(member).or_insert(0) += 1;
+        }
+        (taken, handed_over)
+    }
+
+    /// Records that one delivery of `member` (of `key`) was settled.
+    fn settled(&mut self, member: u64, key: Option<&str>) {
+        if let Some(count) = self.members.get_mut(&member) {
+            *count = count.saturating_sub(1);
+        }
+        if let Some(key) = key {
+            self.release_key(member, key);
+        }
+    }
+
+    fn release_key(&mut self, member: u64, key: &str) {
+        if let Some(owner) = self.owners.get_mut(key)
+            && owner.member == member
+        {
+            owner.count = owner.count.saturating_sub(1);
+            if owner.count == 0 {
+                self.owners.remove(key);
+            }
+        }
+    }
+
+    /// A member left: its keys are released and its reserved events go back.
+    fn leave(&mut self, member: u64) {
+        self.owners.retain(|_, owner| owner.member != member);
+        if let Some(reserved) = self.direct.remove(&member) {
+            for entry in reserved {
+                self.requeue(entry);
+            }
+        }
+        if self.members.get(&member) == Some(&0) {
+            self.members.remove(&member);
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.queue.len() + self.direct.values().map(VecDeque::len).sum::<usize>() + self.delayed
+    }
+}
+
+impl Group {
+    fn new(topic: &str, name: &str, bus: &Arc<Bus>) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            name: name.to_owned(),
+            bus: Arc::downgrade(bus),
+            state: Mutex::new(GroupState::default()),
+            notify: Notify::new(),
+        }
+    }
+
+    fn settle(&self, member: u64, key: Option<&str>) {
+        lock(&self.state).settled(member, key);
+        // A member at its prefetch limit may take more now.
+        self.notify.notify_waiters();
+    }
+
+    fn redeliver(&self, mut entry: Entry) {
+        entry.attempt = entry.attempt.saturating_add(1);
+        lock(&self.state).requeue(entry);
+        self.notify.notify_waiters();
+    }
+}
+
+impl MemoryBus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Closes the bus: publishing fails with [`Error::Closed`] and every subscription
+    /// stream ends once it has nothing left to hand out.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        for topic in lock(&self.inner.topics).values() {
+            for group in topic.groups.values() {
+                group.notify.notify_waiters();
+            }
+        }
+    }
+
+    /// How many events of `topic` wait to be delivered to `group` (queued or waiting
+    /// out a retry delay; unsettled deliveries are not counted).
+    pub fn pending(&self, topic: &str, group: &str) -> usize {
+        let topics = lock(&self.inner.topics);
+        match topics.get(topic) {
+            Some(t) => match t.groups.get(group) {
+                Some(g) => lock(&g.state).pending(),
+                None if t.groups.is_empty() => t.backlog.len(),
+                None => 0,
+            },
+            None => 0,
+        }
+    }
+
+    fn publish_all(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        self.inner.publish_all(topic, envelopes);
+        Ok(())
+    }
+}
+
+impl Bus {
+    fn publish_all(&self, topic: &str, envelopes: Vec<Envelope>) {
+        let groups: Vec<Arc<Group>> = {
+            let mut topics = lock(&self.topics);
+            let t = topics.entry(topic.to_owned()).or_default();
+            if t.groups.is_empty() {
+                t.backlog
+                    .extend(envelopes.into_iter().map(|envelope| Entry {
+                        seq: 0,
+                        attempt: 1,
+                        envelope,
+                    }));
+                return;
+            }
+            t.groups.values().cloned().collect()
+        };
+        let last = groups.len() - 1;
+        let mut envelopes = Some(envelopes);
+        for (i, group) in groups.iter().enumerate() {
+            let batch = if i == last {
+                envelopes.take().unwrap_or_default()
+            } else {
+                envelopes.clone().unwrap_or_default()
+            };
+            {
+                let mut state = lock(&group.state);
+                for envelope in batch {
+                    state.push(Entry {
+                        seq: 0,
+                        attempt: 1,
+                        envelope,
+                    });
+                }
+            }
+            group.notify.notify_waiters();
+        }
+    }
+
+    fn group(self: &Arc<Self>, topic: &str, name: &str) -> Arc<Group> {
+        let mut topics = lock(&self.topics);
+        let t = topics.entry(topic.to_owned()).or_default();
+        if let Some(group) = t.groups.get(name) {
+            return Arc::clone(group);
+        }
+        let group = Arc::new(Group::new(topic, name, self));
+        {
+            let mut state = lock(&group.state);
+            for entry in std::mem::take(&mut t.backlog) {
+                state.push(entry);
+            }
+        }
+        t.groups.insert(name.to_owned(), Arc::clone(&group));
+        group
+    }
+}
+
+impl Publisher for MemoryBus {
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
+        self.publish_all(topic, vec![envelope])
+    }
+
+    async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
+        self.publish_all(topic, envelopes)
+    }
+}
+
+/// One member's view of its group, ending the membership when dropped.
+struct Member {
+    id: u64,
+    prefetch: usize,
+    group: Arc<Group>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        // Deliveries still out keep settling through their ackers.
+        lock(&self.group.state).leave(self.id);
+        self.group.notify.notify_waiters();
+    }
+}
+
+impl Member {
+    fn closed(&self) -> bool {
+        self.group
+            .bus
+            .upgrade()
+            .is_none_or(|bus| bus.closed.load(Ordering::SeqCst))
+    }
+
+    async fn next(&self) -> Option<Delivery> {
+        loop {
+            let notified = self.group.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (taken, handed_over) = lock(&self.group.state).take(self.id, self.prefetch);
+            if handed_over {
+                self.group.notify.notify_waiters();
+            }
+            if let Some(entry) = taken {
+                let attempt = entry.attempt;
+                let envelope = entry.envelope.clone();
+                let acker = MemoryAck {
+                    group: Arc::clone(&self.group),
+                    member: self.id,
+                    entry: Some(entry),
+                };
+                return Some(Delivery::new(envelope, attempt, Box::new(acker)));
+            }
+            if self.closed() {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Subscriber for MemoryBus {
+    async fn subscribe(&self, subscription: &Subscription) -> Result<DeliveryStream, Error> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let group = self.inner.group(&subscription.topic, &subscription.group);
+        let member = Member {
+            id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
+            prefetch: subscription.prefetch.max(1),
+            group,
+        };
+        Ok(Box::pin(stream::unfold(member, |member| async move {
+            let delivery = member.next().await?;
+            Some((Ok(delivery), member))
+        })))
+    }
+}
+
+/// Settles one in-memory delivery; dropping it unsettled redelivers the event.
+struct MemoryAck {
+    group: Arc<Group>,
+    member: u64,
+    entry: Option<Entry>,
+}
+
+impl MemoryAck {
+    fn release(&mut self) -> Option<Entry> {
+        let entry = self.entry.take()?;
+        self.group
+            .settle(self.member, entry.envelope.key.as_deref());
+        Some(entry)
+    }
+}
+
+impl Drop for MemoryAck {
+    fn drop(&mut self) {
+        if let Some(entry) = self.release() {
+            self.group.redeliver(entry);
+        }
+    }
+}
+
+impl Acknowledge for MemoryAck {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        self.release();
+        Box::pin(async { Ok(()) })
+    }
+
+    fn retry(mut self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        let Some(entry) = self.release() else {
+            return Box::pin(async { Ok(()) });
+        };
+        let group = Arc::clone(&self.group);
+        if delay.is_zero() {
+            group.redeliver(entry);
+            return Box::pin(async { Ok(()) });
+        }
+        lock(&group.state).delayed += 1;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            {
+                let mut state = lock(&group.state);
+                state.delayed = state.delayed.saturating_sub(1);
+            }
+            group.redeliver(entry);
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn dead_letter(mut self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
+        let Some(entry) = self.release() else {
+            return Box::pin(async { Ok(()) });
+        };
+        let Some(bus) = self.group.bus.upgrade() else {
+            return Box::pin(async { Err(Error::Closed) });
+        };
+        let mut envelope = entry.envelope;
+        envelope
+            .headers
+            .insert(DEAD_LETTER_REASON.to_owned(), reason);
+        envelope
+            .headers
+            .insert(DEAD_LETTER_GROUP.to_owned(), self.group.name.clone());
+        let topic = format!("{}{DEAD_LETTER_SUFFIX}", self.group.topic);
+        bus.publish_all(&topic, vec![envelope]);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use futures_util::StreamExt;
+
+    use super::*;
+
+    async fn next(stream: &mut DeliveryStream) -> Delivery {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Ok(Some(Ok(d))) => d,
+            other => panic!("no delivery: {other:?}"),
+        }
+    }
+
+    async fn nothing(stream: &mut DeliveryStream) {
+        let got = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+        assert!(got.is_err(), "unexpected delivery {got:?}");
+    }
+
+    fn id(d: &Delivery) -> uuid::Uuid {
+        d.envelope().map(|e| e.id).unwrap_or_default()
+    }
+
+    fn keyed(key: &str, n: u32) -> Envelope {
+        Envelope::new("n", "test", n.to_string()).with_key(key)
+    }
+
+    fn number(d: &Delivery) -> u32 {
+        d.envelope()
+            .ok()
+            .and_then(|e| std::str::from_utf8(&e.payload).ok()?.parse().ok())
+            .unwrap_or(u32::MAX)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_delivery_is_redelivered_with_a_higher_attempt() -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        let mut s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        bus.publish("t", Envelope::new("e", "s", "1")).await?;
+        let first = next(&mut s).await;
+        let first_id = id(&first);
+        drop(first);
+        let again = next(&mut s).await;
+        assert_eq!(id(&again), first_id);
+        assert_eq!(again.attempt(), 2);
+        again.ack().await?;
+        nothing(&mut s).await;
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_waits_out_the_delay_on_a_paused_clock() -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        let mut s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        bus.publish("t", Envelope::new("e", "s", "1")).await?;
+        let start = tokio::time::Instant::now();
+        next(&mut s).await.retry(Duration::from_secs(3)).await?;
+        assert_eq!(bus.pending("t", "g"), 1);
+        let again = next(&mut s).await;
+        assert!(start.elapsed() >= Duration::from_secs(3));
+        assert_eq!(again.attempt(), 2);
+        again.ack().await?;
+        assert_eq!(bus.pending("t", "g"), 0);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dead_letters_land_on_the_dlq_topic_with_reason_even_when_read_later()
+    -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        let mut s = bus.subscribe(&Subscription::new("orders", "g")).await?;
+        bus.publish("orders", Envelope::new("e", "s", "1")).await?;
+        next(&mut s).await.dead_letter("boom").await?;
+        let mut dlq = bus
+            .subscribe(&Subscription::new("orders.dlq", "ops"))
+            .await?;
+        let letter = next(&mut dlq).await;
+        let headers = letter
+            .envelope()
+            .map(|e| e.headers.clone())
+            .unwrap_or_default();
+        assert_eq!(
+            headers.get(DEAD_LETTER_REASON).map(String::as_str),
+            Some("boom")
+        );
+        assert_eq!(
+            headers.get(DEAD_LETTER_GROUP).map(String::as_str),
+            Some("g")
+        );
+        letter.ack().await?;
+        nothing(&mut s).await;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_key_held_by_one_member_is_not_given_to_another() -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        let mut a = bus.subscribe(&Subscription::new("t", "g")).await?;
+        bus.publish_batch("t", vec![keyed("k", 0), keyed("k", 1), keyed("j", 2)])
+            .await?;
+        let first = next(&mut a).await;
+        assert_eq!(number(&first), 0);
+        let mut b = bus.subscribe(&Subscription::new("t", "g")).await?;
+        // b may only take key j while a holds k.
+        let other = next(&mut b).await;
+        assert_eq!(number(&other), 2);
+        nothing(&mut b).await;
+        // a gets the rest of k, in order.
+        let second = next(&mut a).await;
+        assert_eq!(number(&second), 1);
+        for d in [first, second, other] {
+            d.ack().await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn released_key_moves_to_another_member_in_order() -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        let sub = Subscription::new("t", "g").with_prefetch(1);
+        let mut a = bus.subscribe(&sub).await?;
+        let mut b = bus.subscribe(&sub).await?;
+        bus.publish_batch("t", (0..4).map(|n| keyed("k", n)).collect())
+            .await?;
+        let mut seen = Vec::new();
+        // Whoever got event 0 holds key k; with prefetch 1 nobody else gets 1 until 0 is acked.
+        let d = tokio::select! { d = next(&mut a) => d, d = next(&mut b) => d };
+        seen.push(number(&d));
+        d.ack().await?;
+        for _ in 1..4 {
+            let d = tokio::select! { d = next(&mut a) => d, d = next(&mut b) => d };
+            seen.push(number(&d));
+            d.ack().await?;
+        }
+        assert_eq!(seen, [0, 1, 2, 3]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn each_group_gets_every_event_and_members_share() -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        let sub = Subscription::new("t", "shared").with_prefetch(3);
+        let mut a = bus.subscribe(&sub).await?;
+        let mut b = bus.subscribe(&sub).await?;
+        let mut other = bus.subscribe(&Subscription::new("t", "other")).await?;
+        bus.publish_batch("t", (0..6).map(|n| keyed(&n.to_string(), n)).collect())
+            .await?;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(next(&mut a).await);
+            held.push(next(&mut b).await);
+        }
+        let shared: HashSet<u32> = held.iter().map(number).collect();
+        assert_eq!(shared.len(), 6);
+        let mut all = HashSet::new();
+        for _ in 0..6 {
+            let d = next(&mut other).await;
+            all.insert(number(&d));
+            d.ack().await?;
+        }
+        assert_eq!(all, shared);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn events_published_before_any_group_go_to_the_first_group() -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        bus.publish("t", Envelope::new("e", "s", "early")).await?;
+        assert_eq!(bus.pending("t", "g"), 1);
+        let mut s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        next(&mut s).await.ack().await?;
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn closed_bus_refuses_publishes_and_ends_streams() -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        let mut s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        bus.close();
+        assert!(matches!(
+            bus.publish("t", Envelope::new("e", "s", "")).await,
+            Err(Error::Closed)
+        ));
+        assert!(s.next().await.is_none());
+        Ok(())
+    }
+}

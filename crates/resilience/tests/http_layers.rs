@@ -204,7 +204,7 @@ async fn under_handle_error_layer_each_error_maps_to_its_status() {
     let router = Router::new()
         .route(
             "/hang",
-            get(|| std::future::pending::<&'static str>()).layer(
+            get(std::future::pending::<&'static str>).layer(
                 ServiceBuilder::new()
                     .layer(HandleErrorLayer::new(status_for))
                     .layer(TimeoutLayer::new(Duration::from_millis(100))),

@@ -33,6 +33,7 @@ pub mod backoff;
 pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod fallback;
+pub mod hedge;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod retry;

@@ -29,6 +29,7 @@ mod duration_serde;
 mod error;
 pub(crate) mod rng;
 
+pub mod adaptive;
 pub mod backoff;
 pub mod bulkhead;
 pub mod circuit_breaker;

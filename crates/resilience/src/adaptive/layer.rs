@@ -1,0 +1,181 @@
+//! The adaptive limit layer, its shared state and its handle.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tower_layer::Layer;
+
+use super::AdaptiveConcurrency;
+use super::algorithm::{LimitAlgorithm, Sample};
+use crate::circuit_breaker::AllErrorsAreFailures;
+
+pub(crate) struct Shared {
+    pub(crate) name: Arc<str>,
+    limit: AtomicU32,
+    in_flight: AtomicU32,
+    rejected: AtomicU64,
+    algorithm: Mutex<Box<dyn LimitAlgorithm>>,
+}
+
+impl Shared {
+    /// Takes a slot if one is free; returns the in-flight count including it.
+    pub(crate) fn try_acquire(&self) -> Option<u32> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let mut current = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if current >= limit {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(current + 1),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    pub(crate) fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn sample(&self, sample: Sample) {
+        // Samples arriving while another is applied are skipped rather than queued.
+        if let Ok(mut algorithm) = self.algorithm.try_lock() {
+            let before = self.limit.load(Ordering::Relaxed);
+            let after = algorithm.update(before, sample).max(1);
+            if after != before {
+                self.limit.store(after, Ordering::Relaxed);
+                tracing::trace!(limiter = %self.name, from = before, to = after, "concurrency limit changed");
+            }
+        }
+    }
+}
+
+/// The handle on an adaptive limit: read the current limit, the calls in flight and the
+/// rejections. Shared by every clone of the layer and its services.
+///
+/// ```rust
+/// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+///
+/// let layer = AdaptiveConcurrencyLayer::new("search", Aimd::new(10, 1, 100)?);
+/// let handle = layer.handle();
+/// assert_eq!((handle.limit(), handle.in_flight(), handle.rejected()), (10, 0, 0));
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
+#[derive(Clone)]
+pub struct AdaptiveHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for AdaptiveHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdaptiveHandle")
+            .field("name", &self.shared.name)
+            .field("limit", &self.limit())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl AdaptiveHandle {
+    /// The limiter's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The current concurrency limit.
+    pub fn limit(&self) -> u32 {
+        self.shared.limit()
+    }
+
+    /// Calls in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.shared.in_flight()
+    }
+
+    /// Calls rejected since the limiter was built.
+    pub fn rejected(&self) -> u64 {
+        self.shared.rejected.load(Ordering::Relaxed)
+    }
+}
+
+/// Applies an adaptive concurrency limit; see the [module docs](super).
+///
+/// ```rust
+/// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Gradient};
+/// use tower::{ServiceBuilder, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let limit = AdaptiveConcurrencyLayer::new("db", Gradient::new(20, 2, 500)?);
+/// let svc = ServiceBuilder::new()
+///     .layer(limit.clone())
+///     .service(service_fn(|q: u32| async move { Ok::<_, std::io::Error>(q) }));
+/// assert_eq!(svc.oneshot(3).await?, 3);
+/// assert_eq!(limit.handle().in_flight(), 0);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct AdaptiveConcurrencyLayer<C = AllErrorsAreFailures> {
+    handle: AdaptiveHandle,
+    classifier: C,
+}
+
+impl AdaptiveConcurrencyLayer {
+    /// A limiter called `name` driven by `algorithm` (an [`Aimd`](super::Aimd), a
+    /// [`Gradient`](super::Gradient) or your own). Errors count as overload signals.
+    pub fn new(name: impl Into<Arc<str>>, algorithm: impl LimitAlgorithm) -> Self {
+        let limit = algorithm.initial_limit().max(1);
+        Self {
+            handle: AdaptiveHandle {
+                shared: Arc::new(Shared {
+                    name: name.into(),
+                    limit: AtomicU32::new(limit),
+                    in_flight: AtomicU32::new(0),
+                    rejected: AtomicU64::new(0),
+                    algorithm: Mutex::new(Box::new(algorithm)),
+                }),
+            },
+            classifier: AllErrorsAreFailures,
+        }
+    }
+}
+
+impl<C> AdaptiveConcurrencyLayer<C> {
+    /// Decides which results are overload signals: [`Outcome::Failure`](crate::circuit_breaker::Outcome)
+    /// is one, `Success` is a latency sample, `Ignored` is neither (a 404).
+    pub fn classify<C2>(self, classifier: C2) -> AdaptiveConcurrencyLayer<C2> {
+        AdaptiveConcurrencyLayer {
+            handle: self.handle,
+            classifier,
+        }
+    }
+
+    /// The shared handle.
+    pub fn handle(&self) -> &AdaptiveHandle {
+        &self.handle
+    }
+}
+
+impl<S, C: Clone> Layer<S> for AdaptiveConcurrencyLayer<C> {
+    type Service = AdaptiveConcurrency<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AdaptiveConcurrency::new(inner, self.handle.clone(), self.classifier.clone())
+    }
+}

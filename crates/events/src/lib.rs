@@ -8,14 +8,17 @@
 pub mod backend;
 pub mod codec;
 pub mod conformance;
+pub mod consumer;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod inbox;
 pub mod publisher;
 pub mod subscriber;
 
 pub use backend::memory::MemoryBus;
 pub use codec::{Codec, JsonCodec};
+pub use consumer::{Consumer, Context, Handler, HandlerError};
 pub use envelope::Envelope;
 pub use error::{BoxError, Error};
 pub use event::Event;

@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_core::Stream;
@@ -84,7 +85,7 @@ pub trait Acknowledge: Send + 'static {
 /// A delivery dropped without being settled stays unacknowledged, and the broker
 /// delivers it again (to this or another member of the group) — at-least-once.
 pub struct Delivery {
-    message: Result<Envelope, Error>,
+    message: Result<Arc<Envelope>, Error>,
     attempt: u32,
     acker: Box<dyn Acknowledge>,
 }
@@ -102,7 +103,7 @@ impl Delivery {
     /// A delivery of a well-formed envelope. `attempt` is 1 for the first delivery.
     pub fn new(envelope: Envelope, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
         Self {
-            message: Ok(envelope),
+            message: Ok(Arc::new(envelope)),
             attempt: attempt.max(1),
             acker,
         }
@@ -121,7 +122,12 @@ impl Delivery {
 
     /// The envelope, or why the message is not one.
     pub fn envelope(&self) -> Result<&Envelope, &Error> {
-        self.message.as_ref()
+        self.message.as_deref()
+    }
+
+    /// The envelope as a shared handle (no copy), or why the message is not one.
+    pub fn shared_envelope(&self) -> Result<Arc<Envelope>, &Error> {
+        self.message.as_ref().map(Arc::clone)
     }
 
     /// Which delivery of this event this is, starting at 1, as far as the broker

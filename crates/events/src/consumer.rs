@@ -1,0 +1,771 @@
+//! The consumer runtime: typed handlers, bounded concurrency, order per key, retries,
+//! dead letters and graceful shutdown, over any [`Subscriber`].
+//!
+//! A [`Consumer`] subscribes as a member of a group, routes each delivery by its
+//! [`event_type`](Envelope::event_type) to the handler registered for that
+//! [`Event`] type, and settles it:
+//!
+//! | outcome | what the runtime does |
+//! |---|---|
+//! | handler returned `Ok` | ack |
+//! | handler returned a transient error (any error, by default) | retry with [`Backoff`], then dead-letter after `max_attempts` with the last error as the reason |
+//! | handler returned [`HandlerError::permanent`] | dead-letter at once |
+//! | handler panicked | as a transient error |
+//! | message not an envelope, content type not the codec's, payload does not decode, payload over `max_payload` | dead-letter at once with the error as the reason |
+//! | no handler for the event type | ack and log, or dead-letter ([`UnknownEvent`]) |
+//! | the [`Inbox`] says it was handled | ack without calling the handler |
+//!
+//! **Order per key.** Deliveries with the same [`key`](Envelope::key) run one after
+//! the other, in the order the subscriber yielded them; different keys (and keyless
+//! events) run in parallel, up to [`concurrency`](Consumer::concurrency) deliveries in
+//! hand. With [`RetryMode::InProcess`] (the default) a failing event holds its key
+//! until it succeeds or is dead-lettered, so order per key survives retries. With
+//! [`RetryMode::Redeliver`] the delivery goes back to the broker
+//! ([`Delivery::retry`]) and later events of its key proceed: no head-of-line
+//! blocking, but no order across a retry either.
+//!
+//! **Shutdown.** [`run`](Consumer::run) returns once its [`CancellationToken`] is
+//! cancelled: it stops taking deliveries, lets in-flight handlers finish and settles
+//! them, hands back events waiting out an in-process retry (`retry` with no delay) and
+//! only then drops the subscription. Nothing unsettled is lost: the broker redelivers
+//! it.
+//!
+//! **Lost subscriptions.** An error from the delivery stream (a connection the backend
+//! could not restore) makes the runtime re-subscribe with its reconnect backoff, for as
+//! long as it runs; an [`Error::Closed`] from `subscribe` ends it.
+//!
+//! ```rust
+//! use palisade_events::consumer::{Consumer, Context, HandlerError};
+//! use palisade_events::{Envelope, Event, MemoryBus, Publisher, Subscription};
+//! use serde::{Deserialize, Serialize};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct OrderPlaced { order_id: u64 }
+//!
+//! impl Event for OrderPlaced {
+//!     const TYPE: &'static str = "order.placed";
+//!     fn key(&self) -> Option<String> { Some(self.order_id.to_string()) }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), palisade_events::Error> {
+//! let bus = MemoryBus::new();
+//! let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+//! let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "billing"))
+//!     .handle(move |event: OrderPlaced, ctx: Context| {
+//!         let done_tx = done_tx.clone();
+//!         async move {
+//!             assert_eq!(ctx.attempt(), 1);
+//!             done_tx.send(event.order_id)?;
+//!             Ok::<_, HandlerError>(())
+//!         }
+//!     });
+//! let shutdown = CancellationToken::new();
+//! let running = tokio::spawn(consumer.run(shutdown.clone()));
+//!
+//! bus.publish("orders", Envelope::from_event(&OrderPlaced { order_id: 7 }, "shop")?).await?;
+//! assert_eq!(done_rx.recv().await, Some(7));
+//!
+//! shutdown.cancel();
+//! running.await.map_err(|e| palisade_events::Error::Config(e.to_string()))??;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use palisade_resilience::backoff::Backoff;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::codec::{Codec, JsonCodec};
+use crate::envelope::Envelope;
+use crate::error::{BoxError, Error};
+use crate::event::Event;
+use crate::inbox::{Claim, Inbox};
+use crate::publisher::BoxFuture;
+use crate::subscriber::{Delivery, DeliveryStream, Subscriber, Subscription};
+
+/// What a handler knows about the delivery it handles.
+#[derive(Clone, Debug)]
+pub struct Context {
+    envelope: Arc<Envelope>,
+    attempt: u32,
+    consumer: Arc<str>,
+}
+
+impl Context {
+    /// The envelope (attributes, headers, raw payload).
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The event's id: the idempotency key, with [`consumer`](Self::consumer).
+    pub fn event_id(&self) -> Uuid {
+        self.envelope.id
+    }
+
+    /// The ordering key, if any.
+    pub fn key(&self) -> Option<&str> {
+        self.envelope.key.as_deref()
+    }
+
+    /// Which attempt this is, from 1: broker redeliveries plus in-process retries.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The consumer's name (its group, unless set with [`Consumer::name`]).
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+}
+
+/// A handler's failure: transient (retry, the default for any error) or permanent
+/// (dead-letter at once).
+///
+/// Any error converts into a transient `HandlerError` with `?`.
+pub struct HandlerError {
+    permanent: bool,
+    source: BoxError,
+}
+
+impl HandlerError {
+    /// An error worth retrying (a timeout, a dependency down).
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        Self {
+            permanent: false,
+            source: source.into(),
+        }
+    }
+
+    /// An error that will repeat (a business rule rejecting the event): dead-letter now.
+    pub fn permanent(source: impl Into<BoxError>) -> Self {
+        Self {
+            permanent: true,
+            source: source.into(),
+        }
+    }
+
+    /// Whether this error skips the retries.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
+    }
+
+    /// The underlying error.
+    pub fn into_source(self) -> BoxError {
+        self.source
+    }
+}
+
+impl<E: Into<BoxError>> From<E> for HandlerError {
+    fn from(source: E) -> Self {
+        Self::transient(source)
+    }
+}
+
+impl fmt::Debug for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandlerError")
+            .field("permanent", &self.permanent)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&chain(&*self.source))
+    }
+}
+
+/// Handles one event type. Implemented for every
+/// `Fn(E, Context) -> impl Future<Output = Result<(), Err>>` where `Err` converts into
+/// [`HandlerError`]; implement it on a struct to keep state (a pool, a client).
+pub trait Handler<E: Event>: Send + Sync + 'static {
+    /// Handles one event.
+    fn handle(
+        &self,
+        event: E,
+        ctx: Context,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+impl<E, F, Fut, Err> Handler<E> for F
+where
+    E: Event,
+    F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), Err>> + Send + 'static,
+    Err: Into<HandlerError>,
+{
+    async fn handle(&self, event: E, ctx: Context) -> Result<(), HandlerError> {
+        (self)(event, ctx).await.map_err(Into::into)
+    }
+}
+
+/// How failed attempts are retried.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RetryMode {
+    /// Wait out the backoff in this process, holding the delivery (and its key): order
+    /// per key is kept. The default.
+    #[default]
+    InProcess,
+    /// Hand the delivery back with [`Delivery::retry`]`(delay)`: the broker redelivers
+    /// it after the backoff; other events of its key are not held up.
+    Redeliver,
+}
+
+/// What to do with an event no handler is registered for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnknownEvent {
+    /// Ack it and log at `warn`: the default, so a new event type published before
+    /// its consumers are upgraded does not pile up.
+    #[default]
+    Ack,
+    /// Dead-letter it, with `no handler for event type ...` as the reason.
+    DeadLetter,
+}
+
+type RouteFuture = BoxFuture<'static, Result<(), HandlerError>>;
+
+trait Route<C>: Send + Sync {
+    /// Decodes the payload and prepares the handler call.
+    fn prepare(&self, codec: &C, envelope: &Envelope, ctx: Context) -> Result<RouteFuture, Error>;
+}
+
+struct TypedRoute<E, H> {
+    handler: Arc<H>,
+    _event: PhantomData<fn() -> E>,
+}
+
+impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
+    fn prepare(&self, codec: &C, envelope: &Envelope, ctx: Context) -> Result<RouteFuture, Error> {
+        let event: E = envelope.decode_with(codec)?;
+        let handler = Arc::clone(&self.handler);
+        Ok(Box::pin(async move { handler.handle(event, ctx).await }))
+    }
+}
+
+/// The consumer runtime for one subscription. See the [module docs](self).
+pub struct Consumer<S, C = JsonCodec> {
+    subscriber: S,
+    subscription: Subscription,
+    codec: C,
+    name: Option<String>,
+    routes: HashMap<String, Arc<dyn Route<C>>>,
+    concurrency: usize,
+    max_attempts: u32,
+    backoff: Backoff,
+    retry_mode: RetryMode,
+    unknown: UnknownEvent,
+    max_payload: usize,
+    reconnect: Backoff,
+    inbox: Option<Arc<dyn Inbox>>,
+}
+
+impl<S, C> fmt::Debug for Consumer<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("subscription", &self.subscription)
+            .field("name", &self.name)
+            .field("event_types", &self.routes.keys().collect::<Vec<_>>())
+            .field("concurrency", &self.concurrency)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff", &self.backoff)
+            .field("retry_mode", &self.retry_mode)
+            .field("unknown", &self.unknown)
+            .field("max_payload", &self.max_payload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Subscriber> Consumer<S, JsonCodec> {
+    /// A consumer of `subscription` decoding JSON payloads.
+    pub fn new(subscriber: S, subscription: Subscription) -> Self {
+        Self::with_codec(subscriber, subscription, JsonCodec)
+    }
+}
+
+impl<S: Subscriber, C: Codec> Consumer<S, C> {
+    /// A consumer of `subscription` decoding payloads with `codec`.
+    pub fn with_codec(subscriber: S, subscription: Subscription, codec: C) -> Self {
+        Self {
+            subscriber,
+            subscription,
+            codec,
+            name: None,
+            routes: HashMap::new(),
+            concurrency: 64,
+            max_attempts: 5,
+            backoff: Backoff::default(),
+            retry_mode: RetryMode::default(),
+            unknown: UnknownEvent::default(),
+            max_payload: 4 * 1024 * 1024,
+            reconnect: Backoff::exponential(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter(palisade_resilience::backoff::Jitter::Full),
+            inbox: None,
+        }
+    }
+
+    /// Registers `handler` for events of type `E` (by [`Event::TYPE`]); a second
+    /// handler for one type replaces the first.
+    #[must_use]
+    pub fn handle<E: Event, H: Handler<E>>(mut self, handler: H) -> Self {
+        self.routes.insert(
+            E::TYPE.to_owned(),
+            Arc::new(TypedRoute::<E, H> {
+                handler: Arc::new(handler),
+                _event: PhantomData,
+            }),
+        );
+        self
+    }
+
+    /// The consumer's name, the inbox's first key (default: the subscription's group).
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How many deliveries may be in hand at once, running or waiting behind an
+    /// earlier event of their key (default 64; at least 1). Handlers of different keys
+    /// run in parallel up to this bound.
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// How many attempts an event gets before it is dead-lettered (default 5,
+    /// counting broker redeliveries; at least 1).
+    #[must_use]
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// The delays between attempts (default [`Backoff::default`]: exponential from
+    /// 100 ms, capped at 10 s, full jitter).
+    #[must_use]
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Where retries wait (default [`RetryMode::InProcess`]).
+    #[must_use]
+    pub fn retry_mode(mut self, mode: RetryMode) -> Self {
+        self.retry_mode = mode;
+        self
+    }
+
+    /// What to do with event types nobody handles (default [`UnknownEvent::Ack`]).
+    #[must_use]
+    pub fn unknown_events(mut self, policy: UnknownEvent) -> Self {
+        self.unknown = policy;
+        self
+    }
+
+    /// The largest payload handed to a handler, in bytes (default 4 MiB); larger ones
+    /// are dead-lettered with [`Error::PayloadTooLarge`] as the reason.
+    #[must_use]
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// The delays between re-subscription attempts after the subscription failed
+    /// (default exponential from 100 ms, capped at 5 s, full jitter).
+    #[must_use]
+    pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
+        self.reconnect = backoff;
+        self
+    }
+
+    /// Deduplicates through `inbox`, keyed by (name, event id): an event it reports as
+    /// handled is acked without running the handler.
+    #[must_use]
+    pub fn inbox(mut self, inbox: impl Inbox) -> Self {
+        self.inbox = Some(Arc::new(inbox));
+        self
+    }
+
+    /// Deduplicates through a shared inbox handle.
+    #[must_use]
+    pub fn shared_inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
+        self.inbox = Some(inbox);
+        self
+    }
+
+    /// Consumes until `shutdown` is cancelled, then finishes and settles in-flight
+    /// deliveries and returns `Ok(())`.
+    ///
+    /// Returns [`Error::Config`] at once for an invalid backoff, and
+    /// [`Error::Closed`] (after draining) when the subscriber is closed for good.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        self.backoff
+            .validate()
+            .map_err(|e| Error::Config(format!("consumer backoff: {e}")))?;
+        self.reconnect
+            .validate()
+            .map_err(|e| Error::Config(format!("consumer reconnect backoff: {e}")))?;
+        let concurrency = self.concurrency;
+        let permits_total = u32::try_from(concurrency)
+            .map_err(|_| Error::Config(format!("concurrency {concurrency} is too large")))?;
+        let shared = Arc::new(Shared {
+            name: Arc::from(
+                self.name
+                    .clone()
+                    .unwrap_or_else(|| self.subscription.group.clone()),
+            ),
+            topic: self.subscription.topic.clone(),
+            codec: self.codec,
+            routes: self.routes,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            retry_mode: self.retry_mode,
+            unknown: self.unknown,
+            max_payload: self.max_payload,
+            inbox: self.inbox,
+            keys: Mutex::new(HashMap::new()),
+            shutdown: shutdown.clone(),
+        });
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let mut reconnect = self.reconnect.iter();
+        let mut current: Option<DeliveryStream>;
+        let outcome = 'subscribe: loop {
+            // An old stream goes before a new subscription is made.
+            current = None;
+            let stream = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break Ok(()),
+                subscribed = self.subscriber.subscribe(&self.subscription) => subscribed,
+            };
+            let stream = match stream {
+                Ok(stream) => current.insert(stream),
+                Err(Error::Closed) => break Err(Error::Closed),
+                Err(error) => {
+                    tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscribe failed; retrying");
+                    if pause(&shutdown, reconnect.next()).await {
+                        continue;
+                    }
+                    break Ok(());
+                }
+            };
+            loop {
+                let permit = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break 'subscribe Ok(()),
+                    permit = Arc::clone(&permits).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break 'subscribe Ok(()),
+                    },
+                };
+                let item = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break 'subscribe Ok(()),
+                    item = stream.next() => item,
+                };
+                match item {
+                    Some(Ok(delivery)) => {
+                        reconnect = self.reconnect.iter();
+                        dispatch(&shared, delivery, permit);
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscription failed; re-subscribing");
+                        drop(permit);
+                        if pause(&shutdown, reconnect.next()).await {
+                            continue 'subscribe;
+                        }
+                        break 'subscribe Ok(());
+                    }
+                    None => {
+                        drop(permit);
+                        tracing::debug!(topic = %shared.topic, consumer = %shared.name, "subscription ended; re-subscribing");
+                        if pause(&shutdown, reconnect.next()).await {
+                            continue 'subscribe;
+                        }
+                        break 'subscribe Ok(());
+                    }
+                }
+            }
+        };
+        // Every permit back means every delivery in hand has been settled.
+        let _drained = permits.acquire_many(permits_total).await;
+        drop(current);
+        outcome
+    }
+}
+
+/// Sleeps `delay` unless shutdown comes first; returns whether to go on.
+async fn pause(shutdown: &CancellationToken, delay: Option<Duration>) -> bool {
+    let delay = delay.unwrap_or(Duration::from_secs(1));
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
+    }
+}
+
+struct Shared<C> {
+    name: Arc<str>,
+    topic: String,
+    codec: C,
+    routes: HashMap<String, Arc<dyn Route<C>>>,
+    max_attempts: u32,
+    backoff: Backoff,
+    retry_mode: RetryMode,
+    unknown: UnknownEvent,
+    max_payload: usize,
+    inbox: Option<Arc<dyn Inbox>>,
+    /// Keys with a running chain, and the deliveries waiting behind it.
+    keys: Mutex<HashMap<String, VecDeque<(Delivery, OwnedSemaphorePermit)>>>,
+    shutdown: CancellationToken,
+}
+
+impl<C> Shared<C> {
+    fn keys(&self) -> MutexGuard<'_, HashMap<String, VecDeque<(Delivery, OwnedSemaphorePermit)>>> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn dispatch<C: Codec>(shared: &Arc<Shared<C>>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+    let key = delivery.envelope().ok().and_then(|e| e.key.clone());
+    let Some(key) = key else {
+        let shared = Arc::clone(shared);
+        tokio::spawn(async move {
+            process(&shared, delivery).await;
+            drop(permit);
+        });
+        return;
+    };
+    {
+        let mut keys = shared.keys();
+        if let Some(waiting) = keys.get_mut(&key) {
+            waiting.push_back((delivery, permit));
+            return;
+        }
+        keys.insert(key.clone(), VecDeque::new());
+    }
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        let (mut delivery, mut permit) = (delivery, permit);
+        loop {
+            process(&shared, delivery).await;
+            drop(permit);
+            let mut keys = shared.keys();
+            match keys.get_mut(&key).and_then(VecDeque::pop_front) {
+                Some(next) => (delivery, permit) = next,
+                None => {
+                    keys.remove(&key);
+                    return;
+                }
+            }
+        }
+    });
+}
+
+/// The error and its sources, `: `-separated: what a dead letter's reason says.
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Why one attempt failed.
+struct Failure {
+    permanent: bool,
+    reason: String,
+}
+
+impl Failure {
+    fn transient(reason: String) -> Self {
+        Self {
+            permanent: false,
+            reason,
+        }
+    }
+
+    fn permanent(reason: String) -> Self {
+        Self {
+            permanent: true,
+            reason,
+        }
+    }
+}
+
+async fn settle(what: &'static str, result: Result<(), Error>) {
+    if let Err(error) = result {
+        // The broker redelivers what we failed to settle; the inbox absorbs the duplicate.
+        tracing::warn!(error = %chain(&error), "failed to {what} a delivery");
+    }
+}
+
+async fn process<C: Codec>(shared: &Shared<C>, delivery: Delivery) {
+    let envelope = match delivery.shared_envelope() {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            let reason = chain(error);
+            tracing::warn!(topic = %shared.topic, consumer = %shared.name, %reason, "malformed message; dead-lettering");
+            settle("dead-letter", delivery.dead_letter(reason).await).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!(
+        "event",
+        event.id = %envelope.id,
+        event.r#type = %envelope.event_type,
+        topic = %shared.topic,
+        consumer = %shared.name,
+    );
+    handle(shared, delivery, envelope).instrument(span).await;
+}
+
+async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<Envelope>) {
+    if envelope.payload.len() > shared.max_payload {
+        let error = Error::PayloadTooLarge {
+            size: envelope.payload.len(),
+            limit: shared.max_payload,
+        };
+        tracing::warn!(error = %error, "dead-lettering");
+        settle("dead-letter", delivery.dead_letter(error.to_string()).await).await;
+        return;
+    }
+    let Some(route) = shared.routes.get(&envelope.event_type) else {
+        match shared.unknown {
+            UnknownEvent::Ack => {
+                tracing::warn!("no handler for this event type; acking");
+                settle("ack", delivery.ack().await).await;
+            }
+            UnknownEvent::DeadLetter => {
+                let reason = format!("no handler for event type {:?}", envelope.event_type);
+                settle("dead-letter", delivery.dead_letter(reason).await).await;
+            }
+        }
+        return;
+    };
+    let mut attempt = delivery.attempt();
+    let mut delays = shared.backoff.iter();
+    loop {
+        let failure = match attempt_once(shared, route.as_ref(), &envelope, attempt).await {
+            Ok(()) => {
+                settle("ack", delivery.ack().await).await;
+                return;
+            }
+            Err(failure) => failure,
+        };
+        if failure.permanent {
+            tracing::warn!(reason = %failure.reason, attempt, "permanent failure; dead-lettering");
+            settle("dead-letter", delivery.dead_letter(failure.reason).await).await;
+            return;
+        }
+        if attempt >= shared.max_attempts {
+            let reason = format!("gave up after {attempt} attempts: {}", failure.reason);
+            tracing::warn!(%reason, "dead-lettering");
+            settle("dead-letter", delivery.dead_letter(reason).await).await;
+            return;
+        }
+        tracing::debug!(reason = %failure.reason, attempt, "attempt failed; retrying");
+        match shared.retry_mode {
+            RetryMode::Redeliver => {
+                let delay = shared
+                    .backoff
+                    .iter()
+                    .nth(attempt.saturating_sub(1) as usize)
+                    .unwrap_or_default();
+                settle("retry", delivery.retry(delay).await).await;
+                return;
+            }
+            RetryMode::InProcess => {
+                let delay = delays.next().unwrap_or_default();
+                if !pause(&shared.shutdown, Some(delay)).await {
+                    // Shutting down: hand it back rather than wait.
+                    settle("retry", delivery.retry(Duration::ZERO).await).await;
+                    return;
+                }
+                attempt = attempt.saturating_add(1);
+            }
+        }
+    }
+}
+
+async fn attempt_once<C: Codec>(
+    shared: &Shared<C>,
+    route: &dyn Route<C>,
+    envelope: &Arc<Envelope>,
+    attempt: u32,
+) -> Result<(), Failure> {
+    let ctx = Context {
+        envelope: Arc::clone(envelope),
+        attempt,
+        consumer: Arc::clone(&shared.name),
+    };
+    let call = route
+        .prepare(&shared.codec, envelope, ctx)
+        .map_err(|e| Failure::permanent(chain(&e)))?;
+    if let Some(inbox) = &shared.inbox {
+        match inbox.claim(&shared.name, envelope.id).await {
+            Ok(Claim::Acquired) => {}
+            Ok(Claim::Processed) => {
+                tracing::debug!("already handled (inbox); acking the duplicate");
+                return Ok(());
+            }
+            Ok(Claim::InProgress) => {
+                return Err(Failure::transient(
+                    "being handled by another consumer instance".to_owned(),
+                ));
+            }
+            Err(error) => return Err(Failure::transient(chain(&error))),
+        }
+    }
+    let result = match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(Failure {
+            permanent: error.permanent,
+            reason: error.to_string(),
+        }),
+        Err(panic) => Err(Failure::transient(format!(
+            "handler panicked: {}",
+            panic_message(&*panic)
+        ))),
+    };
+    if let Some(inbox) = &shared.inbox {
+        let recorded = match &result {
+            Ok(()) => inbox.complete(&shared.name, envelope.id).await,
+            Err(_) => inbox.release(&shared.name, envelope.id).await,
+        };
+        if let Err(error) = recorded {
+            tracing::warn!(error = %chain(&error), "inbox update failed");
+        }
+    }
+    result
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}

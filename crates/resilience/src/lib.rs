@@ -35,6 +35,7 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 pub mod fallback;
 pub mod hedge;
+pub mod load_shed;
 pub mod pipeline;
 pub mod rate_limit;
 pub mod retry;

@@ -32,6 +32,7 @@ pub(crate) mod rng;
 pub mod adaptive;
 pub mod backoff;
 pub mod bulkhead;
+pub mod chaos;
 pub mod circuit_breaker;
 pub mod fallback;
 pub mod hedge;

@@ -58,20 +58,26 @@
 //!   makes an in-flight transaction's rows invisible forever (Watermill tracks `xid8`
 //!   snapshots for that reason). A claim takes whatever unclaimed rows are visible,
 //!   oldest first; a late commit is simply taken by the next claim.
-//! - **No duplicates while relays are healthy.** PostgreSQL: rows are locked
-//!   (`FOR UPDATE SKIP LOCKED`) by the claiming relay's open transaction; SQLite:
-//!   rows are leased. A relay that is cut off longer than its lease loses its rows to
-//!   another relay: that is the only case where a row is published twice.
+//! - **No duplicates while relays are healthy.** A relay publishes a row only while
+//!   it owns the row's key bucket (PostgreSQL: a transaction-scoped advisory lock held
+//!   by its open claim transaction; SQLite: a lease on the rows). A relay that is cut
+//!   off longer than its lease loses its rows to another relay: that is the only case
+//!   where a row is published twice.
 //!
 //! How claims work is described in the [`postgres`] and [`sqlite`] module docs.
 //!
 //! ## Departures from the design notes, and why
 //!
+//! - PostgreSQL claims are not `FOR UPDATE SKIP LOCKED` row locks: with row locks
+//!   alone, a second relay skips the locked head of a key and takes the next row of the
+//!   same key, breaking order per key. Claims lock *key buckets* instead
+//!   (`pg_try_advisory_xact_lock`, skipping buckets another relay holds: the same
+//!   skip-what-is-taken idea one level up) and then read their rows with a snapshot
+//!   younger than the locks. Claiming writes nothing to the table.
 //! - PostgreSQL has no lease *columns*. The lease is the claiming transaction itself,
-//!   bounded by `idle_in_transaction_session_timeout` set to the lease: claiming is a
-//!   row lock (no row rewrite) and a relay that crashes releases its rows the moment
-//!   its socket closes instead of after a lease. SQLite, which has one writer, has
-//!   lease columns.
+//!   bounded by `idle_in_transaction_session_timeout` set to the lease, so a relay that
+//!   crashes releases its rows the moment its socket closes instead of after a lease.
+//!   SQLite, which has one writer, has lease columns.
 //! - Published rows are deleted (in the claim's transaction on PostgreSQL); there is no
 //!   "published" state and so nothing to sweep.
 //! - Only errors that will repeat count toward parking a row as dead; a broker that is

@@ -2,26 +2,28 @@
 //!
 //! # How a relay claims rows
 //!
-//! A claim is one transaction on a connection the relay owns, open while it publishes:
+//! Every row belongs to a *key bucket*: `hashtext(event_key) & 1023` (rows without a key
+//! are spread by `seq`). A relay owns a bucket by holding the transaction-scoped advisory
+//! lock `(table hash, bucket)`; per key, only the owner of its bucket publishes. A claim is
+//! one transaction on a connection the relay owns, open while it publishes:
 //!
-//! 1. `BEGIN`; `idle_in_transaction_session_timeout` is set to the lease, so a relay
-//!    that hangs or loses its network is cut off by the server and its rows come back.
-//!    A relay that dies closes its socket and its rows come back at once.
-//! 2. Under a *shared* advisory lock (the claim gate), one
-//!    `SELECT … ORDER BY seq LIMIT n FOR UPDATE SKIP LOCKED` takes rows that are not
-//!    dead, are due, have no earlier failing or dead row of their key, and whose *key
-//!    bucket* (`hashtext(key) & (buckets - 1)`) it could lock with
-//!    `pg_try_advisory_xact_lock`. A bucket lock is held until the relay's transaction
-//!    ends, so while one relay holds any row of a key, no other relay can take a later
-//!    row of that key: per key, one relay at a time, rows in `seq` order.
-//! 3. Published rows are deleted, failed rows updated (attempts, backoff, error, dead),
-//!    and the transaction commits, releasing rows and buckets.
+//! 1. `BEGIN`; `idle_in_transaction_session_timeout` is set to the lease, so a relay that
+//!    hangs or loses its network is cut off by the server and its buckets come free. A
+//!    relay that dies closes its socket and its buckets come free at once.
+//! 2. It looks at the buckets of the oldest due rows and takes those it can with
+//!    `pg_try_advisory_xact_lock` (skipping buckets another relay holds).
+//! 3. Then, in a *new statement* (so with a snapshot taken after it got the locks), it
+//!    reads up to `n` rows of its buckets in `seq` order: not dead, due, and with no
+//!    earlier failing or dead row of their key. Because the snapshot is younger than the
+//!    locks, it sees everything the bucket's previous owner did before letting go:
+//!    its deletes, its failures, or (if it died) the rows it never finished. So a
+//!    relay never starts a key in the middle.
+//! 4. Published rows are deleted, failed rows updated (attempts, backoff, error, dead),
+//!    and the transaction commits, releasing the buckets.
 //!
-//! A relay that records a failure takes the claim gate *exclusively* just before it
-//! commits. A claim's statement therefore never runs while a failure commits, and so
-//! its snapshot can never miss a failure that happened while it ran (it would then take
-//! a later row of the failing key). Deletes need no gate: a row deleted under a running
-//! claim is skipped by the row lock's re-check, which is what we want.
+//! No row is locked or rewritten to claim it: the claim costs two index scans and
+//! a few hundred lock-table entries; bucket collisions between unrelated keys only
+//! make two relays take turns.
 //!
 //! Rows of transactions still in flight are invisible to the claim and simply taken by
 //! a later one: there is no high-water mark to move past them (Watermill's reason for
@@ -50,8 +52,9 @@ const COLUMNS: &str = "id, topic, event_type, source, event_key, event_time, con
 /// Key buckets for per-key ownership. More buckets, fewer false conflicts between
 /// relays; every bucket a relay holds is one entry in the server's lock table.
 const BUCKETS: i32 = 1024;
-/// The claim gate's object id in the table's advisory-lock space (buckets are >= 0).
-const GATE: i32 = -1;
+/// How many of the oldest due rows a claim looks at to choose its buckets, per row
+/// it may take: with several relays, the oldest rows are often another relay's.
+const WINDOW: i64 = 4;
 
 impl sealed::Sealed for PgConnection {}
 impl sealed::Sealed for Transaction<'_, Postgres> {}
@@ -276,6 +279,7 @@ pub struct PgStore {
     in_transaction: bool,
     wake: Arc<Notify>,
     listener: Option<JoinHandle<()>>,
+    buckets_sql: String,
     claim_sql: String,
     delete_sql: String,
     fail_sql: String,
@@ -285,18 +289,31 @@ pub struct PgStore {
 impl PgStore {
     fn new(outbox: Outbox, pool: PgPool) -> Self {
         let t = outbox.table();
+        let bucket = format!(
+            "(CASE WHEN event_key IS NULL THEN (seq & {mask})::int \
+             ELSE hashtext(event_key) & {mask} END)",
+            mask = BUCKETS - 1
+        );
+        // `DISTINCT` first, then the (volatile, so never pushed down) lock call: one
+        // attempt per bucket.
+        let buckets_sql = format!(
+            "SELECT coalesce(array_agg(b), '{{}}') FROM ( \
+               SELECT DISTINCT b FROM ( \
+                 SELECT {bucket} AS b FROM {t} \
+                 WHERE NOT dead AND next_attempt_at <= statement_timestamp() \
+                 ORDER BY seq LIMIT $2) candidates) distinct_buckets \
+             WHERE pg_try_advisory_xact_lock($1, b)"
+        );
         let claim_sql = format!(
             "SELECT seq, {COLUMNS}, attempts FROM {t} o \
-             WHERE NOT o.dead \
+             WHERE {bucket} = ANY($1) \
+               AND NOT o.dead \
                AND o.next_attempt_at <= statement_timestamp() \
-               AND (o.event_key IS NULL \
-                    OR pg_try_advisory_xact_lock($1, hashtext(o.event_key) & {mask})) \
                AND NOT EXISTS (SELECT 1 FROM {t} p \
                     WHERE p.event_key = o.event_key AND p.seq < o.seq \
                       AND (p.attempts > 0 OR p.dead) \
                       AND (p.dead OR p.next_attempt_at > statement_timestamp())) \
-             ORDER BY o.seq LIMIT $2 FOR UPDATE SKIP LOCKED",
-            mask = BUCKETS - 1
+             ORDER BY o.seq LIMIT $2"
         );
         let delete_sql = format!("DELETE FROM {t} WHERE seq = ANY($1)");
         let fail_sql = format!(
@@ -314,6 +331,7 @@ impl PgStore {
             in_transaction: false,
             wake: Arc::new(Notify::new()),
             listener: None,
+            buckets_sql,
             claim_sql,
             delete_sql,
             fail_sql,
@@ -344,35 +362,31 @@ impl PgStore {
         let lock_class = self.lock_class;
         let lease_ms = lease.as_millis().max(1).to_string();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let buckets_sql = std::mem::take(&mut self.buckets_sql);
         let claim_sql = std::mem::take(&mut self.claim_sql);
         let result = async {
             let conn = self.connection().await?;
             sqlx::query("BEGIN").execute(&mut *conn).await?;
             self.in_transaction = true;
             let conn = self.connection_in_tx()?;
-            sqlx::query(
-                "SELECT set_config('idle_in_transaction_session_timeout', $1, true), \
-                 pg_advisory_lock_shared($2, $3)",
-            )
-            .bind(&lease_ms)
-            .bind(lock_class)
-            .bind(GATE)
-            .execute(&mut *conn)
-            .await?;
-            let rows = sqlx::query(&claim_sql)
+            sqlx::query("SELECT set_config('idle_in_transaction_session_timeout', $1, true)")
+                .bind(&lease_ms)
+                .execute(&mut *conn)
+                .await?;
+            let buckets: Vec<i32> = sqlx::query_scalar(&buckets_sql)
                 .bind(lock_class)
+                .bind(limit.saturating_mul(WINDOW))
+                .fetch_one(&mut *conn)
+                .await?;
+            if buckets.is_empty() {
+                return Ok(Vec::new());
+            }
+            // A new statement: its snapshot is younger than the bucket locks.
+            let rows = sqlx::query(&claim_sql)
+                .bind(&buckets)
                 .bind(limit)
                 .fetch_all(&mut *conn)
-                .await;
-            // Unlock even when the claim failed; an aborted transaction refuses the
-            // unlock, and then the connection is thrown away, which unlocks too.
-            let unlocked = sqlx::query("SELECT pg_advisory_unlock_shared($1, $2)")
-                .bind(lock_class)
-                .bind(GATE)
-                .execute(&mut *conn)
-                .await;
-            let rows = rows?;
-            unlocked?;
+                .await?;
             rows.iter()
                 .map(|row| {
                     let (seq, topic, envelope) = envelope_from(row)?;
@@ -386,7 +400,12 @@ impl PgStore {
                 .collect::<Result<Vec<_>, Error>>()
         }
         .await;
+        self.buckets_sql = buckets_sql;
         self.claim_sql = claim_sql;
+        // Nothing claimed: end the transaction now rather than hold empty buckets.
+        if matches!(&result, Ok(rows) if rows.is_empty()) {
+            self.abandon().await;
+        }
         result
     }
 
@@ -397,7 +416,6 @@ impl PgStore {
     }
 
     async fn try_finish(&mut self, outcome: &Outcome) -> Result<(), Error> {
-        let lock_class = self.lock_class;
         let delete_sql = std::mem::take(&mut self.delete_sql);
         let fail_sql = std::mem::take(&mut self.fail_sql);
         let result = async {
@@ -420,12 +438,6 @@ impl PgStore {
                             .collect::<Vec<DateTime<Utc>>>(),
                     )
                     .bind(f.iter().map(|f| f.dead).collect::<Vec<_>>())
-                    .execute(&mut *conn)
-                    .await?;
-                // Close the claim gate while this failure commits (see module docs).
-                sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
-                    .bind(lock_class)
-                    .bind(GATE)
                     .execute(&mut *conn)
                     .await?;
             }

@@ -2,9 +2,9 @@
 -- `{{name}}` its unqualified last part (index names may not carry a schema).
 --
 -- `seq` orders rows: per key, rows are published in `seq` order. PostgreSQL needs no
--- lease columns: a relay's claim is its open transaction (row locks taken with
--- FOR UPDATE SKIP LOCKED plus one advisory lock per key bucket), bounded by
--- idle_in_transaction_session_timeout, so a relay that dies releases its rows at once.
+-- lease columns: a relay's claim is its open transaction holding advisory locks on key
+-- buckets, bounded by idle_in_transaction_session_timeout, so a relay that dies
+-- releases its rows at once.
 CREATE TABLE IF NOT EXISTS {{table}} (
     seq             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     id              UUID        NOT NULL,

@@ -195,6 +195,38 @@ mod tests {
         assert_eq!(next.causation_id, Some(first.id.to_string()));
     }
 
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Placed {
+        id: u64,
+    }
+
+    impl Event for Placed {
+        const TYPE: &'static str = "placed";
+    }
+
+    #[test]
+    fn decoding_bad_payloads_gives_typed_errors_not_panics() {
+        let truncated = Envelope::new("placed", "s", &b"{\"id\": 7"[..]);
+        assert!(matches!(
+            truncated.decode::<Placed>(),
+            Err(Error::Decode(_))
+        ));
+        let wrong_shape = Envelope::new("placed", "s", &b"{\"id\": \"seven\"}"[..]);
+        assert!(matches!(
+            wrong_shape.decode::<Placed>(),
+            Err(Error::Decode(_))
+        ));
+        let xml =
+            Envelope::new("placed", "s", &b"<id>7</id>"[..]).with_content_type("application/xml");
+        assert!(matches!(
+            xml.decode::<Placed>(),
+            Err(Error::ContentType { found, .. }) if found == "application/xml"
+        ));
+        let charset = Envelope::new("placed", "s", &b"{\"id\": 7}"[..])
+            .with_content_type("application/json; charset=utf-8");
+        assert!(matches!(charset.decode::<Placed>(), Ok(Placed { id: 7 })));
+    }
+
     #[test]
     fn envelope_serde_round_trip_keeps_every_field() -> Result<(), serde_json::Error> {
         let envelope = Envelope::new("order.placed", "orders", b"{\"x\":1}".to_vec())

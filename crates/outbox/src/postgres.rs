@@ -54,7 +54,7 @@ const COLUMNS: &str = "id, topic, event_type, source, event_key, event_time, con
 const BUCKETS: i32 = 1024;
 /// How many of the oldest due rows a claim looks at to choose its buckets, per row
 /// it may take: with several relays, the oldest rows are often another relay's.
-const WINDOW: i64 = 4;
+const WINDOW: i64 = 2;
 
 impl sealed::Sealed for PgConnection {}
 impl sealed::Sealed for Transaction<'_, Postgres> {}

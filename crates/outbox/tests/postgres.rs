@@ -323,6 +323,50 @@ async fn a_hung_relay_loses_its_claim_when_the_lease_expires() -> TestResult {
 }
 
 #[tokio::test]
+async fn while_one_relay_holds_a_key_no_other_relay_starts_it_in_the_middle() -> TestResult {
+    let Some((pool, _db)) = common::postgres().await else {
+        return Ok(());
+    };
+    let outbox = Outbox::new();
+    let events: Vec<Envelope> = (0..4).map(|n| event("k", n)).collect();
+    let mut tx = pool.begin().await?;
+    outbox.enqueue_batch(&mut tx, "orders", &events).await?;
+    tx.commit().await?;
+    let recorder = Recorder::default();
+    // The first relay takes the head of the key (two rows) and stalls before publishing.
+    let (hook, mut reached) = stall_at(FaultPoint::Claimed);
+    let first = Relay::builder(&outbox, &pool, recorder.clone())
+        .batch_size(2)
+        .fault_hook(hook)
+        .build()?
+        .spawn();
+    reached.recv().await;
+    let mut second = Relay::builder(&outbox, &pool, recorder.clone()).build()?;
+    for _ in 0..3 {
+        assert_eq!(
+            second.run_once().await?.claimed,
+            0,
+            "rows 3 and 4 must wait for 1 and 2"
+        );
+    }
+    // The first relay dies before publishing: the second starts the key at its head.
+    first.abort();
+    let mut published = 0;
+    for _ in 0..100 {
+        published += drain(&mut second).await?;
+        if published == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        recorder.ids(),
+        events.iter().map(|e| e.id).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_connection_cut_mid_batch_loses_nothing_and_keeps_order() -> TestResult {
     let Some((pool, db)) = common::postgres().await else {
         return Ok(());

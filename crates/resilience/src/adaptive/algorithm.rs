@@ -5,6 +5,14 @@ use std::time::Duration;
 use crate::ConfigError;
 
 /// What one completed call tells the algorithm.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::adaptive::Sample;
+///
+/// let s = Sample { latency: Duration::from_millis(12), in_flight: 8, dropped: false };
+/// assert!(!s.dropped);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample {
     /// How long the call took.
@@ -19,6 +27,25 @@ pub struct Sample {
 ///
 /// Implement it for an algorithm of your own; `update` is called with one sample at a
 /// time (samples that arrive while another is being applied are skipped).
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, LimitAlgorithm, Sample};
+///
+/// /// Halve on any call slower than 100 ms, otherwise grow by one, within [1, 64].
+/// struct Halving;
+///
+/// impl LimitAlgorithm for Halving {
+///     fn initial_limit(&self) -> u32 { 16 }
+///     fn update(&mut self, limit: u32, s: Sample) -> u32 {
+///         let next = if s.dropped || s.latency > Duration::from_millis(100) { limit / 2 } else { limit + 1 };
+///         next.clamp(1, 64)
+///     }
+/// }
+///
+/// let layer = AdaptiveConcurrencyLayer::new("custom", Halving);
+/// assert_eq!(layer.handle().limit(), 16);
+/// ```
 pub trait LimitAlgorithm: Send + 'static {
     /// The limit to start with.
     fn initial_limit(&self) -> u32;

@@ -43,6 +43,20 @@ impl fmt::Debug for Slot {
 /// when none is free it returns ready at once and `call` fails with [`LimitExceeded`]
 /// without calling the inner service: the limiter sheds, it does not queue. A slot taken
 /// and not used is given back when the service is dropped.
+///
+/// ```rust
+/// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let layer = AdaptiveConcurrencyLayer::new("api", Aimd::new(5, 1, 50)?);
+/// let svc = layer.layer(service_fn(|x: u8| async move { Ok::<_, std::io::Error>(x) }));
+/// assert_eq!(svc.handle().limit(), 5);
+/// assert_eq!(svc.oneshot(1).await?, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct AdaptiveConcurrency<S, C> {
     inner: S,

@@ -97,6 +97,14 @@ impl std::error::Error for InjectedFault {}
 /// Produces an injected response from the request.
 ///
 /// Implemented for every `Fn(&Request) -> Response` and for [`NoOutcome`].
+///
+/// ```rust
+/// use palisade_resilience::chaos::{InjectOutcome, NoOutcome};
+///
+/// let canned = |q: &&str| format!("cached answer to {q}");
+/// assert_eq!(canned.outcome(&"q"), Some("cached answer to q".to_string()));
+/// assert_eq!(InjectOutcome::<&str, String>::outcome(&NoOutcome, &"q"), None);
+/// ```
 pub trait InjectOutcome<Request, Response> {
     /// The response to answer with instead of calling the inner service.
     fn outcome(&self, request: &Request) -> Option<Response>;
@@ -111,7 +119,7 @@ where
     }
 }
 
-/// No outcome injection (the default).
+/// No outcome injection (the default); see [`InjectOutcome`] for an example.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoOutcome;
 
@@ -219,6 +227,18 @@ impl ChaosHandle {
 }
 
 /// Builds a [`ChaosLayer`]; every rate defaults to 0.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::chaos::ChaosLayer;
+///
+/// let chaos = ChaosLayer::builder(2024)
+///     .error_rate(0.05)
+///     .latency(0.1, Duration::from_millis(100), Duration::from_secs(2))
+///     .build()?;
+/// assert!(ChaosLayer::builder(0).error_rate(2.0).build().is_err());
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ChaosBuilder<O = NoOutcome> {
     seed: u64,
@@ -320,7 +340,15 @@ impl<O> ChaosBuilder<O> {
 
 /// Injects faults, latency and outcomes; see the [module docs](self). Clones (and the
 /// services they build) share one call sequence, so the draws follow the global call
-/// order.
+/// order. See the [module docs](self) for a full example.
+///
+/// ```rust
+/// use palisade_resilience::chaos::ChaosLayer;
+///
+/// let chaos = ChaosLayer::builder(1).error_rate(0.5).build()?;
+/// assert!(chaos.handle().is_enabled());
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct ChaosLayer<O = NoOutcome> {
     handle: ChaosHandle,
@@ -361,6 +389,21 @@ impl<S, O: Clone> Layer<S> for ChaosLayer<O> {
 }
 
 /// A service with injected chaos; built by [`ChaosLayer`].
+///
+/// ```rust
+/// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let svc = ChaosLayer::builder(9).error_rate(1.0).build()?
+///     .layer(service_fn(|x: u8| async move { Ok::<_, std::io::Error>(x) }));
+/// assert!(svc.clone().oneshot(1).await.unwrap_err().is::<InjectedFault>());
+/// svc.handle().disable();
+/// assert_eq!(svc.oneshot(1).await?, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Chaos<S, O> {
     inner: S,

@@ -158,7 +158,19 @@ impl<K: Hash + Eq + Clone + fmt::Debug> KeyedCircuitBreakerHandle<K> {
 /// Finding the key's breaker takes a read lock on the partition map (a write lock the
 /// first time a key is seen).
 ///
-/// See [`KeyedCircuitBreakerHandle`] for an example.
+/// ```rust
+/// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+///
+/// // One breaker per tenant, keyed by the request's tenant id.
+/// struct Request { tenant: u32, body: String }
+/// let layer = CircuitBreakerLayer::builder("tenants")
+///     .count_window(20)
+///     .build_keyed(|r: &Request| r.tenant)?;
+/// assert!(layer.handle().keys().is_empty());
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
+///
+/// See [`KeyedCircuitBreakerHandle`] for a breaker tripping in one partition only.
 pub struct KeyedCircuitBreakerLayer<K, F, C> {
     partitions: KeyedCircuitBreakerHandle<K>,
     key: F,
@@ -217,6 +229,20 @@ impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
 }
 
 /// A service guarded by one breaker per request key; see [`KeyedCircuitBreakerLayer`].
+///
+/// ```rust
+/// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let layer = CircuitBreakerLayer::builder("hosts").build_keyed(|host: &&str| host.to_string())?;
+/// let svc = layer.layer(service_fn(|host: &'static str| async move { Ok::<_, std::io::Error>(host.len()) }));
+/// assert_eq!(svc.clone().oneshot("a.example").await?, 9);
+/// assert_eq!(svc.handle().keys(), ["a.example".to_string()]);
+/// # Ok(())
+/// # }
+/// ```
 pub struct KeyedCircuitBreaker<S, K, F, C> {
     inner: S,
     partitions: KeyedCircuitBreakerHandle<K>,

@@ -213,10 +213,13 @@ impl<C> CircuitBreakerBuilder<C> {
 
     /// Validates the settings and builds a partitioned breaker: one breaker per key, the
     /// key computed from each request by `key`. See [`KeyedCircuitBreakerLayer`](super::KeyedCircuitBreakerLayer).
-    pub fn build_keyed<K, F>(
+    pub fn build_keyed<Req, K, F>(
         self,
         key: F,
-    ) -> Result<super::KeyedCircuitBreakerLayer<K, F, C>, ConfigError> {
+    ) -> Result<super::KeyedCircuitBreakerLayer<K, F, C>, ConfigError>
+    where
+        F: Fn(&Req) -> K,
+    {
         self.config.validate()?;
         Ok(super::KeyedCircuitBreakerLayer::new(
             self.name,

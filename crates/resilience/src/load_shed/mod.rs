@@ -237,6 +237,18 @@ impl LoadShedHandle {
 }
 
 /// Builds a [`LoadShedLayer`].
+///
+/// ```rust
+/// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+///
+/// // Health checks (0) always pass; batch jobs (2) get a quarter of the capacity.
+/// let layer = LoadShedLayer::builder("api", Capacity::Fixed(200))
+///     .shares(vec![1.0, 0.8, 0.25])
+///     .build(|path: &&str| match *path { "/health" => 0, p if p.starts_with("/batch") => 2, _ => 1 })?;
+/// assert_eq!((layer.handle().allowed(0), layer.handle().allowed(2)), (200, 50));
+/// assert!(LoadShedLayer::builder("bad", Capacity::Fixed(1)).shares(vec![0.5, 0.9]).build(|_: &()| 0).is_err());
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct LoadShedBuilder {
     name: Arc<str>,
@@ -291,7 +303,17 @@ impl LoadShedBuilder {
     }
 }
 
-/// Sheds requests by priority; see the [module docs](self). Clones share the capacity.
+/// Sheds requests by priority; see the [module docs](self) for a full example. Clones
+/// share the capacity and the counters.
+///
+/// ```rust
+/// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+///
+/// let layer = LoadShedLayer::builder("api", Capacity::Fixed(8)).build(|_: &u8| 1)?;
+/// let twin = layer.clone();
+/// assert_eq!(twin.handle().allowed(1), layer.handle().allowed(1));
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct LoadShedLayer<F> {
     handle: LoadShedHandle,
@@ -329,6 +351,20 @@ impl<S, F: Clone> Layer<S> for LoadShedLayer<F> {
 }
 
 /// A service shedding by priority; built by [`LoadShedLayer`].
+///
+/// ```rust
+/// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let layer = LoadShedLayer::builder("api", Capacity::Fixed(8)).build(|p: &u8| *p)?;
+/// let svc = layer.layer(service_fn(|p: u8| async move { Ok::<_, std::io::Error>(p) }));
+/// assert_eq!(svc.oneshot(3).await?, 3);
+/// assert_eq!(layer.handle().in_flight(), 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct LoadShed<S, F> {
     inner: S,

@@ -29,6 +29,7 @@ enum Op {
     Advance(u64),
     Reset,
     ForceOpen,
+    Disable,
 }
 
 const MS: u64 = 1_000_000;
@@ -275,6 +276,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u64..400).prop_map(Op::Advance),
         1 => Just(Op::Reset),
         1 => Just(Op::ForceOpen),
+        1 => Just(Op::Disable),
     ]
 }
 
@@ -346,6 +348,10 @@ fn run(cfg: CircuitBreakerConfig, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 Op::ForceOpen => {
                     handle.force_open();
                     model.go(CircuitState::ForcedOpen);
+                }
+                Op::Disable => {
+                    handle.disable();
+                    model.go(CircuitState::Disabled);
                 }
             }
             prop_assert_eq!(

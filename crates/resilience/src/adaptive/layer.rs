@@ -26,6 +26,15 @@ impl Shared {
         loop {
             if current >= limit {
                 self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    target: "palisade_resilience::adaptive",
+                    name = %self.name,
+                    limit,
+                    "adaptive limit reached, call rejected"
+                );
+                #[cfg(feature = "metrics")]
+                metrics::counter!("palisade_adaptive_rejections_total", "name" => self.name.to_string())
+                    .increment(1);
                 return None;
             }
             match self.in_flight.compare_exchange_weak(
@@ -59,7 +68,16 @@ impl Shared {
             let after = algorithm.update(before, sample).max(1);
             if after != before {
                 self.limit.store(after, Ordering::Relaxed);
-                tracing::trace!(limiter = %self.name, from = before, to = after, "concurrency limit changed");
+                tracing::debug!(
+                    target: "palisade_resilience::adaptive",
+                    name = %self.name,
+                    from = before,
+                    to = after,
+                    "concurrency limit changed"
+                );
+                #[cfg(feature = "metrics")]
+                metrics::gauge!("palisade_adaptive_limit", "name" => self.name.to_string())
+                    .set(f64::from(after));
             }
         }
     }

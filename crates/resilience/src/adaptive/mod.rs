@@ -34,6 +34,11 @@
 //! the algorithm's lock only if it is free (otherwise the sample is skipped). Dropping a
 //! call or a service holding a slot gives it back.
 //!
+//! Limit changes and rejections are `debug` events (target
+//! `palisade_resilience::adaptive`); with the `metrics` feature the limit is the gauge
+//! `palisade_adaptive_limit` and rejections count in `palisade_adaptive_rejections_total`
+//! (both labelled `name`).
+//!
 //! # Example
 //!
 //! ```rust

@@ -22,6 +22,9 @@
 //! faults as if they came from the dependency. Injected latency is added after the inner
 //! call completes (the inner call runs meanwhile), so a timeout above sees it.
 //!
+//! With the `metrics` feature, injections count in `palisade_chaos_injections_total`
+//! labelled `kind` (`fault`, `outcome`, `latency`).
+//!
 //! # Example
 //!
 //! ```rust
@@ -434,6 +437,17 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let (injection, delay) = self.handle.shared.draw();
+        #[cfg(feature = "metrics")]
+        {
+            let kind = match injection {
+                Injection::Pass => None,
+                Injection::Fault(_) => Some("fault"),
+                Injection::Outcome => Some("outcome"),
+            };
+            for kind in kind.into_iter().chain(delay.map(|_| "latency")) {
+                metrics::counter!("palisade_chaos_injections_total", "kind" => kind).increment(1);
+            }
+        }
         let delay = delay.map(tokio::time::sleep);
         let (inner, result) = match injection {
             Injection::Pass => (Some(self.inner.call(req)), None),

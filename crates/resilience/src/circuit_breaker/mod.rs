@@ -67,7 +67,10 @@
 //! [`disable`](CircuitBreakerHandle::disable), [`reset`](CircuitBreakerHandle::reset)) and
 //! reports every [`StateTransition`] to [`subscribe`](CircuitBreakerHandle::subscribe)rs
 //! and [listeners](CircuitBreakerHandle::on_transition) (and to `tracing`, and to the
-//! `metrics` facade with the `metrics` feature).
+//! `metrics` facade with the `metrics` feature: `palisade_circuit_breaker_transitions_total`
+//! labelled `name`, `from`, `to`, and `palisade_circuit_breaker_rejections_total` labelled
+//! `name`, `state`; `tracing` target `palisade_resilience::circuit_breaker`, transitions
+//! at `info`, rejections at `debug`).
 //!
 //! # Cost and guarantees
 //!

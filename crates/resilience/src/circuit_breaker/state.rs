@@ -385,7 +385,19 @@ impl Core {
             .0
             .rejected
             .fetch_add(1, Ordering::Relaxed);
-        tracing::trace!(breaker = %self.name, state = %state, "call rejected");
+        tracing::debug!(
+            target: "palisade_resilience::circuit_breaker",
+            name = %self.name,
+            state = state.as_str(),
+            "call rejected"
+        );
+        #[cfg(feature = "metrics")]
+        metrics::counter!(
+            "palisade_circuit_breaker_rejections_total",
+            "name" => self.name.to_string(),
+            "state" => state.as_str()
+        )
+        .increment(1);
         CircuitOpen::new(self.name.clone(), state, remaining)
     }
 
@@ -716,15 +728,17 @@ impl Core {
 
     fn emit(&self, event: &StateTransition) {
         tracing::info!(
-            breaker = %event.name,
-            from = %event.from,
-            to = %event.to,
+            target: "palisade_resilience::circuit_breaker",
+            name = %event.name,
+            from = event.from.as_str(),
+            to = event.to.as_str(),
             "circuit breaker state changed"
         );
         #[cfg(feature = "metrics")]
         metrics::counter!(
             "palisade_circuit_breaker_transitions_total",
-            "breaker" => event.name.to_string(),
+            "name" => event.name.to_string(),
+            "from" => event.from.as_str(),
             "to" => event.to.as_str()
         )
         .increment(1);

@@ -170,7 +170,13 @@ where
             this.hedges.push((Box::pin(attempt), now));
             *this.sent += 1;
             this.shared.note_hedge_sent();
-            tracing::debug!(hedge = *this.sent, "hedged request sent");
+            tracing::debug!(
+                target: "palisade_resilience::hedge",
+                hedge = *this.sent,
+                "hedged request sent"
+            );
+            #[cfg(feature = "metrics")]
+            metrics::counter!("palisade_hedges_total").increment(1);
             if *this.sent < this.shared.max_hedges {
                 *this.armed = true;
                 this.timer.as_mut().reset(now + this.shared.current_delay());

@@ -34,6 +34,9 @@
 //! timer entry; hedges are boxed. With a percentile delay every success records its
 //! latency in a lock-free histogram shared by the layer's clones.
 //!
+//! Each hedge sent is a `debug` event (target `palisade_resilience::hedge`) and, with the
+//! `metrics` feature, a `palisade_hedges_total` count.
+//!
 //! # Example
 //!
 //! ```rust

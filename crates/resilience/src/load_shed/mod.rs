@@ -30,6 +30,10 @@
 //! call completes or its future is dropped. `poll_ready` is the inner service's: the
 //! priority is only known in `call`.
 //!
+//! Each shed request is a `debug` event (target `palisade_resilience::load_shed`) and,
+//! with the `metrics` feature, a `palisade_load_shed_total` count labelled `name` and
+//! `priority`.
+//!
 //! # Example
 //!
 //! ```rust
@@ -402,7 +406,20 @@ where
                 shed: None,
             },
             Err(shed) => {
-                tracing::debug!(shedder = %shed.name, priority, "request shed");
+                tracing::debug!(
+                    target: "palisade_resilience::load_shed",
+                    name = %shed.name,
+                    priority,
+                    in_flight = shed.in_flight,
+                    "request shed"
+                );
+                #[cfg(feature = "metrics")]
+                metrics::counter!(
+                    "palisade_load_shed_total",
+                    "name" => shed.name.to_string(),
+                    "priority" => priority.to_string()
+                )
+                .increment(1);
                 ResponseFuture {
                     inner: None,
                     slot: None,

@@ -156,3 +156,120 @@ async fn while_open_poll_ready_answers_at_once_even_if_the_inner_service_is_not_
         "closed again: back to the inner's"
     );
 }
+
+/// An inner service with per-instance readiness, like tower's `ConcurrencyLimit` or
+/// `Buffer`: a clone starts unready, and `call` on an unready instance is a contract
+/// violation (reported as an error here instead of tower's panic).
+#[derive(Default)]
+struct ReadinessProbe {
+    ready: bool,
+}
+
+impl Clone for ReadinessProbe {
+    fn clone(&self) -> Self {
+        Self { ready: false }
+    }
+}
+
+impl Service<u32> for ReadinessProbe {
+    type Response = u32;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<u32, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.ready = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u32) -> Self::Future {
+        let was_ready = std::mem::replace(&mut self.ready, false);
+        std::future::ready(if was_ready {
+            Ok(req)
+        } else {
+            Err("tower contract violated: call without poll_ready".into())
+        })
+    }
+}
+
+async fn exercise<S>(mut svc: S)
+where
+    S: Service<u32, Response = u32, Error = BoxError> + Clone,
+{
+    for i in 0..20 {
+        assert_eq!(svc.ready().await.unwrap().call(i).await.unwrap(), i);
+        // Also through clones made and readied independently, as Buffer workers and
+        // retries do.
+        let mut clone = svc.clone();
+        assert_eq!(clone.ready().await.unwrap().call(i).await.unwrap(), i);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_layer_calls_the_instance_that_was_polled_ready() {
+    use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    use palisade_resilience::chaos::ChaosLayer;
+    use palisade_resilience::hedge::HedgeLayer;
+    use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+
+    exercise(breaker().layer(ReadinessProbe::default())).await;
+    let keyed = CircuitBreakerLayer::builder("k")
+        .build_keyed(|x: &u32| x % 3)
+        .unwrap();
+    exercise(keyed.layer(ReadinessProbe::default())).await;
+    exercise(
+        AdaptiveConcurrencyLayer::new("a", Aimd::new(4, 1, 8).unwrap())
+            .layer(ReadinessProbe::default()),
+    )
+    .await;
+    exercise(
+        LoadShedLayer::builder("s", Capacity::Fixed(4))
+            .build(|_: &u32| 0)
+            .unwrap()
+            .layer(ReadinessProbe::default()),
+    )
+    .await;
+    exercise(
+        ChaosLayer::builder(1)
+            .latency(0.5, Duration::ZERO, Duration::from_millis(5))
+            .build()
+            .unwrap()
+            .layer(ReadinessProbe::default()),
+    )
+    .await;
+    exercise(
+        HedgeLayer::fixed(Duration::from_millis(1))
+            .build()
+            .unwrap()
+            .layer(ReadinessProbe::default()),
+    )
+    .await;
+}
+
+/// The original attempt takes 100 ms and the hedge (sent after 1 ms) 1 ms, so the answer
+/// comes from the hedge's clone, which the hedge must drive to readiness itself.
+#[tokio::test(start_paused = true)]
+async fn a_hedge_drives_its_own_clone_to_readiness() {
+    use palisade_resilience::hedge::HedgeLayer;
+    use std::sync::atomic::AtomicUsize;
+
+    let calls = Arc::new(AtomicUsize::new(0));
+    let slow_first = tower::ServiceBuilder::new()
+        .map_future(move |f: std::future::Ready<Result<u32, BoxError>>| {
+            let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+            async move {
+                tokio::time::sleep(Duration::from_millis(if first { 100 } else { 1 })).await;
+                f.await
+            }
+        })
+        .service(ReadinessProbe::default());
+    let layer = HedgeLayer::fixed(Duration::from_millis(1)).build().unwrap();
+    let mut svc = layer.layer(slow_first);
+    let start = tokio::time::Instant::now();
+    assert_eq!(svc.ready().await.unwrap().call(7).await.unwrap(), 7);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(2),
+        "the hedge answered"
+    );
+    assert_eq!((layer.hedges_sent(), layer.hedges_won()), (1, 1));
+}

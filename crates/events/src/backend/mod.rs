@@ -9,7 +9,7 @@
 //! | NATS JetStream | `nats` | `nats` |
 
 #[allow(dead_code)] // used by the broker backends, which are behind features
-pub(crate) mod headers;
+pub mod headers;
 pub mod memory;
 #[cfg(feature = "rabbitmq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]

@@ -6,7 +6,7 @@
 //! lost ack, a publisher retrying an unconfirmed publish, two instances racing on a
 //! rebalance. Two kinds of inbox answer that:
 //!
-//! - **Transactional (SQL).** [`SqlInbox`](crate::inbox::SqlInbox) (features `postgres`,
+//! - **Transactional (SQL).** [`SqlInbox`] (features `postgres`,
 //!   `sqlite`) inserts the inbox row in the handler's **own** sqlx transaction, next to
 //!   the handler's writes: both commit or neither does, so the effect happens exactly
 //!   once even across crashes and concurrent instances. Use it whenever the handler

@@ -5,9 +5,9 @@
 //!   settings the closed path needs) on its own cache lines, so readers never miss.
 //! - Outcomes go to one of several *stripes*, each on its own cache lines with its own
 //!   ring of outcome bytes (count window) or buckets (time window). A thread records into
-//!   the stripe its thread-local hint names; a thread that loses a compare-exchange there
-//!   moves its hint, so two threads hammering one breaker end up on different stripes and
-//!   never share a written cache line. One thread alone always uses stripe 0, which makes
+//!   the stripe its thread-local hint names; a thread that finds another thread writing
+//!   there moves its hint, so two threads hammering one breaker end up on different
+//!   stripes and never share a written cache line. One thread alone always uses stripe 0, which makes
 //!   the single-threaded behaviour exact.
 //! - Transitions are rare: they take a mutex, re-check the state word, do their side
 //!   effects, then publish the new word. The closed path never takes it, unless its
@@ -68,6 +68,9 @@ pub(crate) struct Padded<T>(pub(crate) T);
 
 thread_local! {
     static STRIPE_HINT: Cell<u32> = const { Cell::new(0) };
+    /// The count-window stripe this thread wrote last and the position it left there: if
+    /// the position moved on meanwhile, another thread writes the same stripe.
+    static LAST_WRITE: Cell<(usize, u32)> = const { Cell::new((0, 0)) };
 }
 
 fn stripe_hint() -> usize {
@@ -448,21 +451,20 @@ impl Core {
         let index = stripe_hint() & hot.mask;
         let stripe = &self.stripes[index].0;
         let size = hot.window_size;
-        let mut pos = stripe.pos.load(Ordering::Relaxed);
-        let mut contended = false;
-        loop {
-            let next = if pos + 1 >= size { 0 } else { pos + 1 };
-            match stripe
-                .pos
-                .compare_exchange(pos, next, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => break,
-                Err(actual) => {
-                    pos = actual;
-                    contended = true;
-                }
-            }
-        }
+        // A plain load and store, no read-modify-write: two threads racing here may write
+        // the same slot (one outcome overwritten, as if the window were one call shorter
+        // for a moment), but the counters stay exact because they follow the slot's
+        // compare-exchange below. Racing is what moves a thread to another stripe.
+        let pos = stripe.pos.load(Ordering::Relaxed);
+        let next = if pos + 1 >= size { 0 } else { pos + 1 };
+        stripe.pos.store(next, Ordering::Relaxed);
+        let me = std::ptr::from_ref(stripe) as usize;
+        let contended = LAST_WRITE.with(|last| {
+            let (stripe, expected) = last.replace((me, next));
+            // Position 0 is also where a reset (or a new breaker at a reused address)
+            // leaves a stripe: only a mismatch elsewhere proves another writer.
+            stripe == me && expected != pos && pos != 0
+        });
         if pos + 1 >= size && !stripe.full.load(Ordering::Relaxed) {
             stripe.full.store(true, Ordering::Relaxed);
         }
@@ -830,5 +832,73 @@ fn adjust(counter: &AtomicU32, was: bool, is: bool) {
             counter.fetch_sub(1, Ordering::Relaxed);
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_match_the_rings_after_threads_race_on_them() {
+        let config = CircuitBreakerConfig {
+            window: SlidingWindow::Count { size: 64 },
+            failure_rate_threshold: 100.0,
+            ..CircuitBreakerConfig::default()
+        };
+        let core = Core::new("race".into(), config);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let core = &core;
+                s.spawn(move || {
+                    let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    for _ in 0..200_000 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let outcome = if x % 10 < 3 {
+                            Outcome::Failure
+                        } else {
+                            Outcome::Success
+                        };
+                        core.record_closed(0, outcome, 0);
+                    }
+                });
+            }
+        });
+        assert_eq!(core.state(), CircuitState::Closed);
+        let mut total = 0;
+        for (i, stripe) in core.stripes.iter().enumerate() {
+            let ring = &core.slots[i * core.stride + 64..i * core.stride + 64 + 64];
+            let failed = ring
+                .iter()
+                .filter(|s| s.load(Ordering::Relaxed) & FAILED != 0)
+                .count() as u32;
+            assert_eq!(
+                stripe.0.failures.load(Ordering::Relaxed),
+                failed,
+                "stripe {i}"
+            );
+            total += ring
+                .iter()
+                .filter(|s| s.load(Ordering::Relaxed) != 0)
+                .count();
+        }
+        let m = core.metrics();
+        assert_eq!(m.calls as usize, total);
+        let rate = m.failure_rate.unwrap_or_default();
+        assert!((15.0..45.0).contains(&rate), "about 30 % failures: {rate}");
+    }
+
+    #[test]
+    fn a_thread_that_meets_another_writer_moves_to_another_stripe() {
+        let mask = stripe_count() - 1;
+        let moved = std::thread::spawn(move || {
+            let before = stripe_hint() & mask;
+            move_stripe(before, mask);
+            stripe_hint() & mask != before
+        })
+        .join();
+        assert!(matches!(moved, Ok(true)));
     }
 }

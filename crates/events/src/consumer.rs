@@ -30,6 +30,9 @@
 //! only then drops the subscription. Nothing unsettled is lost: the broker redelivers
 //! it.
 //!
+//! **Metrics** (feature `metrics`): `palisade_events_settled_total` counts settled
+//! deliveries by `consumer`, `outcome` (`ack`, `retry`, `dead-letter`) and `ok`.
+//!
 //! **Lost subscriptions.** An error from the delivery stream (a connection the backend
 //! could not restore) makes the runtime re-subscribe with its reconnect backoff, for as
 //! long as it runs; an [`Error::Closed`] from `subscribe` ends it.
@@ -613,7 +616,17 @@ impl Failure {
     }
 }
 
-async fn settle(what: &'static str, result: Result<(), Error>) {
+async fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Error>) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "palisade_events_settled_total",
+        "consumer" => consumer.to_string(),
+        "outcome" => what,
+        "ok" => if result.is_ok() { "true" } else { "false" },
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = consumer;
     if let Err(error) = result {
         // The broker redelivers what we failed to settle; the inbox absorbs the duplicate.
         tracing::warn!(error = %chain(&error), "failed to {what} a delivery");
@@ -626,7 +639,12 @@ async fn process<C: Codec>(shared: &Shared<C>, delivery: Delivery) {
         Err(error) => {
             let reason = chain(error);
             tracing::warn!(topic = %shared.topic, consumer = %shared.name, %reason, "malformed message; dead-lettering");
-            settle("dead-letter", delivery.dead_letter(reason).await).await;
+            settle(
+                &shared.name,
+                "dead-letter",
+                delivery.dead_letter(reason).await,
+            )
+            .await;
             return;
         }
     };
@@ -647,18 +665,28 @@ async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<
             limit: shared.max_payload,
         };
         tracing::warn!(error = %error, "dead-lettering");
-        settle("dead-letter", delivery.dead_letter(error.to_string()).await).await;
+        settle(
+            &shared.name,
+            "dead-letter",
+            delivery.dead_letter(error.to_string()).await,
+        )
+        .await;
         return;
     }
     let Some(route) = shared.routes.get(&envelope.event_type) else {
         match shared.unknown {
             UnknownEvent::Ack => {
                 tracing::warn!("no handler for this event type; acking");
-                settle("ack", delivery.ack().await).await;
+                settle(&shared.name, "ack", delivery.ack().await).await;
             }
             UnknownEvent::DeadLetter => {
                 let reason = format!("no handler for event type {:?}", envelope.event_type);
-                settle("dead-letter", delivery.dead_letter(reason).await).await;
+                settle(
+                    &shared.name,
+                    "dead-letter",
+                    delivery.dead_letter(reason).await,
+                )
+                .await;
             }
         }
         return;
@@ -668,20 +696,30 @@ async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<
     loop {
         let failure = match attempt_once(shared, route.as_ref(), &envelope, attempt).await {
             Ok(()) => {
-                settle("ack", delivery.ack().await).await;
+                settle(&shared.name, "ack", delivery.ack().await).await;
                 return;
             }
             Err(failure) => failure,
         };
         if failure.permanent {
             tracing::warn!(reason = %failure.reason, attempt, "permanent failure; dead-lettering");
-            settle("dead-letter", delivery.dead_letter(failure.reason).await).await;
+            settle(
+                &shared.name,
+                "dead-letter",
+                delivery.dead_letter(failure.reason).await,
+            )
+            .await;
             return;
         }
         if attempt >= shared.max_attempts {
             let reason = format!("gave up after {attempt} attempts: {}", failure.reason);
             tracing::warn!(%reason, "dead-lettering");
-            settle("dead-letter", delivery.dead_letter(reason).await).await;
+            settle(
+                &shared.name,
+                "dead-letter",
+                delivery.dead_letter(reason).await,
+            )
+            .await;
             return;
         }
         tracing::debug!(reason = %failure.reason, attempt, "attempt failed; retrying");
@@ -692,14 +730,14 @@ async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<
                     .iter()
                     .nth(attempt.saturating_sub(1) as usize)
                     .unwrap_or_default();
-                settle("retry", delivery.retry(delay).await).await;
+                settle(&shared.name, "retry", delivery.retry(delay).await).await;
                 return;
             }
             RetryMode::InProcess => {
                 let delay = delays.next().unwrap_or_default();
                 if !pause(&shared.shutdown, Some(delay)).await {
                     // Shutting down: hand it back rather than wait.
-                    settle("retry", delivery.retry(Duration::ZERO).await).await;
+                    settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await).await;
                     return;
                 }
                 attempt = attempt.saturating_add(1);

@@ -696,4 +696,157 @@ mod tests {
         assert!(s.next().await.is_none());
         Ok(())
     }
+
+    mod model {
+        //! The bus as a state machine under random publishes, takes, acks, drops and
+        //! members leaving: its invariants hold after every step.
+        use std::collections::HashMap;
+
+        use futures_util::FutureExt;
+        use proptest::prelude::*;
+
+        use super::*;
+
+        #[derive(Clone, Debug)]
+        enum Op {
+            Publish { key: u8 },
+            Take { member: usize },
+            Ack { member: usize, pick: usize },
+            Drop { member: usize, pick: usize },
+            Leave { member: usize },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0u8..4).prop_map(|key| Op::Publish { key }),
+                4 => (0usize..3).prop_map(|member| Op::Take { member }),
+                3 => (0usize..3, any::<usize>()).prop_map(|(member, pick)| Op::Ack { member, pick }),
+                1 => (0usize..3, any::<usize>()).prop_map(|(member, pick)| Op::Drop { member, pick }),
+                1 => (0usize..3).prop_map(|member| Op::Leave { member }),
+            ]
+        }
+
+        struct Member {
+            stream: DeliveryStream,
+            held: Vec<(String, u32, Delivery)>,
+        }
+
+        const PREFETCH: usize = 3;
+
+        fn join(bus: &MemoryBus) -> Result<Member, TestCaseError> {
+            let stream = bus
+                .subscribe(&Subscription::new("t", "g").with_prefetch(PREFETCH))
+                .now_or_never()
+                .ok_or_else(|| TestCaseError::fail("subscribe pending"))?
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            Ok(Member {
+                stream,
+                held: Vec::new(),
+            })
+        }
+
+        fn parse(d: &Delivery) -> (String, u32) {
+            let e = d.envelope().ok();
+            let key = e.and_then(|e| e.key.clone()).unwrap_or_default();
+            let n = e
+                .and_then(|e| std::str::from_utf8(&e.payload).ok()?.parse().ok())
+                .unwrap_or(u32::MAX);
+            (key, n)
+        }
+
+        proptest! {
+            #[test]
+            fn invariants_hold_under_any_schedule(
+                ops in prop::collection::vec(op(), 1..120),
+                only_acks in any::<bool>(),
+            ) {
+                let bus = MemoryBus::new();
+                let mut members: Vec<Member> = (0..3).map(|_| join(&bus)).collect::<Result<_, _>>()?;
+                let mut published = 0u32;
+                let mut acked: Vec<u32> = Vec::new();
+                let mut last_seen: HashMap<String, u32> = HashMap::new();
+                let mut dropped_any = false;
+                for op in ops {
+                    match op {
+                        Op::Publish { key } => {
+                            let e = Envelope::new("n", "t", published.to_string()).with_key(format!("k{key}"));
+                            published += 1;
+                            prop_assert!(bus.publish("t", e).now_or_never().is_some());
+                        }
+                        Op::Take { member } => {
+                            let m = &mut members[member];
+                            if let Some(Some(Ok(d))) = m.stream.next().now_or_never() {
+                                let (key, n) = parse(&d);
+                                if only_acks {
+                                    // Settling in order, nothing redelivered: publish order per key.
+                                    if let Some(prev) = last_seen.insert(key.clone(), n) {
+                                        prop_assert!(prev < n, "key {}: {} after {}", key, n, prev);
+                                    }
+                                }
+                                m.held.push((key, n, d));
+                            }
+                        }
+                        Op::Ack { member, pick } | Op::Drop { member, pick } if only_acks || matches!(op, Op::Ack { .. }) => {
+                            let m = &mut members[member];
+                            if !m.held.is_empty() {
+                                // In-order settling: the oldest held delivery of the picked key.
+                                let key = m.held[pick % m.held.len()].0.clone();
+                                let at = m.held.iter().position(|h| h.0 == key).unwrap_or(0);
+                                let (_, n, d) = m.held.remove(at);
+                                acked.push(n);
+                                prop_assert!(d.ack().now_or_never().is_some());
+                            }
+                        }
+                        Op::Drop { member, pick } => {
+                            let m = &mut members[member];
+                            if !m.held.is_empty() {
+                                let i = pick % m.held.len();
+                                drop(m.held.remove(i));
+                                dropped_any = true;
+                            }
+                        }
+                        Op::Leave { member } => {
+                            if !only_acks {
+                                members[member] = join(&bus)?;
+                                dropped_any = true;
+                            }
+                        }
+                        Op::Ack { .. } => {}
+                    }
+                    // Prefetch is respected and no key is held by two members at once.
+                    let mut holder: HashMap<&str, usize> = HashMap::new();
+                    for (i, m) in members.iter().enumerate() {
+                        prop_assert!(m.held.len() <= PREFETCH);
+                        for (key, _, _) in &m.held {
+                            let owner = *holder.entry(key.as_str()).or_insert(i);
+                            prop_assert_eq!(owner, i, "key {} held by two members", key);
+                        }
+                    }
+                }
+                // Drain: every published event is acked at least once, nothing is left.
+                for m in &mut members {
+                    for (_, n, d) in m.held.drain(..) {
+                        acked.push(n);
+                        prop_assert!(d.ack().now_or_never().is_some());
+                    }
+                }
+                let mut rounds = 0;
+                while bus.pending("t", "g") > 0 && rounds < 10_000 {
+                    rounds += 1;
+                    for m in &mut members {
+                        if let Some(Some(Ok(d))) = m.stream.next().now_or_never() {
+                            acked.push(parse(&d).1);
+                            prop_assert!(d.ack().now_or_never().is_some());
+                        }
+                    }
+                }
+                prop_assert_eq!(bus.pending("t", "g"), 0);
+                let distinct: std::collections::BTreeSet<u32> = acked.iter().copied().collect();
+                prop_assert_eq!(distinct.len() as u32, published);
+                if !dropped_any {
+                    prop_assert_eq!(acked.len() as u32, published, "acked twice without a redelivery");
+                }
+            }
+        }
+    }
 }

@@ -633,3 +633,47 @@ async fn a_closed_bus_ends_the_consumer_with_closed() -> Result<(), Error> {
     assert!(matches!(result, Ok(Err(Error::Closed))), "{result:?}");
     Ok(())
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_a_stopped_consumer_did_not_finish_are_handled_by_the_next_once() -> Result<(), Error>
+{
+    let bus = MemoryBus::new();
+    let seen = log();
+    let slow = |log: &Log| {
+        let log = Arc::clone(log);
+        move |e: Numbered, _: Context| {
+            let log = Arc::clone(&log);
+            async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if let Ok(mut l) = log.lock() {
+                    l.push((e.key, e.n));
+                }
+                Ok::<_, HandlerError>(())
+            }
+        }
+    };
+    let sub = Subscription::new("t", "g").with_prefetch(4);
+    let first = start(
+        Consumer::new(bus.clone(), sub.clone())
+            .concurrency(4)
+            .handle(slow(&seen)),
+    );
+    bus.publish_batch("t", (0..20).map(|n| numbered(&n.to_string(), n)).collect())
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    first.stop().await?;
+    let by_first = entries(&seen).len();
+    assert!((4..20).contains(&by_first), "{by_first}");
+    let second = start(
+        Consumer::new(bus.clone(), sub)
+            .concurrency(4)
+            .handle(slow(&seen)),
+    );
+    eventually(|| entries(&seen).len() >= 20).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    second.stop().await?;
+    let mut all: Vec<u32> = entries(&seen).into_iter().map(|(_, n)| n).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..20).collect::<Vec<_>>());
+    Ok(())
+}

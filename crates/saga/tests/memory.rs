@@ -68,3 +68,91 @@ proptest! {
         crash_recovery_case(|_| store.clone(), specs, point, true)?;
     }
 }
+
+/// A store whose writes fail now and then: some before applying, some after applying
+/// (the reply is lost). The orchestrator retries, recognises its own landed write, and
+/// every saga still ends as it should.
+#[derive(Clone)]
+struct FlakyStore {
+    inner: MemoryStore,
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl palisade_saga::SagaStore for FlakyStore {
+    async fn create(
+        &self,
+        r: &palisade_saga::SagaRecord,
+        h: &[palisade_saga::HistoryEntry],
+    ) -> Result<Option<palisade_saga::SagaRecord>, palisade_saga::StoreError> {
+        self.inner.create(r, h).await
+    }
+    async fn update(
+        &self,
+        r: &palisade_saga::SagaRecord,
+        v: i64,
+        h: &[palisade_saga::HistoryEntry],
+    ) -> Result<(), palisade_saga::StoreError> {
+        let n = self
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match n % 3 {
+            0 => Err(palisade_saga::StoreError::Unavailable(
+                "connection reset before the write".into(),
+            )),
+            1 => {
+                self.inner.update(r, v, h).await?;
+                Err(palisade_saga::StoreError::Unavailable(
+                    "connection reset after the commit".into(),
+                ))
+            }
+            _ => self.inner.update(r, v, h).await,
+        }
+    }
+    async fn renew_lease(
+        &self,
+        id: palisade_saga::SagaId,
+        o: &str,
+        v: i64,
+        u: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), palisade_saga::StoreError> {
+        self.inner.renew_lease(id, o, v, u).await
+    }
+    async fn claim(
+        &self,
+        o: &str,
+        n: chrono::DateTime<chrono::Utc>,
+        u: chrono::DateTime<chrono::Utc>,
+        d: &[String],
+        l: u32,
+    ) -> Result<Vec<palisade_saga::SagaRecord>, palisade_saga::StoreError> {
+        self.inner.claim(o, n, u, d, l).await
+    }
+    async fn get(
+        &self,
+        id: palisade_saga::SagaId,
+    ) -> Result<Option<palisade_saga::SagaRecord>, palisade_saga::StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(
+        &self,
+        f: &palisade_saga::ListFilter,
+    ) -> Result<Vec<palisade_saga::SagaRecord>, palisade_saga::StoreError> {
+        self.inner.list(f).await
+    }
+    async fn history(
+        &self,
+        id: palisade_saga::SagaId,
+    ) -> Result<Vec<palisade_saga::HistoryEntry>, palisade_saga::StoreError> {
+        self.inner.history(id).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_store_writes_are_retried_and_never_lose_progress() {
+    let store = FlakyStore {
+        inner: MemoryStore::new(),
+        writes: Default::default(),
+    };
+    common::four_steps_complete_despite_write_failures(store.clone()).await;
+    common::permanent_failure_compensates_in_reverse(store).await;
+}

@@ -1051,3 +1051,29 @@ pub async fn stale_writer_is_rejected<S: SagaStore>(store: S) {
     );
     assert_eq!(store.history(record.id).await.unwrap().len(), 1);
 }
+
+/// Like [`four_steps_complete_in_five_writes`], on a store that fails writes: the saga
+/// completes, each step ran once, and the history holds each transition once.
+pub async fn four_steps_complete_despite_write_failures<S: SagaStore>(store: S) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let def = SagaDefinition::builder("four-flaky", 1)
+        .step(counting_step("a", &log))
+        .step(counting_step("b", &log))
+        .step(counting_step("c", &log))
+        .build()
+        .unwrap();
+    let orch = orchestrator(store, &[&def]);
+    let id = orch.start(&def, &Ctx::default()).await.unwrap();
+    let done = orch.outcome(id).await.unwrap();
+    assert_eq!(done.state, SagaState::Completed);
+    assert_eq!(*log.lock().unwrap(), ["do a", "do b", "do c"]);
+    let succeeded = orch
+        .history(id)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|h| h.event == HistoryEvent::ActionSucceeded)
+        .count();
+    assert_eq!(succeeded, 3);
+    assert!(orch.store_writes() > 4, "the failed writes were retried");
+}

@@ -109,6 +109,15 @@ impl Delivery {
         }
     }
 
+    /// A delivery of an envelope the backend already holds behind an `Arc` (no copy).
+    pub fn from_shared(envelope: Arc<Envelope>, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
+        Self {
+            message: Ok(envelope),
+            attempt: attempt.max(1),
+            acker,
+        }
+    }
+
     /// A delivery whose broker message could not be mapped to an envelope (a missing
     /// required header, an unreadable attribute). The consumer runtime dead-letters
     /// it at once with the error as the reason.

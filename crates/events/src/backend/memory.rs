@@ -94,7 +94,7 @@ struct Topic {
 struct Entry {
     seq: u64,
     attempt: u32,
-    envelope: Envelope,
+    envelope: Arc<Envelope>,
 }
 
 #[derive(Debug)]
@@ -201,14 +201,18 @@ impl GroupState {
         (taken, handed_over)
     }
 
-    /// Records that one delivery of `member` (of `key`) was settled.
-    fn settled(&mut self, member: u64, key: Option<&str>) {
+    /// Records that one delivery of `member` (of `key`) was settled; returns how many
+    /// the member held before.
+    fn settled(&mut self, member: u64, key: Option<&str>) -> usize {
+        let mut before = 0;
         if let Some(count) = self.members.get_mut(&member) {
+            before = *count;
             *count = count.saturating_sub(1);
         }
         if let Some(key) = key {
             self.release_key(member, key);
         }
+        before
     }
 
     fn release_key(&mut self, member: u64, key: &str) {
@@ -251,10 +255,12 @@ impl Group {
         }
     }
 
-    fn settle(&self, member: u64, key: Option<&str>) {
-        lock(&self.state).settled(member, key);
-        // A member at its prefetch limit may take more now.
-        self.notify.notify_waiters();
+    fn settle(&self, member: u64, prefetch: usize, key: Option<&str>) {
+        let was_full = lock(&self.state).settled(member, key) >= prefetch;
+        if was_full {
+            // The member was at its prefetch limit and may take more now.
+            self.notify.notify_waiters();
+        }
     }
 
     fn redeliver(&self, mut entry: Entry) {
@@ -308,33 +314,33 @@ impl Bus {
     fn publish_all(&self, topic: &str, envelopes: Vec<Envelope>) {
         let groups: Vec<Arc<Group>> = {
             let mut topics = lock(&self.topics);
-            let t = topics.entry(topic.to_owned()).or_default();
+            if !topics.contains_key(topic) {
+                topics.insert(topic.to_owned(), Topic::default());
+            }
+            let Some(t) = topics.get_mut(topic) else {
+                return;
+            };
             if t.groups.is_empty() {
                 t.backlog
                     .extend(envelopes.into_iter().map(|envelope| Entry {
                         seq: 0,
                         attempt: 1,
-                        envelope,
+                        envelope: Arc::new(envelope),
                     }));
                 return;
             }
             t.groups.values().cloned().collect()
         };
-        let last = groups.len() - 1;
-        let mut envelopes = Some(envelopes);
-        for (i, group) in groups.iter().enumerate() {
-            let batch = if i == last {
-                envelopes.take().unwrap_or_default()
-            } else {
-                envelopes.clone().unwrap_or_default()
-            };
+        // One allocation per event, shared by every group's entry.
+        let shared: Vec<Arc<Envelope>> = envelopes.into_iter().map(Arc::new).collect();
+        for group in &groups {
             {
                 let mut state = lock(&group.state);
-                for envelope in batch {
+                for envelope in &shared {
                     state.push(Entry {
                         seq: 0,
                         attempt: 1,
-                        envelope,
+                        envelope: Arc::clone(envelope),
                     });
                 }
             }
@@ -404,13 +410,14 @@ impl Member {
             }
             if let Some(entry) = taken {
                 let attempt = entry.attempt;
-                let envelope = entry.envelope.clone();
+                let envelope = Arc::clone(&entry.envelope);
                 let acker = MemoryAck {
                     group: Arc::clone(&self.group),
                     member: self.id,
+                    prefetch: self.prefetch,
                     entry: Some(entry),
                 };
-                return Some(Delivery::new(envelope, attempt, Box::new(acker)));
+                return Some(Delivery::from_shared(envelope, attempt, Box::new(acker)));
             }
             if self.closed() {
                 return None;
@@ -442,6 +449,7 @@ impl Subscriber for MemoryBus {
 struct MemoryAck {
     group: Arc<Group>,
     member: u64,
+    prefetch: usize,
     entry: Option<Entry>,
 }
 
@@ -449,7 +457,7 @@ impl MemoryAck {
     fn release(&mut self) -> Option<Entry> {
         let entry = self.entry.take()?;
         self.group
-            .settle(self.member, entry.envelope.key.as_deref());
+            .settle(self.member, self.prefetch, entry.envelope.key.as_deref());
         Some(entry)
     }
 }
@@ -496,7 +504,7 @@ impl Acknowledge for MemoryAck {
         let Some(bus) = self.group.bus.upgrade() else {
             return Box::pin(async { Err(Error::Closed) });
         };
-        let mut envelope = entry.envelope;
+        let mut envelope = Arc::unwrap_or_clone(entry.envelope);
         envelope
             .headers
             .insert(DEAD_LETTER_REASON.to_owned(), reason);

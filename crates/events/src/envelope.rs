@@ -61,7 +61,7 @@ impl Envelope {
         payload: impl Into<Bytes>,
     ) -> Self {
         Self {
-            id: Uuid::now_v7(),
+            id: next_id(),
             event_type: event_type.into(),
             source: source.into(),
             key: None,
@@ -175,9 +175,101 @@ impl Envelope {
     }
 }
 
+/// A fresh UUID v7: 48 bits of Unix milliseconds, a 42-bit counter that starts at a
+/// random point each millisecond and counts up within it (so ids from one thread sort in
+/// creation order, as `Uuid::now_v7` promises), 32 random bits.
+///
+/// `Uuid::now_v7` takes a process-wide lock and asks the OS for randomness on every
+/// call; this keeps the state per thread and draws from a splitmix64 seeded once per
+/// thread from std's randomly keyed hasher, which is what a bus publishing hundreds of
+/// thousands of events a second can afford. Uniqueness across threads and processes
+/// rests on the random counter start and the random tail (74 random bits per
+/// millisecond and thread).
+pub(crate) fn next_id() -> Uuid {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+
+    thread_local! {
+        static STATE: Cell<(u64, u64, u64)> = Cell::new((0, 0, {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(0x5eed);
+            h.finish()
+        }));
+    }
+    fn splitmix(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+        & ((1 << 48) - 1);
+    STATE.with(|cell| {
+        let (last, counter, mut rng) = cell.get();
+        let (ms, counter) = if now > last || counter >= (1 << 42) - 1 {
+            // A new millisecond (or, rarely, a spent counter): restart at a random
+            // point in the lower half so there is room to count up.
+            (
+                now.max(last + u64::from(now <= last)),
+                splitmix(&mut rng) & ((1 << 41) - 1),
+            )
+        } else {
+            // Same millisecond, or the clock went back: stay on `last`, count up.
+            (last, counter + 1)
+        };
+        let tail = splitmix(&mut rng) & 0xffff_ffff;
+        cell.set((ms, counter, rng));
+        let rand_a = (counter >> 30) & 0xfff;
+        let rand_b = ((counter & ((1 << 30) - 1)) << 32) | tail;
+        let value = (u128::from(ms) << 80)
+            | (0x7 << 76)
+            | (u128::from(rand_a) << 64)
+            | (0b10 << 62)
+            | u128::from(rand_b);
+        Uuid::from_u128(value)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_ids_are_v7_rfc_variant_increasing_and_unique_across_threads() {
+        let mut previous = next_id();
+        for _ in 0..100_000 {
+            let id = next_id();
+            assert_eq!(id.get_version_num(), 7);
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            assert!(id > previous);
+            previous = id;
+        }
+        let ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default();
+        let (secs, _) = previous
+            .get_timestamp()
+            .map(|t| t.to_unix())
+            .unwrap_or_default();
+        assert!(secs.abs_diff(ms / 1000) <= 2);
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..50_000).map(|_| next_id()).collect::<Vec<_>>()))
+            .collect();
+        let mut all = std::collections::HashSet::new();
+        for t in threads {
+            for id in t.join().unwrap_or_default() {
+                assert!(all.insert(id), "duplicate id {id}");
+            }
+        }
+    }
 
     #[test]
     fn ids_are_v7_and_sort_by_creation() {

@@ -18,7 +18,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F> {
         Calling { #[pin] future: F },
-        Waiting { #[pin] sleep: Sleep },
+        // Boxed: only a retry that waits pays for it, and the happy-path future stays small.
+        Waiting { sleep: Pin<Box<Sleep>> },
         Readying,
     }
 }
@@ -40,7 +41,8 @@ pin_project! {
         attempt: u32,
         // Set when the first retry is decided: the success path reads no clock.
         started: Option<Instant>,
-        backoff: Option<BackoffIter>,
+        // Boxed on the first retry: the happy-path future stays small to move.
+        backoff: Option<Box<BackoffIter>>,
     }
 }
 
@@ -99,7 +101,7 @@ where
                         RetryDecision::RetryAfter(d) => d,
                         RetryDecision::Retry => this
                             .backoff
-                            .get_or_insert_with(|| policy.backoff.iter())
+                            .get_or_insert_with(|| Box::new(policy.backoff.iter()))
                             .next()
                             .unwrap_or(Duration::ZERO),
                     };
@@ -124,12 +126,12 @@ where
                         this.state.set(State::Readying);
                     } else {
                         this.state.set(State::Waiting {
-                            sleep: tokio::time::sleep(delay),
+                            sleep: Box::pin(tokio::time::sleep(delay)),
                         });
                     }
                 }
                 StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                    ready!(sleep.as_mut().poll(cx));
                     this.state.set(State::Readying);
                 }
                 StateProj::Readying => {

@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
-use tokio::time::{Sleep, sleep};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 use super::Elapsed;
 use crate::BoxError;
@@ -12,12 +12,16 @@ use crate::BoxError;
 pin_project! {
     /// The response future of [`Timeout`](super::Timeout): the inner future raced against a
     /// timer.
+    ///
+    /// The timer is armed only if the inner future is not ready on its first poll, with
+    /// its deadline counted from that first poll: a call that answers at once reads no
+    /// clock and registers no timer, which is most of the cost of a timeout.
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         #[pin]
-        sleep: Sleep,
+        sleep: Option<Sleep>,
         after: Duration,
     }
 }
@@ -26,7 +30,7 @@ impl<F> ResponseFuture<F> {
     pub(crate) fn new(inner: F, after: Duration) -> Self {
         Self {
             inner,
-            sleep: sleep(after),
+            sleep: None,
             after,
         }
     }
@@ -39,18 +43,30 @@ where
 {
     type Output = Result<T, BoxError>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         // The inner future first: a response that is ready wins over a timer that fired.
         if let Poll::Ready(out) = this.inner.poll(cx) {
             return Poll::Ready(out.map_err(Into::into));
         }
-        match this.sleep.poll(cx) {
-            Poll::Ready(()) => {
+        if this.sleep.is_none() {
+            let deadline = Instant::now()
+                .checked_add(*this.after)
+                .unwrap_or_else(far_future);
+            this.sleep.set(Some(sleep_until(deadline)));
+        }
+        match this.sleep.as_pin_mut().map(|s| s.poll(cx)) {
+            Some(Poll::Ready(())) => {
                 crate::telemetry::timeout_elapsed(*this.after);
                 Poll::Ready(Err(Box::new(Elapsed::new(*this.after))))
             }
-            Poll::Pending => Poll::Pending,
+            _ => Poll::Pending,
         }
     }
+}
+
+/// Roughly 30 years from now, as tokio does for durations too long to add.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
 }

@@ -23,7 +23,11 @@
 //! does this for you.
 //!
 //! The deadline can be fixed ([`TimeoutLayer::new`]) or computed from each request
-//! ([`TimeoutLayer::per_request`]), e.g. from a `grpc-timeout` header.
+//! ([`TimeoutLayer::per_request`]), e.g. from a `grpc-timeout` header. It counts from the
+//! first poll of the response future (which follows `call` at once in every executor and
+//! in tower's own combinators); a call that completes on that first poll never arms a
+//! timer — unlike `tower::timeout`, which reads the clock and registers a timer on every
+//! call.
 //!
 //! # Cancellation
 //!

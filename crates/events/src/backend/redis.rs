@@ -16,10 +16,11 @@
 //!   to take over entries that another member read but never settled (a consumer that
 //!   died). That is how an unacknowledged delivery is delivered again: dropping a
 //!   [`Delivery`] leaves its entry pending until a member claims it.
-//! - **Settle**: ack is `XACK`; retry re-adds the entry to the stream with its attempt
-//!   counter raised and acks the original in one `MULTI`, after the delay (a process
-//!   that dies during the delay leaves the original pending, so it is claimed again —
-//!   nothing is lost); dead-letter adds the entry, with the reason in the
+//! - **Settle**: ack is `XACK`; retry keeps the entry pending and, after the delay,
+//!   re-claims it (`XCLAIM`, which counts the delivery) and hands it out again in
+//!   process — nothing is re-added, so other groups never see a retry twice, and a
+//!   process that dies during the delay leaves the entry to be claimed by another
+//!   member; dead-letter adds the entry, with the reason in the
 //!   `palisade-dead-letter-reason` field, to `<topic>.dlq` and acks the original in
 //!   one `MULTI`.
 //! - **Connections**: publishing and settling share one auto-reconnecting
@@ -54,7 +55,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
+};
 use redis::{Client, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -286,19 +289,22 @@ impl Subscriber for RedisBus {
             self.options.response_timeout + self.options.block,
         )
         .await?;
+        let prefetch = subscription.prefetch.max(1);
+        let (tx, mut rx) = mpsc::channel(prefetch);
+        let name = format!("{}-{}", subscription.group, uuid::Uuid::now_v7());
         let shared = Arc::new(Shared {
+            consumer: name.clone(),
+            tx: tx.clone(),
             conn: self.conn.clone(),
             stream: subscription.topic.clone(),
             group: subscription.group.clone(),
             dead_letter: self.dead_letter_topic(&subscription.topic),
             max_len: self.options.max_len,
         });
-        let prefetch = subscription.prefetch.max(1);
-        let (tx, mut rx) = mpsc::channel(prefetch);
         let consumer = Consumer {
             shared,
             reader,
-            name: format!("{}-{}", subscription.group, uuid::Uuid::now_v7()),
+            name,
             permits: Arc::new(Semaphore::new(prefetch)),
             batch: prefetch,
             block: self.options.block.min(self.options.claim_idle),
@@ -314,6 +320,10 @@ impl Subscriber for RedisBus {
 
 /// What every delivery of one subscription needs to settle itself.
 struct Shared {
+    /// This subscription's consumer name in the group.
+    consumer: String,
+    /// Where in-process retries are delivered again.
+    tx: mpsc::Sender<Result<Delivery, Error>>,
     conn: ConnectionManager,
     stream: String,
     group: String,
@@ -468,18 +478,14 @@ impl Consumer {
             .into_iter()
             .map(|(name, value)| (name, value_bytes(value)))
             .collect();
-        let envelope = decode_fields(&fields);
-        let acker = Box::new(RedisAcker {
+        RedisAcker {
             shared: self.shared.clone(),
             entry_id: entry.id,
             fields,
             attempt,
             _permit: permit,
-        });
-        match envelope {
-            Ok(envelope) => Delivery::new(envelope, attempt, acker),
-            Err(error) => Delivery::malformed(error, attempt, acker),
         }
+        .into_delivery()
     }
 }
 
@@ -523,6 +529,16 @@ struct RedisAcker {
 }
 
 impl RedisAcker {
+    fn into_delivery(self) -> Delivery {
+        let attempt = self.attempt;
+        let envelope = decode_fields(&self.fields);
+        let acker = Box::new(self);
+        match envelope {
+            Ok(envelope) => Delivery::new(envelope, attempt, acker),
+            Err(error) => Delivery::malformed(error, attempt, acker),
+        }
+    }
+
     /// `MULTI; XADD <to> …fields; XACK <stream> <group> <id>; EXEC`.
     async fn move_to(self, to: &str, extra: &[(&str, String)]) -> Result<(), Error> {
         let mut add = redis::cmd("XADD");
@@ -564,23 +580,38 @@ impl Acknowledge for RedisAcker {
     }
 
     fn retry(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
-        Box::pin(async move {
-            let next = self.attempt.saturating_add(1).to_string();
-            let stream = self.shared.stream.clone();
-            if delay.is_zero() {
-                return self.move_to(&stream, &[(ATTEMPT, next)]).await;
-            }
-            // The original stays pending until the re-add, so a crash during the delay
-            // leaves it to be claimed again rather than lost.
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let id = self.entry_id.clone();
-                if let Err(e) = self.move_to(&stream, &[(ATTEMPT, next)]).await {
-                    tracing::warn!(%stream, entry = %id, error = %e, "delayed redis retry failed; the entry stays pending and will be claimed");
+        // Retried in process: the entry stays pending with this consumer, so neither
+        // other members nor other groups see it again, and a crash during the delay
+        // leaves it to be claimed like any unsettled entry.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut conn = self.shared.conn.clone();
+            // Re-claiming resets the idle time and counts the delivery; it returns
+            // nothing if another member claimed the entry during the delay.
+            let min_idle = u64::try_from(delay.as_millis() * 9 / 10).unwrap_or(u64::MAX);
+            let claimed: Result<StreamClaimReply, _> = redis::cmd("XCLAIM")
+                .arg(&self.shared.stream)
+                .arg(&self.shared.group)
+                .arg(&self.shared.consumer)
+                .arg(min_idle)
+                .arg(&self.entry_id)
+                .arg("JUSTID")
+                .query_async(&mut conn)
+                .await;
+            match claimed {
+                Ok(reply) if reply.ids.iter().any(|e| e.id == self.entry_id) => {
+                    let mut again = *self;
+                    again.attempt = again.attempt.saturating_add(1);
+                    let tx = again.shared.tx.clone();
+                    let _ = tx.send(Ok(again.into_delivery())).await;
                 }
-            });
-            Ok(())
-        })
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(stream = %self.shared.stream, entry = %self.entry_id, error = %e, "redis retry could not re-claim the entry; it stays pending and will be claimed");
+                }
+            }
+        });
+        Box::pin(async { Ok(()) })
     }
 
     fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {

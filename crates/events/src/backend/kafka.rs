@@ -1,0 +1,589 @@
+//! Kafka backend (rdkafka / librdkafka).
+//!
+//! - **Topology**: a topic is a Kafka topic; a group is a Kafka consumer group, whose
+//!   members split the topic's partitions; every group reads every event.
+//! - **Publish**: an idempotent producer with `acks=all`; `publish` returns when the
+//!   broker acknowledged the write to all in-sync replicas. The envelope's key is the
+//!   record key, so one key always lands on one partition and stays in order.
+//!   [`Publisher::publish_batch`] enqueues the whole batch before awaiting the
+//!   delivery reports, so librdkafka batches it.
+//! - **Envelope mapping**: record headers under the names of
+//!   [the shared mapping](super::headers), the payload as the record value. A record
+//!   without the required headers is handed out as [`Delivery::malformed`].
+//! - **Consume**: auto-commit is off. An offset is committed only once the record and
+//!   every earlier record of its partition delivered to this member were settled: the
+//!   member commits the lowest unsettled offset (or the next one when none is
+//!   unsettled), so a crash redelivers everything not settled, in order. At most
+//!   `prefetch` deliveries are unsettled at once.
+//! - **Settle**: ack marks the record done. Retry hands the same record out again in
+//!   process after the delay, with the attempt raised, keeping its offset uncommitted
+//!   (a crash meanwhile redelivers it from the broker). Dead-letter produces a copy,
+//!   with the reason in the `palisade-dead-letter-reason` header, to `<topic>.dlq`
+//!   (`acks=all`), then marks the record done.
+//! - **Redelivery**: Kafka has no per-record acknowledgement, so an unsettled record is
+//!   delivered again only when its partition moves to another member (this member
+//!   left the group, died, or lost the partition in a rebalance) or the member
+//!   restarts. Dropping the [`DeliveryStream`] and its deliveries leaves the group.
+//!   Kafka does not count deliveries: a redelivered record starts again at attempt 1.
+//! - **Connections**: librdkafka reconnects and retries by itself; a publish that
+//!   cannot be delivered within [`KafkaOptions::send_timeout`] is an error.
+//!
+//! Topics are not created by this backend: create them (with the partition count you
+//! want) with your tooling, or let the broker auto-create them.
+//!
+//! ```no_run
+//! use futures_util::StreamExt;
+//! use palisade_events::backend::kafka::KafkaBus;
+//! use palisade_events::{Envelope, Publisher, Subscriber, Subscription};
+//!
+//! # async fn run() -> Result<(), palisade_events::Error> {
+//! let bus = KafkaBus::connect("127.0.0.1:9092")?;
+//! let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+//! bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+//! if let Some(delivery) = deliveries.next().await {
+//!     delivery?.ack().await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+
+use super::headers;
+use crate::envelope::Envelope;
+use crate::error::Error;
+use crate::publisher::{BoxFuture, Publisher};
+use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
+
+const BACKEND: &str = "kafka";
+const ATTEMPT: &str = "x-palisade-attempt";
+
+/// Options of a [`KafkaBus`], with documented defaults.
+///
+/// ```
+/// use palisade_events::backend::kafka::KafkaOptions;
+///
+/// let options = KafkaOptions::new("127.0.0.1:9092").set("linger.ms", "10");
+/// assert_eq!(options.bootstrap_servers(), "127.0.0.1:9092");
+/// ```
+#[derive(Clone, Debug)]
+pub struct KafkaOptions {
+    bootstrap_servers: String,
+    extra: Vec<(String, String)>,
+    dead_letter_suffix: String,
+    send_timeout: Duration,
+}
+
+impl KafkaOptions {
+    /// Options for the cluster at `bootstrap_servers` with every default.
+    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            extra: Vec::new(),
+            dead_letter_suffix: ".dlq".to_owned(),
+            send_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// The bootstrap servers.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    /// Sets a librdkafka property on the producer and the consumers (e.g. security
+    /// settings). Default: none. `enable.idempotence`, `acks` and
+    /// `enable.auto.commit` are ours and set after these.
+    #[must_use]
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.extra.push((key.into(), value.into()));
+        self
+    }
+
+    /// Suffix of the dead-letter topic. Default: `.dlq` (`orders.dlq`).
+    #[must_use]
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dead_letter_suffix = suffix.into();
+        self
+    }
+
+    /// How long a publish may wait for the broker (queueing and delivery) before it
+    /// is an error. Default: 30 s, librdkafka's own `message.timeout.ms` scale.
+    #[must_use]
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout;
+        self
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap_servers);
+        for (key, value) in &self.extra {
+            config.set(key, value);
+        }
+        config
+    }
+}
+
+/// Publisher and subscriber over Kafka. Cheap to clone.
+#[derive(Clone)]
+pub struct KafkaBus {
+    producer: FutureProducer,
+    options: Arc<KafkaOptions>,
+}
+
+impl std::fmt::Debug for KafkaBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBus")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaBus {
+    /// A bus for the cluster at `bootstrap_servers` with default [`KafkaOptions`].
+    /// librdkafka connects lazily, so this does not wait for the cluster.
+    pub fn connect(bootstrap_servers: &str) -> Result<Self, Error> {
+        Self::with_options(KafkaOptions::new(bootstrap_servers))
+    }
+
+    /// A bus with `options`.
+    pub fn with_options(options: KafkaOptions) -> Result<Self, Error> {
+        let timeout_ms = options.send_timeout.as_millis().max(1).to_string();
+        let producer: FutureProducer = options
+            .config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", &timeout_ms)
+            .create()
+            .map_err(|e| Error::connection(BACKEND, e))?;
+        Ok(Self {
+            producer,
+            options: Arc::new(options),
+        })
+    }
+
+    /// The name of `topic`'s dead-letter topic.
+    pub fn dead_letter_topic(&self, topic: &str) -> String {
+        format!("{topic}{}", self.options.dead_letter_suffix)
+    }
+}
+
+/// Record headers carrying `envelope` plus `extra` (already wire names).
+fn encode(
+    envelope_headers: &[(std::borrow::Cow<'_, str>, String)],
+    extra: &[(&str, &str)],
+) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(envelope_headers.len() + extra.len());
+    for (name, value) in envelope_headers {
+        out = out.insert(Header {
+            key: name.as_ref(),
+            value: Some(value.as_bytes()),
+        });
+    }
+    for (name, value) in extra {
+        out = out.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    out
+}
+
+/// Reads an envelope out of record headers and value.
+fn decode(record_headers: Option<&OwnedHeaders>, payload: Bytes) -> Result<Envelope, Error> {
+    let mut pairs = Vec::new();
+    if let Some(record_headers) = record_headers {
+        for header in record_headers.iter() {
+            let Some(value) = header.value else { continue };
+            let value = std::str::from_utf8(value).map_err(|e| {
+                headers::malformed(format!("header {:?} is not UTF-8: {e}", header.key))
+            })?;
+            pairs.push((header.key, value));
+        }
+    }
+    headers::decode(pairs, payload)
+}
+
+fn header_u32(record_headers: Option<&OwnedHeaders>, name: &str) -> Option<u32> {
+    record_headers?
+        .iter()
+        .filter(|h| h.key == name)
+        .filter_map(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
+        .last()
+}
+
+async fn send(
+    producer: &FutureProducer,
+    timeout: Duration,
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    record_headers: OwnedHeaders,
+) -> Result<(), Error> {
+    let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+        .payload(payload)
+        .headers(record_headers);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    producer
+        .send(record, Timeout::After(timeout))
+        .await
+        .map_err(|(e, _)| Error::broker(BACKEND, e))?;
+    Ok(())
+}
+
+impl Publisher for KafkaBus {
+    async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
+        let record_headers = encode(&headers::encode(&envelope), &[]);
+        send(
+            &self.producer,
+            self.options.send_timeout,
+            topic,
+            envelope.key.as_deref().map(str::as_bytes),
+            &envelope.payload,
+            record_headers,
+        )
+        .await
+    }
+
+    async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
+        let mut reports = Vec::with_capacity(envelopes.len());
+        for envelope in &envelopes {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic)
+                .payload(&envelope.payload)
+                .headers(encode(&headers::encode(envelope), &[]));
+            if let Some(key) = &envelope.key {
+                record = record.key(key.as_bytes());
+            }
+            let mut record = Some(record);
+            // Enqueue the whole batch first; wait for room when the local queue is full.
+            loop {
+                let Some(next) = record.take() else { break };
+                match self.producer.send_result(next) {
+                    Ok(report) => reports.push(report),
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        back,
+                    )) => {
+                        record = Some(back);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err((e, _)) => return Err(Error::broker(BACKEND, e)),
+                }
+            }
+        }
+        for report in reports {
+            match report.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => return Err(Error::broker(BACKEND, e)),
+                Err(_) => {
+                    return Err(Error::NotConfirmed {
+                        reason: "the producer dropped the delivery report".to_owned(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Subscriber for KafkaBus {
+    async fn subscribe(&self, subscription: &Subscription) -> Result<DeliveryStream, Error> {
+        let consumer: StreamConsumer = self
+            .options
+            .config()
+            .set("group.id", &subscription.group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(|e| Error::connection(BACKEND, e))?;
+        consumer
+            .subscribe(&[subscription.topic.as_str()])
+            .map_err(|e| Error::broker(BACKEND, e))?;
+        let prefetch = subscription.prefetch.max(1);
+        let (tx, mut rx) = mpsc::channel(prefetch);
+        let shared = Arc::new(Shared {
+            consumer: ClosingConsumer(Some(consumer)),
+            producer: self.producer.clone(),
+            send_timeout: self.options.send_timeout,
+            dead_letter: self.dead_letter_topic(&subscription.topic),
+            offsets: Mutex::new(HashMap::new()),
+            tx,
+        });
+        let pump = Pump {
+            shared,
+            permits: Arc::new(Semaphore::new(prefetch)),
+            topic: subscription.topic.clone(),
+        };
+        tokio::spawn(pump.run());
+        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            rx.poll_recv(cx)
+        })))
+    }
+}
+
+/// Offsets of one partition delivered to this member.
+#[derive(Default)]
+struct PartitionOffsets {
+    /// Delivered and not yet settled.
+    unsettled: BTreeSet<i64>,
+    /// One past the highest offset delivered.
+    next: i64,
+    /// The last offset committed.
+    committed: i64,
+}
+
+/// A consumer closed on a thread of its own: closing leaves the group, which blocks
+/// until the broker answers, and must stall neither an async worker nor the
+/// runtime's shutdown.
+struct ClosingConsumer(Option<StreamConsumer>);
+
+impl std::ops::Deref for ClosingConsumer {
+    type Target = Option<StreamConsumer>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl Drop for ClosingConsumer {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            let closing = std::thread::Builder::new()
+                .name("palisade-kafka-close".to_owned())
+                .spawn(move || drop(consumer));
+            if let Err(e) = closing {
+                tracing::warn!(error = %e, "could not spawn a thread to close the kafka consumer");
+            }
+        }
+    }
+}
+
+/// What the pump and every delivery of one subscription share.
+struct Shared {
+    consumer: ClosingConsumer,
+    producer: FutureProducer,
+    send_timeout: Duration,
+    dead_letter: String,
+    offsets: Mutex<HashMap<(String, i32), PartitionOffsets>>,
+    tx: mpsc::Sender<Result<Delivery, Error>>,
+}
+
+impl Shared {
+    fn delivered(&self, topic: &str, partition: i32, offset: i64) {
+        if let Ok(mut offsets) = self.offsets.lock() {
+            let entry = offsets.entry((topic.to_owned(), partition)).or_default();
+            entry.unsettled.insert(offset);
+            entry.next = entry.next.max(offset + 1);
+        }
+    }
+
+    /// Marks `offset` settled and commits the partition up to its lowest unsettled
+    /// offset, if that moved.
+    fn settled(&self, topic: &str, partition: i32, offset: i64) -> Result<(), Error> {
+        let commit = {
+            let Ok(mut offsets) = self.offsets.lock() else {
+                return Ok(());
+            };
+            let Some(entry) = offsets.get_mut(&(topic.to_owned(), partition)) else {
+                return Ok(());
+            };
+            entry.unsettled.remove(&offset);
+            let upto = entry.unsettled.first().copied().unwrap_or(entry.next);
+            if upto > entry.committed {
+                entry.committed = upto;
+                Some(upto)
+            } else {
+                None
+            }
+        };
+        if let Some(upto) = commit {
+            let mut list = TopicPartitionList::new();
+            list.add_partition_offset(topic, partition, Offset::Offset(upto))
+                .map_err(|e| Error::broker(BACKEND, e))?;
+            if let Some(consumer) = self.consumer.as_ref() {
+                consumer
+                    .commit(&list, CommitMode::Async)
+                    .map_err(|e| Error::broker(BACKEND, e))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves records from the consumer to the subscriber.
+struct Pump {
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    topic: String,
+}
+
+impl Pump {
+    async fn run(self) {
+        let tx = self.shared.tx.clone();
+        loop {
+            let permit = tokio::select! {
+                permit = self.permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            };
+            let Some(consumer) = self.shared.consumer.as_ref() else {
+                return;
+            };
+            let received = tokio::select! {
+                received = consumer.recv() => received.map(|m| m.detach()),
+                () = tx.closed() => return,
+            };
+            let record = match received {
+                Ok(record) => record,
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = tx.closed() => return,
+                    }
+                    continue;
+                }
+            };
+            self.shared
+                .delivered(record.topic(), record.partition(), record.offset());
+            let attempt = header_u32(record.headers(), ATTEMPT).unwrap_or(1).max(1);
+            let delivery = KafkaAcker {
+                shared: self.shared.clone(),
+                payload: Bytes::copy_from_slice(record.payload().unwrap_or_default()),
+                record,
+                attempt,
+                _permit: permit,
+            }
+            .into_delivery();
+            if tx.send(Ok(delivery)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Settles one record.
+struct KafkaAcker {
+    shared: Arc<Shared>,
+    record: rdkafka::message::OwnedMessage,
+    payload: Bytes,
+    attempt: u32,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl KafkaAcker {
+    fn into_delivery(self) -> Delivery {
+        let attempt = self.attempt;
+        let envelope = decode(self.record.headers(), self.payload.clone());
+        let acker = Box::new(self);
+        match envelope {
+            Ok(envelope) => Delivery::new(envelope, attempt, acker),
+            Err(error) => Delivery::malformed(error, attempt, acker),
+        }
+    }
+
+    fn done(&self) -> Result<(), Error> {
+        self.shared.settled(
+            self.record.topic(),
+            self.record.partition(),
+            self.record.offset(),
+        )
+    }
+}
+
+impl Acknowledge for KafkaAcker {
+    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        let result = self.done();
+        Box::pin(async move { result })
+    }
+
+    fn retry(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        // In process: the offset stays unsettled (so uncommitted) until the retry is
+        // settled; a crash meanwhile redelivers it from the broker.
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut again = *self;
+            again.attempt = again.attempt.saturating_add(1);
+            let tx = again.shared.tx.clone();
+            let _ = tx.send(Ok(again.into_delivery())).await;
+        });
+        Box::pin(async { Ok(()) })
+    }
+
+    fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
+        Box::pin(async move {
+            let attempt = self.attempt.to_string();
+            let mut copy = OwnedHeaders::new();
+            if let Some(original) = self.record.headers() {
+                for header in original.iter() {
+                    if header.key != headers::DEAD_LETTER_REASON && header.key != ATTEMPT {
+                        copy = copy.insert(header);
+                    }
+                }
+            }
+            let copy = copy
+                .insert(Header {
+                    key: headers::DEAD_LETTER_REASON,
+                    value: Some(reason.as_bytes()),
+                })
+                .insert(Header {
+                    key: ATTEMPT,
+                    value: Some(attempt.as_bytes()),
+                });
+            send(
+                &self.shared.producer,
+                self.shared.send_timeout,
+                &self.shared.dead_letter,
+                self.record.key(),
+                &self.payload,
+                copy,
+            )
+            .await?;
+            self.done()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_headers_round_trip_the_envelope() -> Result<(), Error> {
+        let envelope = Envelope::new("order.placed", "shop", vec![0u8, 255])
+            .with_key("k")
+            .with_causation_id("z")
+            .with_header("tenant", "acme");
+        let record_headers = encode(&headers::encode(&envelope), &[(ATTEMPT, "3")]);
+        assert_eq!(
+            decode(Some(&record_headers), envelope.payload.clone())?,
+            envelope
+        );
+        assert_eq!(header_u32(Some(&record_headers), ATTEMPT), Some(3));
+        Ok(())
+    }
+
+    #[test]
+    fn record_without_headers_is_malformed() {
+        assert!(matches!(
+            decode(None, Bytes::new()),
+            Err(Error::Malformed { .. })
+        ));
+    }
+}

@@ -1,0 +1,204 @@
+//! The Kafka backend against librdkafka's in-process mock cluster.
+#![cfg(feature = "kafka")]
+
+mod brokers;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use palisade_events::backend::kafka::{KafkaBus, KafkaOptions};
+use palisade_events::{Envelope, Error, Publisher, Subscriber, Subscription};
+use palisade_testkit::unique_name;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+type BoxResult = Result<(), Box<dyn std::error::Error>>;
+
+/// A mock cluster with `topic` (3 partitions) and its dead-letter topic.
+fn cluster(
+    topic: &str,
+) -> Result<(MockCluster<'static, DefaultProducerContext>, KafkaBus), Box<dyn std::error::Error>> {
+    let cluster = MockCluster::new(1)?;
+    cluster.create_topic(topic, 3, 1)?;
+    cluster.create_topic(&format!("{topic}.dlq"), 1, 1)?;
+    let bus = KafkaBus::with_options(
+        KafkaOptions::new(cluster.bootstrap_servers())
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "500")
+            .set("topic.metadata.refresh.interval.ms", "500"),
+    )?;
+    Ok((cluster, bus))
+}
+
+macro_rules! scenario {
+    ($name:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() -> BoxResult {
+            let topic = unique_name("topic");
+            let (_cluster, bus) = cluster(&topic)?;
+            brokers::$name(&bus, &topic).await?;
+            Ok(())
+        }
+    };
+}
+
+scenario!(envelope_round_trips);
+scenario!(confirmed_events_are_all_consumed);
+scenario!(retried_delivery_comes_back_after_the_delay);
+scenario!(order_per_key_is_kept);
+scenario!(separate_groups_each_get_every_event);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_carries_the_reason() -> BoxResult {
+    let topic = unique_name("topic");
+    let (_cluster, bus) = cluster(&topic)?;
+    brokers::dead_letter_carries_the_reason(&bus, &topic, &bus.dead_letter_topic(&topic)).await?;
+    Ok(())
+}
+
+/// Kafka has no delivery count, so the redelivery starts again at attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsettled_record_is_redelivered_after_the_member_leaves() -> BoxResult {
+    let topic = unique_name("topic");
+    let (_cluster, bus) = cluster(&topic)?;
+    let group = unique_name("g");
+    let mut first = bus.subscribe(&Subscription::new(&topic, &group)).await?;
+    let sent = Envelope::new("t", "test", "x");
+    bus.publish(&topic, sent.clone()).await?;
+    let delivery = brokers::next(&mut first).await;
+    assert_eq!(brokers::envelope(&delivery).id, sent.id);
+    drop(delivery);
+    drop(first);
+    let mut second = bus.subscribe(&Subscription::new(&topic, &group)).await?;
+    let again = brokers::next(&mut second).await;
+    assert_eq!(brokers::envelope(&again).id, sent.id);
+    again.ack().await?;
+    Ok(())
+}
+
+/// Settling 0 and 2 but not 1 commits only past 0: a new member resumes at 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_are_committed_only_up_to_the_first_unsettled_record() -> BoxResult {
+    let topic = unique_name("topic");
+    let (_cluster, bus) = cluster(&topic)?;
+    let group = unique_name("g");
+    let mut first = bus.subscribe(&Subscription::new(&topic, &group)).await?;
+    let sent: Vec<Envelope> = (0..3)
+        .map(|n| Envelope::new("t", "test", n.to_string()).with_key("one-partition"))
+        .collect();
+    bus.publish_batch(&topic, sent.clone()).await?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(brokers::next(&mut first).await);
+    }
+    let ids: Vec<_> = got.iter().map(|d| brokers::envelope(d).id).collect();
+    assert_eq!(ids, sent.iter().map(|e| e.id).collect::<Vec<_>>());
+    let mut got = got.into_iter();
+    let (zero, one, two) = (got.next(), got.next(), got.next());
+    if let (Some(zero), Some(one), Some(two)) = (zero, one, two) {
+        two.ack().await?;
+        zero.ack().await?;
+        drop(one);
+    }
+    // The commit is asynchronous; give it a moment to reach the broker before leaving.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(first);
+    let mut second = bus.subscribe(&Subscription::new(&topic, &group)).await?;
+    let resumed: Vec<_> = [
+        brokers::next(&mut second).await,
+        brokers::next(&mut second).await,
+    ]
+    .iter()
+    .map(|d| brokers::envelope(d).id)
+    .collect();
+    assert_eq!(resumed, vec![sent[1].id, sent[2].id]);
+    Ok(())
+}
+
+/// Members of one group split the partitions; together they see each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_share_the_partitions() -> BoxResult {
+    let topic = unique_name("topic");
+    let (_cluster, bus) = cluster(&topic)?;
+    let group = unique_name("g");
+    let mut a = bus.subscribe(&Subscription::new(&topic, &group)).await?;
+    let mut b = bus.subscribe(&Subscription::new(&topic, &group)).await?;
+    let mut sent = HashSet::new();
+    let mut from_a = HashSet::new();
+    let mut from_b = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    // Publish in waves until both members have been assigned partitions and got work.
+    while from_a.is_empty() || from_b.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "work was not shared"
+        );
+        let wave: Vec<Envelope> = (0..12)
+            .map(|n| Envelope::new("t", "test", "x").with_key(n.to_string()))
+            .collect();
+        sent.extend(wave.iter().map(|e| e.id));
+        bus.publish_batch(&topic, wave).await?;
+        let wave_end = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let received = tokio::select! {
+                d = brokers::next(&mut a) => (d, &mut from_a),
+                d = brokers::next(&mut b) => (d, &mut from_b),
+                () = tokio::time::sleep_until(wave_end) => break,
+            };
+            let (delivery, member) = received;
+            member.insert(brokers::envelope(&delivery).id);
+            delivery.ack().await?;
+        }
+    }
+    // Everything published is eventually seen, and no event by both members.
+    while from_a.len() + from_b.len() < sent.len() {
+        let (delivery, member) = tokio::select! {
+            d = brokers::next(&mut a) => (d, &mut from_a),
+            d = brokers::next(&mut b) => (d, &mut from_b),
+        };
+        member.insert(brokers::envelope(&delivery).id);
+        delivery.ack().await?;
+    }
+    assert!(from_a.is_disjoint(&from_b));
+    assert_eq!(from_a.union(&from_b).copied().collect::<HashSet<_>>(), sent);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_without_envelope_headers_is_delivered_malformed_and_can_be_dead_lettered()
+-> BoxResult {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let topic = unique_name("topic");
+    let (cluster, bus) = cluster(&topic)?;
+    let mut stream = bus
+        .subscribe(&Subscription::new(&topic, unique_name("g")))
+        .await?;
+    let mut dead = bus
+        .subscribe(&Subscription::new(
+            bus.dead_letter_topic(&topic),
+            unique_name("dlq"),
+        ))
+        .await?;
+    let raw: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .create()?;
+    raw.send(
+        FutureRecord::<str, str>::to(&topic).payload("raw"),
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|(e, _)| e)?;
+    let delivery = brokers::next(&mut stream).await;
+    assert!(matches!(delivery.envelope(), Err(Error::Malformed { .. })));
+    delivery.dead_letter("malformed").await?;
+    let letter = brokers::next(&mut dead).await;
+    assert!(matches!(letter.envelope(), Err(Error::Malformed { .. })));
+    letter.ack().await?;
+    let sent = Envelope::new("t", "test", "after");
+    bus.publish(&topic, sent.clone()).await?;
+    assert_eq!(
+        brokers::envelope(&brokers::next(&mut stream).await).id,
+        sent.id
+    );
+    Ok(())
+}

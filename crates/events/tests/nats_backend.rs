@@ -35,6 +35,7 @@ scenario!(retried_delivery_comes_back_after_the_delay);
 scenario!(order_per_key_is_kept);
 scenario!(group_members_share_the_work);
 scenario!(separate_groups_each_get_every_event);
+scenario!(retry_in_one_group_is_not_seen_by_another);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_carries_the_reason() -> Result<(), Error> {

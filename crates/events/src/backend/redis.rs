@@ -595,7 +595,6 @@ impl Acknowledge for RedisAcker {
                 .arg(&self.shared.consumer)
                 .arg(min_idle)
                 .arg(&self.entry_id)
-                .arg("JUSTID")
                 .query_async(&mut conn)
                 .await;
             match claimed {

@@ -147,6 +147,31 @@ pub async fn retried_delivery_comes_back_after_the_delay<B: Publisher + Subscrib
     again.ack().await
 }
 
+/// A retry in one group is not seen again by another group.
+pub async fn retry_in_one_group_is_not_seen_by_another<B: Publisher + Subscriber>(
+    bus: &B,
+    topic: &str,
+) -> Result<(), Error> {
+    let mut retrying = bus
+        .subscribe(&Subscription::new(topic, unique_name("g")))
+        .await?;
+    let mut other = bus
+        .subscribe(&Subscription::new(topic, unique_name("g")))
+        .await?;
+    let sent = Envelope::new("t", "test", "x");
+    bus.publish(topic, sent.clone()).await?;
+    let delivery = next(&mut retrying).await;
+    delivery.retry(Duration::from_millis(50)).await?;
+    let again = next(&mut retrying).await;
+    assert_eq!(envelope(&again).id, sent.id);
+    again.ack().await?;
+    let once = next(&mut other).await;
+    assert_eq!(envelope(&once).id, sent.id);
+    once.ack().await?;
+    nothing_within(&mut other, Duration::from_millis(500)).await;
+    Ok(())
+}
+
 /// A dead letter goes to the dead-letter topic with its reason, and not back to the group.
 pub async fn dead_letter_carries_the_reason<B: Publisher + Subscriber>(
     bus: &B,

@@ -83,6 +83,19 @@
 //! - Only errors that will repeat count toward parking a row as dead; a broker that is
 //!   down is waited for (with back-off), so an outage parks nothing.
 //!
+//! ## Waking the relays
+//!
+//! By default an enqueue on PostgreSQL also calls `pg_notify`, so relays (which
+//! `LISTEN`) wake within milliseconds of the commit; polling
+//! ([`RelayBuilder::poll_interval`]) is the fallback. A `NOTIFY` makes PostgreSQL hold a
+//! cluster-wide lock from the start of the commit until it is flushed, so transactions
+//! that notify commit one at a time. Measured here with 1 000 concurrent single-event
+//! transactions per second offered: about 400/s committed with the notify in the
+//! transaction, against 916/s with [`Outbox::with_notify(false)`](Outbox::with_notify)
+//! and [`Outbox::wake`] after each commit (commit → publish p50 8.8 ms, p99 94 ms on a
+//! loaded 2-core machine). Above a few hundred concurrent commits per second, use
+//! `wake` after commit.
+//!
 //! ## Compared with other outboxes
 //!
 //! `ruststream-sqlx`'s outbox writes events outside the caller's transaction and only

@@ -97,7 +97,14 @@ impl Outbox {
     }
 
     /// Turns the `pg_notify` in PostgreSQL enqueues on or off (default on). Off, relays
-    /// find new rows by polling only.
+    /// find new rows by polling, or when the application calls
+    /// [`wake`](Self::wake) after its commit.
+    ///
+    /// A `NOTIFY` makes PostgreSQL take a database-wide lock when the transaction
+    /// commits and hold it until the commit is flushed, so transactions that enqueue
+    /// commit one at a time: fine for a few hundred commits per second, a ceiling above
+    /// (measured here: 1 000 concurrent commits/s offered, about 400/s done with the
+    /// notify in the transaction). Past that, turn it off and call `wake` after commit.
     #[must_use]
     pub fn with_notify(self, notify: bool) -> Self {
         self.map(|inner| inner.notify = notify)

@@ -248,6 +248,16 @@ impl OutboxPool for PgPool {
             .collect()
     }
 
+    async fn wake(&self, outbox: &Outbox) -> Result<(), Error> {
+        // `synchronous_commit` off for this one-statement transaction only: the notify
+        // lock is then held for microseconds, and a lost wake-up is covered by polling.
+        sqlx::query("SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, '')")
+            .bind(outbox.channel())
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+
     async fn redrive(&self, outbox: &Outbox, ids: &[Uuid]) -> Result<u64, Error> {
         // Becoming claimable can only unblock later rows, so no claim gate is needed.
         let done = sqlx::query(&format!(
@@ -539,7 +549,8 @@ impl Store for PgStore {
     }
 
     async fn wait(&mut self, poll: Duration) {
-        if self.outbox.notifies() && self.listener.is_none() {
+        // Listen even when enqueues do not notify: `Outbox::wake` does.
+        if self.listener.is_none() {
             self.start_listener();
         }
         let _ = tokio::time::timeout(poll, self.wake.notified()).await;

@@ -194,6 +194,10 @@ impl OutboxPool for SqlitePool {
             .collect()
     }
 
+    async fn wake(&self, _outbox: &Outbox) -> Result<(), Error> {
+        Ok(())
+    }
+
     async fn redrive(&self, outbox: &Outbox, ids: &[Uuid]) -> Result<u64, Error> {
         let mut done = 0;
         let mut tx = self.begin().await?;

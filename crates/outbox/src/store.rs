@@ -65,6 +65,12 @@ pub trait OutboxPool: sealed::Sealed + Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<OutboxRow>, Error>> + Send + 'a;
 
     #[doc(hidden)]
+    fn wake<'a>(
+        &'a self,
+        outbox: &'a Outbox,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'a;
+
+    #[doc(hidden)]
     fn redrive<'a>(
         &'a self,
         outbox: &'a Outbox,
@@ -284,6 +290,18 @@ impl Outbox {
         limit: usize,
     ) -> Result<Vec<OutboxRow>, Error> {
         pool.dead_rows(self, limit).await
+    }
+
+    /// Wakes the relays now (PostgreSQL: a `pg_notify` in its own transaction, committed
+    /// without waiting for the disk; SQLite: nothing, relays poll).
+    ///
+    /// For applications that commit many outbox transactions concurrently: a `NOTIFY`
+    /// inside a transaction makes PostgreSQL take a database-wide lock at commit and
+    /// hold it until the commit is on disk, so notifying transactions commit one at a
+    /// time. Build the outbox [`with_notify(false)`](Self::with_notify) and call `wake`
+    /// after your commit instead: same wake-up, no serialized commits.
+    pub async fn wake<P: OutboxPool>(&self, pool: &P) -> Result<(), Error> {
+        pool.wake(self).await
     }
 
     /// Re-drives dead rows by event id: they become pending again with their attempt

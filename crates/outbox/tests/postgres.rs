@@ -632,6 +632,30 @@ async fn notify_wakes_the_relay_long_before_the_poll_interval() -> TestResult {
 }
 
 #[tokio::test]
+async fn wake_after_commit_wakes_the_relay_when_enqueue_does_not_notify() -> TestResult {
+    let Some((pool, _db)) = common::postgres().await else {
+        return Ok(());
+    };
+    let outbox = Outbox::new().with_notify(false);
+    let recorder = Recorder::default();
+    let handle = Relay::builder(&outbox, &pool, recorder.clone())
+        .poll_interval(Duration::from_secs(3600))
+        .build()?
+        .spawn();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let e = event("k", 1);
+    let mut tx = pool.begin().await?;
+    outbox.enqueue(&mut tx, "orders", &e).await?;
+    tx.commit().await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(recorder.len(), 0, "no notify, no poll: not published yet");
+    outbox.wake(&pool).await?;
+    assert!(eventually(Duration::from_secs(2), || recorder.ids() == vec![e.id]).await);
+    handle.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn shutdown_finishes_the_batch_in_hand() -> TestResult {
     let Some((pool, _db)) = common::postgres().await else {
         return Ok(());

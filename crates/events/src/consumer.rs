@@ -28,7 +28,9 @@
 //! cancelled: it stops taking deliveries, lets in-flight handlers finish and settles
 //! them, hands back events waiting out an in-process retry (`retry` with no delay) and
 //! only then drops the subscription. Nothing unsettled is lost: the broker redelivers
-//! it.
+//! it. A handler that never returns holds shutdown up: bound slow calls inside
+//! handlers with a timeout (the resilience crate's `timeout` layer, or
+//! `tokio::time::timeout`).
 //!
 //! **Metrics** (feature `metrics`): `palisade_events_settled_total` counts settled
 //! deliveries by `consumer`, `outcome` (`ack`, `retry`, `dead-letter`) and `ok`.

@@ -131,6 +131,12 @@ impl MemoryInbox {
         let now = Instant::now();
         let mut state = self.lock();
         self.evict(&mut state, now);
+        if state.entries.len() > self.capacity.saturating_mul(2) {
+            // Claims whose holder died and whose event never came back.
+            state
+                .entries
+                .retain(|_, e| !matches!(e, Entry::Processing { until } if *until <= now));
+        }
         let key = (consumer.to_owned(), event_id);
         match state.entries.get(&key) {
             Some(Entry::Processed { .. }) => Claim::Processed,

@@ -1,10 +1,13 @@
 //! The outbox handle: table name, limits, validation and the shipped migrations.
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::borrow::Cow;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use palisade_events::{Envelope, Event};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 
 use crate::error::Error;
@@ -157,6 +160,7 @@ impl Outbox {
         Envelope::from_event(event, source).map_err(Error::Encode)
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// A stable 31-bit number naming this table in advisory locks and migration versions.
     pub(crate) fn table_hash(&self) -> i32 {
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
@@ -168,12 +172,14 @@ impl Outbox {
         i32::try_from(h & 0x7fff_ffff).unwrap_or(0)
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// Replaces `{{table}}` and `{{name}}` in a shipped SQL file.
     pub(crate) fn render(&self, sql: &str) -> String {
         sql.replace("{{table}}", &self.inner.table)
             .replace("{{name}}", &self.inner.name)
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     /// The migrations for this table as `(version, description, sql)`, to fold into an
     /// application's own migrations instead of calling `migrate`.
     ///
@@ -195,6 +201,7 @@ impl Outbox {
             .collect()
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn migrator(
         &self,
         files: &[(&'static str, &'static str)],
@@ -211,10 +218,12 @@ impl Outbox {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Migrations embedded in the binary (`include_str!`), rendered for one table.
 #[derive(Debug)]
 struct Embedded(Vec<(i64, String, String)>);
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl MigrationSource<'static> for Embedded {
     fn resolve(
         self,
@@ -270,6 +279,7 @@ impl Outbox {
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Encodes headers for the `headers` column.
 pub(crate) fn encode_headers(headers: &BTreeMap<String, String>) -> String {
     if headers.is_empty() {
@@ -278,6 +288,7 @@ pub(crate) fn encode_headers(headers: &BTreeMap<String, String>) -> String {
     serde_json::to_string(headers).unwrap_or_else(|_| "{}".to_owned())
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 /// Decodes the `headers` column.
 pub(crate) fn decode_headers(seq: i64, json: &str) -> Result<BTreeMap<String, String>, Error> {
     if json == "{}" {
@@ -324,6 +335,7 @@ mod tests {
         ));
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     #[test]
     fn migrations_are_rendered_for_the_table_with_distinct_versions() {
         let a = Outbox::new();
@@ -347,6 +359,7 @@ mod tests {
         assert_ne!(ma[0].0, mb[0].0);
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     #[test]
     fn headers_round_trip() -> Result<(), Error> {
         let mut h = BTreeMap::new();

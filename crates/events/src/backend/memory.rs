@@ -7,7 +7,8 @@
 //! - **Topics and groups.** Each consumer group of a topic gets every event published
 //!   after the group was created (fan-out); the members of one group share them
 //!   (competing consumers), each holding at most its subscription's `prefetch`
-//!   unsettled deliveries. Events published to a topic that has no group yet are kept
+//!   unsettled deliveries (taken from the group up to 64 at a time, like a broker's
+//!   prefetch: a member with room takes what is queued). Events published to a topic that has no group yet are kept
 //!   for the first group that subscribes, so nothing is lost by subscribing late —
 //!   in particular a dead-letter topic can be read after the fact.
 //! - **At-least-once.** A delivery that is dropped without being settled goes back to
@@ -48,7 +49,7 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -115,8 +116,6 @@ struct GroupState {
     owners: HashMap<String, Owner>,
     /// Events reserved for the member owning their key, sorted by `seq`.
     direct: HashMap<u64, VecDeque<Entry>>,
-    /// Unsettled deliveries per member.
-    members: HashMap<u64, usize>,
     /// Events waiting out a retry delay.
     delayed: usize,
 }
@@ -161,58 +160,40 @@ impl GroupState {
         insert_sorted(&mut self.queue, entry);
     }
 
-    /// The next event `member` may take, and whether another member was handed work.
-    fn take(&mut self, member: u64, prefetch: usize) -> (Option<Entry>, bool) {
-        let unsettled = self.members.get(&member).copied().unwrap_or(0);
-        if unsettled >= prefetch {
-            return (None, false);
-        }
+    /// Moves up to `max` events `member` may take into `out`; returns whether another
+    /// member was handed work on the way.
+    fn take(&mut self, member: u64, max: usize, out: &mut VecDeque<Entry>) -> bool {
         let mut handed_over = false;
-        let taken = match self.direct.get_mut(&member).and_then(VecDeque::pop_front) {
-            Some(entry) => Some(entry),
-            None => loop {
-                let Some(entry) = self.queue.pop_front() else {
-                    break None;
-                };
-                let Some(key) = &entry.envelope.key else {
-                    break Some(entry);
-                };
-                match self.owners.get_mut(key) {
-                    Some(owner) if owner.member != member => {
-                        owner.count += 1;
-                        let owner = owner.member;
-                        self.direct.entry(owner).or_default().push_back(entry);
-                        handed_over = true;
-                    }
-                    Some(owner) => {
-                        owner.count += 1;
-                        break Some(entry);
-                    }
-                    None => {
-                        self.owners.insert(key.clone(), Owner { member, count: 1 });
-                        break Some(entry);
-                    }
+        while out.len() < max {
+            if let Some(entry) = self.direct.get_mut(&member).and_then(VecDeque::pop_front) {
+                out.push_back(entry);
+                continue;
+            }
+            let Some(entry) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(key) = &entry.envelope.key else {
+                out.push_back(entry);
+                continue;
+            };
+            match self.owners.get_mut(key) {
+                Some(owner) if owner.member != member => {
+                    owner.count += 1;
+                    let owner = owner.member;
+                    self.direct.entry(owner).or_default().push_back(entry);
+                    handed_over = true;
                 }
-            },
-        };
-        if taken.is_some() {
-            *self.members.entry(member).or_insert(0) += 1;
+                Some(owner) => {
+                    owner.count += 1;
+                    out.push_back(entry);
+                }
+                None => {
+                    self.owners.insert(key.clone(), Owner { member, count: 1 });
+                    out.push_back(entry);
+                }
+            }
         }
-        (taken, handed_over)
-    }
-
-    /// Records that one delivery of `member` (of `key`) was settled; returns how many
-    /// the member held before.
-    fn settled(&mut self, member: u64, key: Option<&str>) -> usize {
-        let mut before = 0;
-        if let Some(count) = self.members.get_mut(&member) {
-            before = *count;
-            *count = count.saturating_sub(1);
-        }
-        if let Some(key) = key {
-            self.release_key(member, key);
-        }
-        before
+        handed_over
     }
 
     fn release_key(&mut self, member: u64, key: &str) {
@@ -234,9 +215,6 @@ impl GroupState {
                 self.requeue(entry);
             }
         }
-        if self.members.get(&member) == Some(&0) {
-            self.members.remove(&member);
-        }
     }
 
     fn pending(&self) -> usize {
@@ -255,9 +233,12 @@ impl Group {
         }
     }
 
-    fn settle(&self, member: u64, prefetch: usize, key: Option<&str>) {
-        let was_full = lock(&self.state).settled(member, key) >= prefetch;
-        if was_full {
+    fn settle(&self, member: u64, held: &AtomicUsize, prefetch: usize, key: Option<&str>) {
+        let before = held.fetch_sub(1, Ordering::AcqRel);
+        if let Some(key) = key {
+            lock(&self.state).release_key(member, key);
+        }
+        if before >= prefetch {
             // The member was at its prefetch limit and may take more now.
             self.notify.notify_waiters();
         }
@@ -381,12 +362,24 @@ struct Member {
     id: u64,
     prefetch: usize,
     group: Arc<Group>,
+    /// Events taken from the group (buffered here or handed out) and not yet settled.
+    held: Arc<AtomicUsize>,
+    /// Events taken in one batch under the lock, not yet handed out.
+    buffer: VecDeque<Entry>,
 }
+
+/// How many events a member takes from its group under one lock.
+const TAKE_BATCH: usize = 64;
 
 impl Drop for Member {
     fn drop(&mut self) {
-        // Deliveries still out keep settling through their ackers.
-        lock(&self.group.state).leave(self.id);
+        // Deliveries still out keep settling through their ackers; buffered ones go back.
+        let mut state = lock(&self.group.state);
+        state.leave(self.id);
+        for entry in self.buffer.drain(..) {
+            state.requeue(entry);
+        }
+        drop(state);
         self.group.notify.notify_waiters();
     }
 }
@@ -399,25 +392,36 @@ impl Member {
             .is_none_or(|bus| bus.closed.load(Ordering::SeqCst))
     }
 
-    async fn next(&self) -> Option<Delivery> {
+    async fn next(&mut self) -> Option<Delivery> {
         loop {
-            let notified = self.group.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let (taken, handed_over) = lock(&self.group.state).take(self.id, self.prefetch);
-            if handed_over {
-                self.group.notify.notify_waiters();
-            }
-            if let Some(entry) = taken {
+            if let Some(entry) = self.buffer.pop_front() {
                 let attempt = entry.attempt;
                 let envelope = Arc::clone(&entry.envelope);
                 let acker = MemoryAck {
                     group: Arc::clone(&self.group),
                     member: self.id,
+                    held: Arc::clone(&self.held),
                     prefetch: self.prefetch,
                     entry: Some(entry),
                 };
                 return Some(Delivery::from_shared(envelope, attempt, Box::new(acker)));
+            }
+            let notified = self.group.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let budget = self
+                .prefetch
+                .saturating_sub(self.held.load(Ordering::Acquire))
+                .min(TAKE_BATCH);
+            if budget > 0 {
+                let handed_over = lock(&self.group.state).take(self.id, budget, &mut self.buffer);
+                self.held.fetch_add(self.buffer.len(), Ordering::AcqRel);
+                if handed_over {
+                    self.group.notify.notify_waiters();
+                }
+                if !self.buffer.is_empty() {
+                    continue;
+                }
             }
             if self.closed() {
                 return None;
@@ -437,8 +441,10 @@ impl Subscriber for MemoryBus {
             id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
             prefetch: subscription.prefetch.max(1),
             group,
+            held: Arc::new(AtomicUsize::new(0)),
+            buffer: VecDeque::new(),
         };
-        Ok(Box::pin(stream::unfold(member, |member| async move {
+        Ok(Box::pin(stream::unfold(member, |mut member| async move {
             let delivery = member.next().await?;
             Some((Ok(delivery), member))
         })))
@@ -449,6 +455,7 @@ impl Subscriber for MemoryBus {
 struct MemoryAck {
     group: Arc<Group>,
     member: u64,
+    held: Arc<AtomicUsize>,
     prefetch: usize,
     entry: Option<Entry>,
 }
@@ -456,8 +463,12 @@ struct MemoryAck {
 impl MemoryAck {
     fn release(&mut self) -> Option<Entry> {
         let entry = self.entry.take()?;
-        self.group
-            .settle(self.member, self.prefetch, entry.envelope.key.as_deref());
+        self.group.settle(
+            self.member,
+            &self.held,
+            self.prefetch,
+            entry.envelope.key.as_deref(),
+        );
         Some(entry)
     }
 }
@@ -615,7 +626,10 @@ mod tests {
     #[tokio::test]
     async fn a_key_held_by_one_member_is_not_given_to_another() -> Result<(), Error> {
         let bus = MemoryBus::new();
-        let mut a = bus.subscribe(&Subscription::new("t", "g")).await?;
+        // Prefetch 1, so `a` does not take (and hold) everything in one batch.
+        let mut a = bus
+            .subscribe(&Subscription::new("t", "g").with_prefetch(1))
+            .await?;
         bus.publish_batch("t", vec![keyed("k", 0), keyed("k", 1), keyed("j", 2)])
             .await?;
         let first = next(&mut a).await;
@@ -625,10 +639,11 @@ mod tests {
         let other = next(&mut b).await;
         assert_eq!(number(&other), 2);
         nothing(&mut b).await;
-        // a gets the rest of k, in order.
+        // a gets the rest of k, in order, once its prefetch has room.
+        first.ack().await?;
         let second = next(&mut a).await;
         assert_eq!(number(&second), 1);
-        for d in [first, second, other] {
+        for d in [second, other] {
             d.ack().await?;
         }
         Ok(())
@@ -839,10 +854,15 @@ mod tests {
                     }
                 }
                 let mut rounds = 0;
-                while bus.pending("t", "g") > 0 && rounds < 10_000 {
+                // Members may hold taken events in their prefetch buffer: drain until
+                // nobody yields anything more.
+                let mut yielded = true;
+                while (yielded || bus.pending("t", "g") > 0) && rounds < 10_000 {
                     rounds += 1;
+                    yielded = false;
                     for m in &mut members {
                         if let Some(Some(Ok(d))) = m.stream.next().now_or_never() {
+                            yielded = true;
                             acked.push(parse(&d).1);
                             prop_assert!(d.ack().now_or_never().is_some());
                         }

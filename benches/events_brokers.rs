@@ -1,0 +1,577 @@
+//! Broker backends of palisade-events against raw client loops, side by side.
+//!
+//! For each backend reachable on this machine (Redis, RabbitMQ, NATS; Kafka on
+//! librdkafka's in-process mock cluster), two figures, each measured for the raw
+//! client and for our backend in the same run, with the same shape:
+//!
+//! - **publish**: persistent/durable messages of 256 B, in batches of 1000 whose
+//!   confirmations are awaited together (raw: pipelined `XADD`s, lapin confirms,
+//!   JetStream async acks, rdkafka delivery futures; ours: `publish_batch`);
+//! - **consume+ack**: prefetch 1000, every message acked on its own, acks in flight
+//!   concurrently (raw: `XREADGROUP`+`XACK`, `basic.consume`+`basic.ack`, pull
+//!   consumer + `+ACK`, rdkafka `recv` + commit; ours: `subscribe` + `Delivery::ack`).
+//!
+//! The raw loops for Redis, RabbitMQ and NATS send the same metadata an envelope
+//! carries (id, type, source, time, content type, key), precomputed once, so the
+//! ratio measures the library (a fresh UUID v7, time formatting and header mapping
+//! per event, the subscription task and its channel), not message size.
+//!
+//! Run: `cargo bench -p palisade-benches --bench events_brokers` (set
+//! `EVENTS_BENCH_SCALE=0.2` for a quick pass). Servers that are down are skipped.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use palisade_events::backend::kafka::{KafkaBus, KafkaOptions};
+use palisade_events::backend::nats::NatsBus;
+use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
+use palisade_events::backend::redis::RedisBus;
+use palisade_events::{Envelope, Publisher, Subscriber, Subscription};
+use palisade_testkit::{Service, reachable, unique_name};
+use tokio::task::JoinSet;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Result<T> = std::result::Result<T, BoxError>;
+
+const PAYLOAD: usize = 256;
+const BATCH: usize = 1000;
+const PREFETCH: usize = 1000;
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn payload() -> Vec<u8> {
+    vec![b'x'; PAYLOAD]
+}
+
+/// The metadata a raw loop carries when it sends what an envelope carries (id, type,
+/// source, time, content type, key), precomputed once: the "raw + headers" loops.
+fn raw_headers() -> Vec<(&'static str, String)> {
+    let e = Envelope::new("bench.event", "bench", payload()).with_key("7");
+    vec![
+        ("ce_id", e.id.to_string()),
+        ("ce_type", e.event_type.clone()),
+        ("ce_source", e.source.clone()),
+        ("ce_time", e.time.to_rfc3339()),
+        ("content-type", e.content_type.clone()),
+        ("ce_subject", "7".to_owned()),
+    ]
+}
+
+fn envelopes(n: usize) -> Vec<Envelope> {
+    (0..n)
+        .map(|i| Envelope::new("bench.event", "bench", payload()).with_key((i % 64).to_string()))
+        .collect()
+}
+
+fn scaled(n: usize) -> usize {
+    let scale: f64 = std::env::var("EVENTS_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * scale) as usize).max(BATCH)
+}
+
+struct Row {
+    backend: &'static str,
+    op: &'static str,
+    raw: f64,
+    ours: f64,
+}
+
+fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+/// Publishes `n` envelopes with `publish_batch` in batches of [`BATCH`].
+async fn publish_ours<P: Publisher>(bus: &P, topic: &str, n: usize) -> Result<f64> {
+    let all = envelopes(n);
+    let started = Instant::now();
+    for chunk in all.chunks(BATCH) {
+        bus.publish_batch(topic, chunk.to_vec()).await?;
+    }
+    Ok(rate(n, started.elapsed()))
+}
+
+/// Consumes and acks `n` deliveries, acks in flight concurrently.
+async fn consume_ours<S: Subscriber>(
+    bus: &S,
+    subscription: &Subscription,
+    n: usize,
+) -> Result<f64> {
+    let mut stream = bus.subscribe(subscription).await?;
+    let mut acks = JoinSet::new();
+    let mut started = None;
+    for _ in 0..n {
+        let delivery = tokio::time::timeout(TIMEOUT, stream.next())
+            .await?
+            .ok_or("subscription ended")??;
+        started.get_or_insert_with(Instant::now);
+        acks.spawn(delivery.ack());
+        while let Some(done) = acks.try_join_next() {
+            done??;
+        }
+    }
+    while let Some(done) = acks.join_next().await {
+        done??;
+    }
+    Ok(rate(n, started.map(|s| s.elapsed()).unwrap_or_default()))
+}
+
+// ---------------------------------------------------------------------------- Redis
+
+async fn redis_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
+    let n = scaled(100_000);
+    let client = redis::Client::open(url)?;
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let bus = RedisBus::connect(url).await?;
+
+    // Raw publish: pipelined XADD MAXLEN ~, the envelope's fields precomputed.
+    let raw_stream = unique_name("bench-raw");
+    let body = payload();
+    let fields = raw_headers();
+    let started = Instant::now();
+    for _ in 0..n / BATCH {
+        let mut pipe = redis::pipe();
+        for _ in 0..BATCH {
+            pipe.cmd("XADD")
+                .arg(&raw_stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(1_000_000)
+                .arg("*");
+            for (name, value) in &fields {
+                pipe.arg(*name).arg(value);
+            }
+            pipe.arg("data").arg(&body[..]);
+        }
+        let _: Vec<String> = pipe.query_async(&mut conn).await?;
+    }
+    let raw = rate(n, started.elapsed());
+    let topic = unique_name("bench-ours");
+    let ours = publish_ours(&bus, &topic, n).await?;
+    rows.push(Row {
+        backend: "redis",
+        op: "publish (batch 1000)",
+        raw,
+        ours,
+    });
+
+    // Raw consume: XREADGROUP COUNT 1000 + concurrent XACKs.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&raw_stream)
+        .arg("g")
+        .arg("0")
+        .query_async(&mut conn)
+        .await?;
+    let reader = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    let started = Instant::now();
+    let mut done = 0;
+    let mut acks = JoinSet::new();
+    while done < n {
+        let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(PREFETCH)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&raw_stream)
+            .arg(">")
+            .query_async(&mut reader.clone())
+            .await?;
+        for key in reply.map(|r| r.keys).unwrap_or_default() {
+            for entry in key.ids {
+                let mut ack_conn = conn.clone();
+                let stream = raw_stream.clone();
+                acks.spawn(async move {
+                    redis::cmd("XACK")
+                        .arg(stream)
+                        .arg("g")
+                        .arg(entry.id)
+                        .query_async::<i64>(&mut ack_conn)
+                        .await
+                });
+                done += 1;
+            }
+        }
+        while let Some(r) = acks.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = acks.join_next().await {
+        r??;
+    }
+    let raw = rate(n, started.elapsed());
+    let ours = consume_ours(
+        &bus,
+        &Subscription::new(&topic, "g").with_prefetch(PREFETCH),
+        n,
+    )
+    .await?;
+    rows.push(Row {
+        backend: "redis",
+        op: "consume+ack (prefetch 1000)",
+        raw,
+        ours,
+    });
+    let _: () = redis::cmd("DEL")
+        .arg(&raw_stream)
+        .arg(&topic)
+        .query_async(&mut conn)
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- RabbitMQ
+
+async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
+    use lapin::options::{
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    };
+    use lapin::types::FieldTable;
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let n = scaled(20_000);
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let raw_queue = unique_name("bench-raw");
+    channel
+        .queue_declare(
+            raw_queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await?;
+    let body = payload();
+    let mut table = FieldTable::default();
+    for (name, value) in raw_headers() {
+        table.insert(
+            name.into(),
+            lapin::types::AMQPValue::LongString(value.into()),
+        );
+    }
+    let started = Instant::now();
+    for _ in 0..n / BATCH {
+        let mut confirms = Vec::with_capacity(BATCH);
+        for _ in 0..BATCH {
+            confirms.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        raw_queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_headers(table.clone()),
+                    )
+                    .await?,
+            );
+        }
+        for confirm in confirms {
+            if !confirm.await?.is_ack() {
+                return Err("nack".into());
+            }
+        }
+    }
+    let raw = rate(n, started.elapsed());
+    let exchange = unique_name("bench-x");
+    let bus = RabbitMqBus::with_options(RabbitMqOptions::new(url).exchange(&exchange)).await?;
+    let topic = unique_name("bench-ours");
+    bus.declare_group(&topic, "g").await?;
+    let ours = publish_ours(&bus, &topic, n).await?;
+    rows.push(Row {
+        backend: "rabbitmq",
+        op: "publish (batch 1000, confirms)",
+        raw,
+        ours,
+    });
+
+    let consumer_channel = connection.create_channel().await?;
+    consumer_channel
+        .basic_qos(PREFETCH as u16, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            raw_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut acks = JoinSet::new();
+    let mut started = None;
+    for _ in 0..n {
+        let delivery = tokio::time::timeout(TIMEOUT, consumer.next())
+            .await?
+            .ok_or("consumer ended")??;
+        started.get_or_insert_with(Instant::now);
+        acks.spawn(async move { delivery.acker.ack(BasicAckOptions::default()).await });
+        while let Some(r) = acks.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = acks.join_next().await {
+        r??;
+    }
+    let raw = rate(n, started.map(|s| s.elapsed()).unwrap_or_default());
+    let ours = consume_ours(
+        &bus,
+        &Subscription::new(&topic, "g").with_prefetch(PREFETCH),
+        n,
+    )
+    .await?;
+    rows.push(Row {
+        backend: "rabbitmq",
+        op: "consume+ack (prefetch 1000)",
+        raw,
+        ours,
+    });
+    for queue in [
+        raw_queue,
+        bus.queue_name(&topic, "g"),
+        bus.dead_letter_topic(&topic),
+    ] {
+        channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- NATS
+
+async fn nats_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
+    use async_nats::jetstream::{self, consumer, stream};
+
+    let n = scaled(50_000);
+    let client = async_nats::connect(url).await?;
+    let js = jetstream::new(client.clone());
+    let raw_subject = unique_name("bench-raw");
+    let raw_stream = js
+        .get_or_create_stream(stream::Config {
+            name: raw_subject.clone(),
+            subjects: vec![raw_subject.clone()],
+            ..stream::Config::default()
+        })
+        .await?;
+    let body = bytes::Bytes::from(payload());
+    let nats_headers = raw_headers();
+    let started = Instant::now();
+    for _ in 0..n / BATCH {
+        let mut acks = Vec::with_capacity(BATCH);
+        for _ in 0..BATCH {
+            let mut headers = async_nats::HeaderMap::new();
+            for (name, value) in &nats_headers {
+                headers.insert(*name, value.as_str());
+            }
+            acks.push(
+                js.publish_with_headers(raw_subject.clone(), headers, body.clone())
+                    .await?,
+            );
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    let raw = rate(n, started.elapsed());
+    let bus = NatsBus::connect(url).await?;
+    let topic = unique_name("bench-ours");
+    let ours = publish_ours(&bus, &topic, n).await?;
+    rows.push(Row {
+        backend: "nats",
+        op: "publish (batch 1000, PubAck)",
+        raw,
+        ours,
+    });
+
+    let pull: consumer::PullConsumer = raw_stream
+        .get_or_create_consumer(
+            "g",
+            consumer::pull::Config {
+                durable_name: Some("g".to_owned()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                max_ack_pending: PREFETCH as i64,
+                ..consumer::pull::Config::default()
+            },
+        )
+        .await?;
+    let mut done = 0;
+    let mut acks = JoinSet::new();
+    let started = Instant::now();
+    while done < n {
+        let mut batch = pull
+            .batch()
+            .max_messages(PREFETCH - acks.len().min(PREFETCH - 1))
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await?;
+        while let Some(message) = batch.next().await {
+            let message = message?;
+            acks.spawn(async move { message.ack().await });
+            done += 1;
+        }
+        while let Some(r) = acks.try_join_next() {
+            r?.map_err(|e| e.to_string())?;
+        }
+    }
+    while let Some(r) = acks.join_next().await {
+        r?.map_err(|e| e.to_string())?;
+    }
+    let raw = rate(n, started.elapsed());
+    let ours = consume_ours(
+        &bus,
+        &Subscription::new(&topic, "g").with_prefetch(PREFETCH),
+        n,
+    )
+    .await?;
+    rows.push(Row {
+        backend: "nats",
+        op: "consume+ack (prefetch 1000)",
+        raw,
+        ours,
+    });
+    js.delete_stream(&raw_subject).await?;
+    js.delete_stream(bus.stream_name(&topic)).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------- Kafka (mock)
+
+async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+    let n = scaled(50_000);
+    // Leaked: destroying a mock cluster while consumers are connected blocks.
+    let cluster = Box::leak(Box::new(rdkafka::mocking::MockCluster::new(1)?));
+    let raw_topic = unique_name("bench-raw");
+    let topic = unique_name("bench-ours");
+    cluster.create_topic(&raw_topic, 1, 1)?;
+    cluster.create_topic(&topic, 1, 1)?;
+    let servers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()?;
+    let body = payload();
+    let started = Instant::now();
+    for _ in 0..n / BATCH {
+        let mut reports = Vec::with_capacity(BATCH);
+        for i in 0..BATCH {
+            let key = (i % 64).to_string();
+            let record = FutureRecord::to(&raw_topic).key(&key).payload(&body);
+            reports.push(producer.send_result(record).map_err(|(e, _)| e)?);
+        }
+        for report in reports {
+            report.await?.map_err(|(e, _)| e)?;
+        }
+    }
+    let raw = rate(n, started.elapsed());
+    let bus = KafkaBus::with_options(KafkaOptions::new(&servers))?;
+    let ours = publish_ours(&bus, &topic, n).await?;
+    rows.push(Row {
+        backend: "kafka (mock)",
+        op: "publish (batch 1000, acks=all)",
+        raw,
+        ours,
+    });
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &servers)
+        .set("group.id", "g")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[raw_topic.as_str()])?;
+    let mut started = None;
+    for _ in 0..n {
+        let message = tokio::time::timeout(TIMEOUT, consumer.recv()).await??;
+        started.get_or_insert_with(Instant::now);
+        // Commit per message, as our backend does when records are settled in order.
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(
+            message.topic(),
+            message.partition(),
+            Offset::Offset(message.offset() + 1),
+        )?;
+        consumer.commit(&list, CommitMode::Async)?;
+    }
+    let raw = rate(n, started.map(|s| s.elapsed()).unwrap_or_default());
+    let ours = consume_ours(
+        &bus,
+        &Subscription::new(&topic, "g").with_prefetch(PREFETCH),
+        n,
+    )
+    .await?;
+    rows.push(Row {
+        backend: "kafka (mock)",
+        op: "consume+ack (prefetch 1000)",
+        raw,
+        ours,
+    });
+    std::mem::forget(consumer);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut rows = Vec::new();
+        for (service, name) in [
+            (Service::Redis, "redis"),
+            (Service::Amqp, "rabbitmq"),
+            (Service::Nats, "nats"),
+        ] {
+            if !reachable(service).await {
+                println!("skipped: {name} unreachable at {}", service.url());
+                continue;
+            }
+            let url = service.url();
+            let result = match service {
+                Service::Redis => redis_rows(&url, &mut rows).await,
+                Service::Amqp => rabbitmq_rows(&url, &mut rows).await,
+                _ => nats_rows(&url, &mut rows).await,
+            };
+            if let Err(e) = result {
+                println!("{name}: failed: {e}");
+            }
+        }
+        if let Err(e) = kafka_rows(&mut rows).await {
+            println!("kafka: failed: {e}");
+        }
+        println!();
+        println!("| backend | operation | raw client msg/s | palisade msg/s | ratio |");
+        println!("|---|---|---:|---:|---:|");
+        for row in &rows {
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.2}x |",
+                row.backend,
+                row.op,
+                row.raw,
+                row.ours,
+                row.ours / row.raw
+            );
+        }
+        Ok::<(), BoxError>(())
+    })?;
+    // Kafka clients of the mock cluster would block a clean shutdown.
+    std::process::exit(0)
+}

@@ -62,9 +62,14 @@ pub struct SqlInbox {
 struct Statements {
     table: String,
     name: String,
+    // Both dialects are rendered up front; a build with one backend reads only its own.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     postgres_insert: String,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     postgres_delete: String,
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     sqlite_insert: String,
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     sqlite_delete: String,
 }
 

@@ -3,7 +3,6 @@
 
 mod brokers;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use palisade_events::backend::nats::{NatsBus, NatsOptions};
@@ -115,34 +114,16 @@ async fn connection_cut_mid_publish_loses_no_confirmed_event()
     let through_proxy = bus_at(&proxy.url_for(&url)).await?;
     let direct = bus_at(&url).await?;
     let topic = unique_name("topic");
-    let mut stream = direct
-        .subscribe(&Subscription::new(&topic, unique_name("g")))
-        .await?;
-
-    let mut confirmed = HashSet::new();
-    let mut failed = 0;
-    for n in 0..300 {
-        if n == 100 || n == 200 {
-            proxy.cut();
-        }
-        let envelope = Envelope::new("t", "test", n.to_string());
-        let id = envelope.id;
-        match through_proxy.publish(&topic, envelope).await {
-            Ok(()) => {
-                confirmed.insert(id);
-            }
-            Err(_) => failed += 1,
-        }
-    }
-    assert!(confirmed.len() + failed == 300);
-    assert!(confirmed.len() >= 200, "{} confirmed", confirmed.len());
-    let mut seen = HashSet::new();
-    while !confirmed.is_subset(&seen) {
-        let delivery = brokers::next(&mut stream).await;
-        seen.insert(brokers::envelope(&delivery).id);
-        delivery.ack().await?;
-    }
-    Ok(())
+    let subscription = Subscription::new(&topic, unique_name("g"));
+    brokers::connection_cut_mid_publish_loses_no_confirmed_event(
+        &through_proxy,
+        &direct,
+        &proxy,
+        &topic,
+        subscription,
+        false,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -155,32 +136,11 @@ async fn connection_cut_mid_consume_reconnects_and_loses_nothing()
     let through_proxy = bus_at(&proxy.url_for(&url)).await?;
     let direct = bus_at(&url).await?;
     let topic = unique_name("topic");
-    let mut stream = through_proxy
-        .subscribe(&Subscription::new(&topic, unique_name("g")).with_prefetch(10))
-        .await?;
-    let first: Vec<Envelope> = (0..50)
-        .map(|n| Envelope::new("t", "test", n.to_string()))
-        .collect();
-    let second: Vec<Envelope> = (50..100)
-        .map(|n| Envelope::new("t", "test", n.to_string()))
-        .collect();
-    let all: HashSet<_> = first.iter().chain(&second).map(|e| e.id).collect();
-    direct.publish_batch(&topic, first).await?;
-
-    let mut seen = HashSet::new();
-    for _ in 0..20 {
-        let delivery = brokers::next(&mut stream).await;
-        seen.insert(brokers::envelope(&delivery).id);
-        delivery.ack().await?;
-    }
-    proxy.cut();
-    direct.publish_batch(&topic, second).await?;
-    while seen.len() < all.len() {
-        let delivery = brokers::next(&mut stream).await;
-        seen.insert(brokers::envelope(&delivery).id);
-        // An ack lost with the connection only means a duplicate later.
-        let _ = delivery.ack().await;
-    }
-    assert_eq!(seen, all);
-    Ok(())
+    brokers::connection_cut_mid_consume_reconnects_and_loses_nothing(
+        &through_proxy,
+        &direct,
+        &proxy,
+        &topic,
+    )
+    .await
 }

@@ -3,8 +3,6 @@
 
 mod brokers;
 
-use std::collections::HashSet;
-
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
@@ -130,35 +128,16 @@ async fn connection_cut_mid_publish_loses_no_confirmed_event()
             .await?;
     let direct = RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(&exchange)).await?;
     let topic = unique_name("topic");
-    let mut stream = direct
-        .subscribe(&Subscription::new(&topic, unique_name("g")).with_prefetch(100))
-        .await?;
-
-    let mut confirmed = HashSet::new();
-    let mut failed = 0;
-    for n in 0..300 {
-        if n == 100 || n == 200 {
-            proxy.cut();
-        }
-        let envelope = Envelope::new("t", "test", n.to_string());
-        let id = envelope.id;
-        match through_proxy.publish(&topic, envelope).await {
-            Ok(()) => {
-                confirmed.insert(id);
-            }
-            Err(_) => failed += 1,
-        }
-    }
-    assert_eq!(confirmed.len() + failed, 300);
-    assert!(failed >= 1, "a cut connection must surface as an error");
-    assert!(confirmed.len() >= 200, "{} confirmed", confirmed.len());
-    let mut seen = HashSet::new();
-    while !confirmed.is_subset(&seen) {
-        let delivery = brokers::next(&mut stream).await;
-        seen.insert(brokers::envelope(&delivery).id);
-        delivery.ack().await?;
-    }
-    Ok(())
+    let subscription = Subscription::new(&topic, unique_name("g")).with_prefetch(100);
+    brokers::connection_cut_mid_publish_loses_no_confirmed_event(
+        &through_proxy,
+        &direct,
+        &proxy,
+        &topic,
+        subscription,
+        true,
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,30 +153,11 @@ async fn connection_cut_mid_consume_reconnects_and_loses_nothing()
             .await?;
     let direct = RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(&exchange)).await?;
     let topic = unique_name("topic");
-    let mut stream = through_proxy
-        .subscribe(&Subscription::new(&topic, unique_name("g")).with_prefetch(10))
-        .await?;
-    let first: Vec<Envelope> = (0..50)
-        .map(|n| Envelope::new("t", "test", n.to_string()))
-        .collect();
-    let second: Vec<Envelope> = (50..100)
-        .map(|n| Envelope::new("t", "test", n.to_string()))
-        .collect();
-    let all: HashSet<_> = first.iter().chain(&second).map(|e| e.id).collect();
-    direct.publish_batch(&topic, first).await?;
-    let mut seen = HashSet::new();
-    for _ in 0..20 {
-        let delivery = brokers::next(&mut stream).await;
-        seen.insert(brokers::envelope(&delivery).id);
-        delivery.ack().await?;
-    }
-    proxy.cut();
-    direct.publish_batch(&topic, second).await?;
-    while seen.len() < all.len() {
-        let delivery = brokers::next(&mut stream).await;
-        seen.insert(brokers::envelope(&delivery).id);
-        let _ = delivery.ack().await;
-    }
-    assert_eq!(seen, all);
-    Ok(())
+    brokers::connection_cut_mid_consume_reconnects_and_loses_nothing(
+        &through_proxy,
+        &direct,
+        &proxy,
+        &topic,
+    )
+    .await
 }

@@ -1,14 +1,14 @@
 //! The outbox handle: table name, limits, validation and the shipped migrations.
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-use std::borrow::Cow;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use palisade_events::inbox::EmbeddedMigrations;
 use palisade_events::{Envelope, Event};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::migrate::Migrator;
 
 use crate::error::Error;
 
@@ -206,7 +206,7 @@ impl Outbox {
         &self,
         files: &[(&'static str, &'static str)],
     ) -> impl Future<Output = Result<Migrator, Error>> + Send + 'static {
-        let source = Embedded(self.migrations(files));
+        let source = EmbeddedMigrations(self.migrations(files));
         async move {
             let mut migrator = Migrator::new(source).await?;
             // The application's own migrator shares `_sqlx_migrations`; ours must not
@@ -215,35 +215,6 @@ impl Outbox {
             migrator.set_ignore_missing(true);
             Ok(migrator)
         }
-    }
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-/// Migrations embedded in the binary (`include_str!`), rendered for one table.
-#[derive(Debug)]
-struct Embedded(Vec<(i64, String, String)>);
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl MigrationSource<'static> for Embedded {
-    fn resolve(
-        self,
-    ) -> futures_util::future::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>>
-    {
-        Box::pin(async move {
-            Ok(self
-                .0
-                .into_iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        version,
-                        Cow::Owned(description),
-                        MigrationType::Simple,
-                        Cow::Owned(sql),
-                        false,
-                    )
-                })
-                .collect())
-        })
     }
 }
 

@@ -33,6 +33,9 @@ pub use memory::MemoryInbox;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisInbox;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[doc(hidden)]
+pub use sql::EmbeddedMigrations;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub use sql::SqlInbox;
 

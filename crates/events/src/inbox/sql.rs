@@ -186,7 +186,7 @@ impl SqlInbox {
         <A::Connection as Deref>::Target: Migrate + InboxConnection,
     {
         let files = <<A::Connection as Deref>::Target as InboxConnection>::MIGRATIONS;
-        let mut migrator = Migrator::new(Embedded(self.render(files)))
+        let mut migrator = Migrator::new(EmbeddedMigrations(self.render(files)))
             .await
             .map_err(|e| Error::Inbox(Box::new(e)))?;
         migrator.set_ignore_missing(true);
@@ -225,11 +225,15 @@ impl SqlInbox {
     }
 }
 
-/// Migrations embedded in the binary, rendered for one table.
+/// Migrations embedded in the binary (`include_str!`) and rendered for one table, as
+/// `(version, description, sql)`: the migration source of the SQL inbox, and of
+/// palisade-outbox's table, which shares it rather than keeping a copy. Not a stable
+/// API.
+#[doc(hidden)]
 #[derive(Debug)]
-struct Embedded(Vec<(i64, String, String)>);
+pub struct EmbeddedMigrations(pub Vec<(i64, String, String)>);
 
-impl MigrationSource<'static> for Embedded {
+impl MigrationSource<'static> for EmbeddedMigrations {
     fn resolve(
         self,
     ) -> futures_util::future::BoxFuture<'static, Result<Vec<Migration>, sqlx::error::BoxDynError>>

@@ -320,13 +320,14 @@ async fn under_random_cuts_every_committed_event_takes_effect_once_and_every_sag
         .fetch_one(&direct)
         .await
         .unwrap();
+    let reader = direct_store(&direct);
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let handled: i64 = sqlx::query_scalar("SELECT count(DISTINCT order_id) FROM effects")
             .fetch_one(&direct)
             .await
             .unwrap();
-        let unfinished = saga_store_unfinished(&direct_store(&direct)).await;
+        let unfinished = saga_store_unfinished(&reader).await;
         if handled >= committed && unfinished == 0 {
             break;
         }
@@ -365,11 +366,10 @@ async fn under_random_cuts_every_committed_event_takes_effect_once_and_every_sag
     assert_eq!(strays, 0, "an event of an uncommitted order took effect");
 
     // Every started saga ended completed or compensated.
-    let store = direct_store(&direct);
     let ids = started_sagas.lock().unwrap().clone();
     let (mut completed, mut compensated) = (0, 0);
     for id in &ids {
-        let record = store_status(&store, *id).await;
+        let record = store_status(&reader, *id).await;
         match record {
             SagaState::Completed => completed += 1,
             SagaState::Compensated => compensated += 1,

@@ -12,7 +12,8 @@ pin_project! {
     #[derive(Debug)]
     enum Kind<F> {
         Called { #[pin] future: F },
-        Rejected { error: Option<RateLimited> },
+        // Boxed when rejected (the error path), so the future stays two words plus `F`.
+        Rejected { error: Option<BoxError> },
     }
 }
 
@@ -35,7 +36,9 @@ impl<F> ResponseFuture<F> {
 
     pub(crate) fn rejected(error: RateLimited) -> Self {
         Self {
-            kind: Kind::Rejected { error: Some(error) },
+            kind: Kind::Rejected {
+                error: Some(Box::new(error)),
+            },
         }
     }
 }
@@ -52,7 +55,7 @@ where
         match self.project().kind.project() {
             KindProj::Called { future } => future.poll(cx).map_err(Into::into),
             KindProj::Rejected { error } => Poll::Ready(Err(match error.take() {
-                Some(e) => Box::new(e),
+                Some(e) => e,
                 None => "rate limit response future polled after completion".into(),
             })),
         }

@@ -45,6 +45,8 @@ pub(crate) struct State {
     /// `burst × interval`: how far ahead of now the TAT may run.
     tolerance: u64,
     pub(crate) max_wait: Duration,
+    /// `max_wait` in nanoseconds, converted once.
+    max_wait_nanos: u64,
 }
 
 impl fmt::Debug for RateLimiter {
@@ -113,6 +115,7 @@ impl RateLimiterBuilder {
                 interval,
                 tolerance: interval.saturating_mul(u64::from(burst)),
                 max_wait: self.max_wait,
+                max_wait_nanos: nanos(self.max_wait),
             }),
         })
     }
@@ -143,7 +146,7 @@ impl RateLimiter {
     /// Takes a slot now, or says how long until one opens (nothing is reserved then).
     #[inline]
     pub fn try_acquire(&self) -> Result<(), Duration> {
-        self.state.reserve(Duration::ZERO).map(|_| ())
+        self.state.reserve_nanos(0).map(|_| ())
     }
 
     /// Reserves the next slot if it opens within `max_wait` and returns the wait until
@@ -151,16 +154,31 @@ impl RateLimiter {
     /// would open.
     #[inline]
     pub fn reserve(&self, max_wait: Duration) -> Result<Duration, Duration> {
-        self.state.reserve(max_wait)
+        self.state.reserve_nanos(nanos(max_wait))
     }
+
+    /// [`reserve`](Self::reserve) with the limiter's own `max_wait`.
+    #[inline]
+    pub(crate) fn reserve_configured(&self) -> Result<Duration, Duration> {
+        self.state.reserve_nanos(self.state.max_wait_nanos)
+    }
+}
+
+/// A duration in whole nanoseconds, saturating (u64 nanoseconds is 584 years).
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl State {
     #[inline]
-    fn reserve(&self, max_wait: Duration) -> Result<Duration, Duration> {
-        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
-        let mut tat = self.tat.load(Ordering::Acquire);
+    fn reserve_nanos(&self, max_wait: u64) -> Result<Duration, Duration> {
+        // One clock read is most of the cost of a decision: see BENCHMARKS.md.
+        let elapsed = Instant::now().saturating_duration_since(self.epoch);
+        let now = elapsed
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(elapsed.subsec_nanos()));
+        let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let new_tat = tat.max(now).saturating_add(self.interval);
             let wait = new_tat.saturating_sub(now.saturating_add(self.tolerance));
@@ -169,7 +187,7 @@ impl State {
             }
             match self
                 .tat
-                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange_weak(tat, new_tat, Ordering::Relaxed, Ordering::Relaxed)
             {
                 Ok(_) => return Ok(Duration::from_nanos(wait)),
                 Err(actual) => tat = actual,

@@ -79,7 +79,7 @@ where
         loop {
             match &mut self.slot {
                 Slot::None => {
-                    self.slot = match self.limiter.reserve(self.limiter.max_wait()) {
+                    self.slot = match self.limiter.reserve_configured() {
                         Ok(wait) if wait.is_zero() => Slot::Granted,
                         Ok(wait) => Slot::Waiting(Box::pin(tokio::time::sleep(wait))),
                         Err(retry_after) => Slot::Refused(retry_after),

@@ -6,7 +6,7 @@
 //! the first poll), inside a tokio runtime context so timers can be created. That measures
 //! the layer's own work — no executor scheduling, no I/O — the same way for every library.
 //!
-//! Run: `cargo bench -p palisade-benches --bench resilience -- --warm-up-time 1 --measurement-time 3`
+//! Run: `cargo bench -p palisade-bench-resilience -- --warm-up-time 1 --measurement-time 3`
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -126,6 +126,14 @@ fn resilience(c: &mut Criterion) {
     let second = Duration::from_secs(1);
 
     bench_service(c, "baseline", "noop_service", noop());
+    {
+        // What one clock read costs here: every time-based layer (tower's included) pays it.
+        let mut g = c.benchmark_group("baseline");
+        g.bench_function("tokio_instant_now", |b| {
+            b.iter(|| black_box(tokio::time::Instant::now()))
+        });
+        g.finish();
+    }
 
     // Timeout.
     bench_service(
@@ -228,6 +236,12 @@ fn resilience(c: &mut Criterion) {
         "rate_limit_layer",
         "palisade",
         RateLimitLayer::new(ours).layer(noop()),
+    );
+    bench_service(
+        c,
+        "rate_limit_layer",
+        "tower",
+        tower::limit::RateLimitLayer::new(u64::MAX, second).layer(noop()),
     );
 
     // Circuit breaker, closed.
@@ -357,14 +371,26 @@ fn resilience(c: &mut Criterion) {
         .expect("breaker");
     let handle = rt.handle().clone();
     let mut g = c.benchmark_group("shared_breaker_throughput");
-    for threads in [1usize, 2] {
-        g.bench_function(format!("palisade_{threads}_threads"), |b| {
+    // `unshared_2_threads` is the ceiling: each thread its own breaker, nothing shared.
+    for (name, threads, shared_by_all) in [
+        ("palisade_1_threads", 1usize, true),
+        ("palisade_2_threads", 2, true),
+        ("unshared_2_threads", 2, false),
+    ] {
+        g.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let per_thread = iters.div_ceil(threads as u64);
                 let barrier = Arc::new(Barrier::new(threads + 1));
                 let workers: Vec<_> = (0..threads)
                     .map(|_| {
-                        let mut svc = shared.layer(noop());
+                        let mut svc = if shared_by_all {
+                            shared.layer(noop())
+                        } else {
+                            CircuitBreakerLayer::builder("unshared")
+                                .build()
+                                .expect("breaker")
+                                .layer(noop())
+                        };
                         let barrier = barrier.clone();
                         let handle = handle.clone();
                         std::thread::spawn(move || {

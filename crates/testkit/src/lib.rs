@@ -11,6 +11,8 @@
 //!   own, so tests run in parallel without seeing each other.
 //! - [`FaultProxy`]: an in-process TCP proxy a test puts between a client and a real
 //!   server to cut, blackhole, delay or restore the connection.
+//! - [`metrics::CaptureRecorder`] (feature `metrics`): a recorder that keeps what the
+//!   code under test emitted through the `metrics` facade, for assertions.
 //!
 //! ```no_run
 //! use palisade_testkit::{require, Service};
@@ -22,6 +24,8 @@
 //! # }
 //! ```
 
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod names;
 #[cfg(feature = "postgres")]
 pub mod postgres;

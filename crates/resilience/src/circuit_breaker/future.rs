@@ -36,7 +36,7 @@ pin_project! {
             start: u64,
         },
         Rejected {
-            error: Option<CircuitOpen>,
+            error: Option<Box<CircuitOpen>>,
         },
     }
 }
@@ -53,7 +53,7 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
-    pub(crate) fn rejected(error: CircuitOpen) -> Self {
+    pub(crate) fn rejected(error: Box<CircuitOpen>) -> Self {
         Self {
             kind: Kind::Rejected { error: Some(error) },
         }
@@ -81,7 +81,7 @@ where
                 Poll::Ready(result.map_err(Into::into))
             }
             KindProj::Rejected { error } => Poll::Ready(match error.take() {
-                Some(open) => Err(open.into()),
+                Some(open) => Err(open as BoxError),
                 None => Err("circuit breaker future polled after completion".into()),
             }),
         }

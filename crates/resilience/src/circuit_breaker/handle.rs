@@ -152,7 +152,7 @@ impl CircuitBreakerHandle {
         Self { core, tokens }
     }
 
-    pub(crate) fn acquire(&self) -> Result<Permit, CircuitOpen> {
+    pub(crate) fn acquire(&self) -> Result<Permit, Box<CircuitOpen>> {
         self.core.acquire(&self.tokens)
     }
 

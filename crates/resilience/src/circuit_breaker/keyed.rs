@@ -68,7 +68,7 @@ impl<K> fmt::Debug for KeyedCircuitBreakerHandle<K> {
 }
 
 impl<K: Hash + Eq + Clone + fmt::Debug> KeyedCircuitBreakerHandle<K> {
-    fn acquire(&self, key: K) -> Result<Permit, CircuitOpen> {
+    fn acquire(&self, key: K) -> Result<Permit, Box<CircuitOpen>> {
         let partitions = &self.inner;
         if let Some(breaker) = partitions
             .map

@@ -34,7 +34,7 @@ pub struct CircuitBreaker<S, C> {
     inner: S,
     breaker: CircuitBreakerHandle,
     classifier: C,
-    permit: Option<Result<Permit, CircuitOpen>>,
+    permit: Option<Result<Permit, Box<CircuitOpen>>>,
 }
 
 impl<S: Clone, C: Clone> Clone for CircuitBreaker<S, C> {

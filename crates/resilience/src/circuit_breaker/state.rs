@@ -192,19 +192,46 @@ pub(crate) struct Permit {
     kind: PermitKind,
 }
 
+/// What a permit is for, packed in one word (`generation << 2 | tag`) so that a permit
+/// is two words and moves cheaply through `poll_ready`, `call` and the future.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PermitKind {
+struct PermitKind(u64);
+
+enum Kind {
     Closed(u64),
     Probe(u64),
     Disabled,
     Spent,
 }
 
+impl PermitKind {
+    const DISABLED: Self = Self(2);
+    const SPENT: Self = Self(3);
+
+    const fn closed(generation: u64) -> Self {
+        Self(generation << 2)
+    }
+
+    const fn probe(generation: u64) -> Self {
+        Self((generation << 2) | 1)
+    }
+
+    #[inline]
+    fn decode(self) -> Kind {
+        match self.0 & 3 {
+            0 => Kind::Closed(self.0 >> 2),
+            1 => Kind::Probe(self.0 >> 2),
+            2 => Kind::Disabled,
+            _ => Kind::Spent,
+        }
+    }
+}
+
 impl Permit {
     /// The start time to pass to `complete`, read only when slow calls are judged.
     pub(crate) fn start(&self) -> u64 {
         let core = &self.token.core;
-        if core.hot.0.slow_nanos != 0 && self.kind != PermitKind::Disabled {
+        if core.hot.0.slow_nanos != 0 && self.kind != PermitKind::DISABLED {
             core.now()
         } else {
             0
@@ -213,20 +240,20 @@ impl Permit {
 
     /// Records the call's outcome (`start` from [`start`](Self::start)).
     pub(crate) fn complete(&mut self, outcome: Outcome, start: u64) {
-        let kind = std::mem::replace(&mut self.kind, PermitKind::Spent);
+        let kind = std::mem::replace(&mut self.kind, PermitKind::SPENT);
         let core = &self.token.core;
-        match kind {
-            PermitKind::Closed(generation) => core.record_closed(generation, outcome, start),
-            PermitKind::Probe(generation) => core.record_probe(generation, outcome, start),
-            PermitKind::Disabled | PermitKind::Spent => {}
+        match kind.decode() {
+            Kind::Closed(generation) => core.record_closed(generation, outcome, start),
+            Kind::Probe(generation) => core.record_probe(generation, outcome, start),
+            Kind::Disabled | Kind::Spent => {}
         }
     }
 
     /// Whether this permit still matches the breaker's state (a closed permit taken before
     /// the breaker opened no longer does).
     pub(crate) fn is_current(&self) -> bool {
-        match self.kind {
-            PermitKind::Closed(generation) => {
+        match self.kind.decode() {
+            Kind::Closed(generation) => {
                 self.token.core.hot.0.word.load(Ordering::Acquire) == pack(CLOSED, generation)
             }
             _ => true,
@@ -238,7 +265,7 @@ impl Drop for Permit {
     fn drop(&mut self) {
         // A probe dropped before completing (cancelled, or the service dropped between
         // `poll_ready` and `call`) gives its place back: it is neither success nor failure.
-        if let PermitKind::Probe(generation) = self.kind {
+        if let Kind::Probe(generation) = self.kind.decode() {
             self.token.core.release_probe(generation);
         }
     }
@@ -325,7 +352,7 @@ impl Core {
 
     /// Admits a call, or says why not. Never blocks; takes the transition lock only to move
     /// from open to half-open.
-    pub(crate) fn acquire(&self, tokens: &[Arc<Token>]) -> Result<Permit, CircuitOpen> {
+    pub(crate) fn acquire(&self, tokens: &[Arc<Token>]) -> Result<Permit, Box<CircuitOpen>> {
         let hot = &self.hot.0;
         let token = || tokens[stripe_hint() & hot.mask].clone();
         loop {
@@ -335,13 +362,13 @@ impl Core {
                 CLOSED => {
                     return Ok(Permit {
                         token: token(),
-                        kind: PermitKind::Closed(generation),
+                        kind: PermitKind::closed(generation),
                     });
                 }
                 DISABLED => {
                     return Ok(Permit {
                         token: token(),
-                        kind: PermitKind::Disabled,
+                        kind: PermitKind::DISABLED,
                     });
                 }
                 FORCED_OPEN => return Err(self.reject(CircuitState::ForcedOpen, None)),
@@ -373,7 +400,7 @@ impl Core {
                     if hot.word.load(Ordering::Acquire) == word {
                         return Ok(Permit {
                             token: token(),
-                            kind: PermitKind::Probe(generation),
+                            kind: PermitKind::probe(generation),
                         });
                     }
                     // The breaker moved on while we took the place: give it back, retry.
@@ -383,7 +410,9 @@ impl Core {
         }
     }
 
-    fn reject(&self, state: CircuitState, remaining: Option<Duration>) -> CircuitOpen {
+    /// Counts a rejection and builds its error, boxed here once: it becomes the call's
+    /// `BoxError` as is, and keeps the admission result two words wide.
+    fn reject(&self, state: CircuitState, remaining: Option<Duration>) -> Box<CircuitOpen> {
         self.stripes[stripe_hint() & self.hot.0.mask]
             .0
             .rejected
@@ -401,7 +430,7 @@ impl Core {
             "state" => state.as_str()
         )
         .increment(1);
-        CircuitOpen::new(self.name.clone(), state, remaining)
+        Box::new(CircuitOpen::new(self.name.clone(), state, remaining))
     }
 
     fn record_closed(&self, generation: u64, outcome: Outcome, start: u64) {

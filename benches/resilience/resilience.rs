@@ -223,10 +223,18 @@ fn resilience(c: &mut Criterion) {
     let theirs = governor::RateLimiter::direct(governor::Quota::per_second(
         NonZeroU32::new(u32::MAX).expect("non-zero"),
     ));
+    let ours_tsc = RateLimiter::builder("bench")
+        .rate(u32::MAX, Duration::from_secs(1))
+        .tsc_clock()
+        .build()
+        .expect("limiter");
     {
         let mut g = c.benchmark_group("rate_limiter_decision");
         g.bench_function("palisade", |b| {
             b.iter(|| black_box(ours.try_acquire().is_ok()))
+        });
+        g.bench_function("palisade_tsc_clock", |b| {
+            b.iter(|| black_box(ours_tsc.try_acquire().is_ok()))
         });
         g.bench_function("governor", |b| b.iter(|| black_box(theirs.check().is_ok())));
         g.finish();
@@ -236,6 +244,12 @@ fn resilience(c: &mut Criterion) {
         "rate_limit_layer",
         "palisade",
         RateLimitLayer::new(ours).layer(noop()),
+    );
+    bench_service(
+        c,
+        "rate_limit_layer",
+        "palisade_tsc_clock",
+        RateLimitLayer::new(ours_tsc).layer(noop()),
     );
     bench_service(
         c,

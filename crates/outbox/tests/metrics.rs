@@ -59,7 +59,10 @@ async fn published_failed_parked_and_the_backlog_reach_the_metrics_facade() -> T
     let mut expected = vec![events[0].id, events[2].id];
     expected.sort();
     assert_eq!(delivered, expected);
-    assert_eq!(metrics.counter("palisade_outbox_published_total", &labels), 2);
+    assert_eq!(
+        metrics.counter("palisade_outbox_published_total", &labels),
+        2
+    );
     assert_eq!(metrics.counter("palisade_outbox_failed_total", &labels), 1);
     assert_eq!(metrics.counter("palisade_outbox_errors_total", &labels), 0);
     assert_eq!(
@@ -69,6 +72,9 @@ async fn published_failed_parked_and_the_backlog_reach_the_metrics_facade() -> T
     );
     let batches = metrics.histogram("palisade_outbox_batch_seconds", &labels);
     assert!(!batches.is_empty());
-    assert!(batches.iter().all(|s| (0.0..10.0).contains(s)), "{batches:?}");
+    assert!(
+        batches.iter().all(|s| (0.0..10.0).contains(s)),
+        "{batches:?}"
+    );
     Ok(())
 }

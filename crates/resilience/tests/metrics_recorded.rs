@@ -121,7 +121,10 @@ async fn breaker_transitions_and_rejections_are_counted_by_state() {
             "{from} -> {to}"
         );
     }
-    assert_eq!(recorder.counter_sum("palisade_circuit_breaker_transitions_total"), 3);
+    assert_eq!(
+        recorder.counter_sum("palisade_circuit_breaker_transitions_total"),
+        3
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -37,7 +37,7 @@ pub struct RateLimiter {
 
 pub(crate) struct State {
     pub(crate) name: Arc<str>,
-    epoch: Instant,
+    clock: Clock,
     /// Theoretical arrival time, nanoseconds since `epoch`.
     tat: AtomicU64,
     /// Nanoseconds between calls at the sustained rate.
@@ -60,6 +60,40 @@ impl fmt::Debug for RateLimiter {
     }
 }
 
+/// Where a limiter reads the time.
+enum Clock {
+    /// tokio's clock: follows `tokio::time::pause`/`advance`, so tests are exact.
+    Tokio { epoch: Instant },
+    /// The CPU's time-stamp counter through `quanta`, as governor reads it: about a third
+    /// of the cost of an OS clock read on our machines, but blind to tokio's paused clock.
+    #[cfg(feature = "tsc-clock")]
+    Tsc { clock: quanta::Clock, epoch: u64 },
+}
+
+impl Clock {
+    fn tokio() -> Self {
+        Clock::Tokio {
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds since the limiter was built.
+    #[inline]
+    fn now(&self) -> u64 {
+        match self {
+            Clock::Tokio { epoch } => {
+                let elapsed = Instant::now().saturating_duration_since(*epoch);
+                elapsed
+                    .as_secs()
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(u64::from(elapsed.subsec_nanos()))
+            }
+            #[cfg(feature = "tsc-clock")]
+            Clock::Tsc { clock, epoch } => clock.delta_as_nanos(*epoch, clock.raw()),
+        }
+    }
+}
+
 /// Builds a [`RateLimiter`]; every setter names its default.
 #[derive(Clone, Debug)]
 pub struct RateLimiterBuilder {
@@ -68,6 +102,8 @@ pub struct RateLimiterBuilder {
     period: Duration,
     burst: Option<u32>,
     max_wait: Duration,
+    #[cfg(feature = "tsc-clock")]
+    tsc: bool,
 }
 
 impl RateLimiterBuilder {
@@ -92,6 +128,30 @@ impl RateLimiterBuilder {
         self
     }
 
+    /// Reads the CPU's time-stamp counter (through `quanta`, as `governor` does) instead
+    /// of tokio's clock (default: tokio's). A decision then costs about what governor's
+    /// does, where an OS clock read is most of it (see BENCHMARKS.md); the price is that
+    /// `tokio::time::pause` and `advance` no longer move this limiter's time, so test
+    /// code paths through it with real time or keep the default clock in tests.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// let limiter = RateLimiter::builder("hot-path")
+    ///     .rate(50_000, Duration::from_secs(1))
+    ///     .tsc_clock()
+    ///     .build()?;
+    /// assert!(limiter.try_acquire().is_ok());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
+    #[cfg(feature = "tsc-clock")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tsc-clock")))]
+    pub fn tsc_clock(mut self) -> Self {
+        self.tsc = true;
+        self
+    }
+
     /// Validates and builds the shared limiter.
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
         if self.rate == 0 {
@@ -107,10 +167,20 @@ impl RateLimiterBuilder {
         let interval = u64::try_from(self.period.as_nanos() / u128::from(self.rate))
             .unwrap_or(u64::MAX)
             .max(1);
+        #[cfg(feature = "tsc-clock")]
+        let clock = if self.tsc {
+            let clock = quanta::Clock::new();
+            let epoch = clock.raw();
+            Clock::Tsc { clock, epoch }
+        } else {
+            Clock::tokio()
+        };
+        #[cfg(not(feature = "tsc-clock"))]
+        let clock = Clock::tokio();
         Ok(RateLimiter {
             state: Arc::new(State {
                 name: self.name,
-                epoch: Instant::now(),
+                clock,
                 tat: AtomicU64::new(0),
                 interval,
                 tolerance: interval.saturating_mul(u64::from(burst)),
@@ -130,6 +200,8 @@ impl RateLimiter {
             period: Duration::from_secs(1),
             burst: None,
             max_wait: Duration::ZERO,
+            #[cfg(feature = "tsc-clock")]
+            tsc: false,
         }
     }
 
@@ -173,11 +245,7 @@ impl State {
     #[inline]
     fn reserve_nanos(&self, max_wait: u64) -> Result<Duration, Duration> {
         // One clock read is most of the cost of a decision: see BENCHMARKS.md.
-        let elapsed = Instant::now().saturating_duration_since(self.epoch);
-        let now = elapsed
-            .as_secs()
-            .saturating_mul(1_000_000_000)
-            .saturating_add(u64::from(elapsed.subsec_nanos()));
+        let now = self.clock.now();
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let new_tat = tat.max(now).saturating_add(self.interval);

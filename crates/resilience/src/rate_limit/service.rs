@@ -10,13 +10,15 @@ use tower_service::Service;
 use super::{RateLimited, RateLimiter, ResponseFuture};
 use crate::BoxError;
 
+/// The slot `poll_ready` took for the next `call`. A refusal keeps its `retry_after` as
+/// plain nanoseconds: the enum stays two words with a simple tag, cheap to move.
 #[derive(Default)]
 enum Slot {
     #[default]
     None,
-    Waiting(Pin<Box<Sleep>>),
     Granted,
-    Refused(Duration),
+    Refused(u64),
+    Waiting(Pin<Box<Sleep>>),
 }
 
 /// A service whose calls each take a slot of a shared [`RateLimiter`]. Built by
@@ -82,7 +84,9 @@ where
                     self.slot = match self.limiter.reserve_configured() {
                         Ok(wait) if wait.is_zero() => Slot::Granted,
                         Ok(wait) => Slot::Waiting(Box::pin(tokio::time::sleep(wait))),
-                        Err(retry_after) => Slot::Refused(retry_after),
+                        Err(retry_after) => {
+                            Slot::Refused(u64::try_from(retry_after.as_nanos()).unwrap_or(u64::MAX))
+                        }
                     };
                 }
                 Slot::Waiting(sleep) => {
@@ -100,7 +104,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match std::mem::take(&mut self.slot) {
             Slot::Granted => ResponseFuture::called(self.inner.call(req)),
-            Slot::Refused(retry_after) => self.refuse(retry_after),
+            Slot::Refused(nanos) => self.refuse(Duration::from_nanos(nanos)),
             // `call` without `poll_ready`: only a free slot lets it through.
             Slot::None | Slot::Waiting(_) => match self.limiter.try_acquire() {
                 Ok(()) => ResponseFuture::called(self.inner.call(req)),

@@ -6,6 +6,11 @@
 //! the first poll), inside a tokio runtime context so timers can be created. That measures
 //! the layer's own work — no executor scheduling, no I/O — the same way for every library.
 //!
+//! Per-call figures are in **CPU time of the calling thread** (`CLOCK_THREAD_CPUTIME_ID`),
+//! not wall time: on a shared 2-vCPU machine, time the thread spends descheduled while
+//! other builds run would otherwise land in the figure at random. The two-thread
+//! throughput group is in wall time, as throughput must be.
+//!
 //! Run: `cargo bench -p palisade-bench-resilience -- --warm-up-time 1 --measurement-time 3`
 
 use std::convert::Infallible;
@@ -17,7 +22,8 @@ use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::measurement::{Measurement, ValueFormatter};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tower::{Layer, Service, ServiceBuilder, service_fn};
 
 use palisade_resilience::bulkhead::{Bulkhead, BulkheadLayer};
@@ -68,7 +74,70 @@ where
     finish(svc.call(req)).expect("call succeeds")
 }
 
-fn bench_service<S>(c: &mut Criterion, group: &str, name: &str, mut svc: S)
+/// CPU time consumed by the measuring thread, in nanoseconds.
+struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = cpu_time::ThreadTime;
+    type Value = Duration;
+
+    fn start(&self) -> Self::Intermediate {
+        cpu_time::ThreadTime::now()
+    }
+
+    fn end(&self, start: Self::Intermediate) -> Self::Value {
+        start.elapsed()
+    }
+
+    fn add(&self, a: &Self::Value, b: &Self::Value) -> Self::Value {
+        *a + *b
+    }
+
+    fn zero(&self) -> Self::Value {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Self::Value) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &CpuNanos
+    }
+}
+
+/// Prints CPU nanoseconds as they are (every figure here is tens to thousands of them).
+struct CpuNanos;
+
+impl ValueFormatter for CpuNanos {
+    fn scale_values(&self, _typical: f64, _values: &mut [f64]) -> &'static str {
+        "ns (cpu)"
+    }
+
+    fn scale_throughputs(
+        &self,
+        _typical: f64,
+        throughput: &Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        let per = match throughput {
+            Throughput::Elements(n) | Throughput::Bytes(n) | Throughput::BytesDecimal(n) => {
+                *n as f64
+            }
+            _ => 1.0,
+        };
+        for v in values.iter_mut() {
+            *v = per * 1e9 / *v;
+        }
+        "per cpu-second"
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn bench_service<S, M: Measurement>(c: &mut Criterion<M>, group: &str, name: &str, mut svc: S)
 where
     S: Service<u64, Response = u64>,
     S::Error: std::fmt::Debug,
@@ -117,7 +186,14 @@ impl<E> tower::retry::Policy<u64, u64, E> for NeverRetryShared {
     }
 }
 
-fn resilience(c: &mut Criterion) {
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn resilience(c: &mut Criterion<ThreadCpu>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -377,15 +453,20 @@ fn resilience(c: &mut Criterion) {
         )
         .service(noop());
     bench_service(c, "four_strategy_stack", "tower_resilience", theirs);
+}
 
-    // One shared breaker hammered by 1 and by 2 threads: time per call across all threads
-    // (lower is better; throughput ratio = 1-thread time / 2-thread time).
+/// One breaker shared by 1 and by 2 threads, and (the ceiling) 2 threads each with a
+/// breaker of its own. In wall time (`shared_breaker_throughput`: time per call across
+/// all threads, so throughput ratio = 1-thread time / 2-thread time) and in CPU time
+/// summed over the workers (`shared_breaker_cpu`: what a call costs each thread, which
+/// contention on shared cache lines would raise).
+fn shared_breaker<M: Measurement<Value = Duration>>(c: &mut Criterion<M>, group: &str, cpu: bool) {
+    let rt = runtime();
     let shared = CircuitBreakerLayer::builder("shared")
         .build()
         .expect("breaker");
     let handle = rt.handle().clone();
-    let mut g = c.benchmark_group("shared_breaker_throughput");
-    // `unshared_2_threads` is the ceiling: each thread its own breaker, nothing shared.
+    let mut g = c.benchmark_group(group);
     for (name, threads, shared_by_all) in [
         ("palisade_1_threads", 1usize, true),
         ("palisade_2_threads", 2, true),
@@ -410,23 +491,39 @@ fn resilience(c: &mut Criterion) {
                         std::thread::spawn(move || {
                             let _context = handle.enter();
                             barrier.wait();
+                            let start = cpu_time::ThreadTime::now();
                             for i in 0..per_thread {
                                 black_box(call_once(&mut svc, i));
                             }
+                            start.elapsed()
                         })
                     })
                     .collect();
                 barrier.wait();
                 let start = Instant::now();
+                let mut spent = Duration::ZERO;
                 for w in workers {
-                    w.join().expect("worker");
+                    spent += w.join().expect("worker");
                 }
-                start.elapsed()
+                if cpu { spent } else { start.elapsed() }
             })
         });
     }
     g.finish();
 }
 
-criterion_group!(benches, resilience);
-criterion_main!(benches);
+fn shared_breaker_wall(c: &mut Criterion) {
+    shared_breaker(c, "shared_breaker_throughput", false);
+}
+
+fn shared_breaker_cpu(c: &mut Criterion<ThreadCpu>) {
+    shared_breaker(c, "shared_breaker_cpu", true);
+}
+
+criterion_group! {
+    name = per_call;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = resilience, shared_breaker_cpu
+}
+criterion_group!(throughput, shared_breaker_wall);
+criterion_main!(per_call, throughput);

@@ -52,9 +52,10 @@ const COLUMNS: &str = "id, topic, event_type, source, event_key, event_time, con
 /// Key buckets for per-key ownership. More buckets, fewer false conflicts between
 /// relays; every bucket a relay holds is one entry in the server's lock table.
 const BUCKETS: i32 = 1024;
-/// How many of the oldest due rows a claim looks at to choose its buckets, per row
-/// it may take: with several relays, the oldest rows are often another relay's.
-const WINDOW: i64 = 2;
+/// How many of the oldest due rows a claim looks at to choose its buckets, per row it
+/// may take, once it found buckets held by another relay (the oldest rows are then often
+/// that relay's). Alone, a claim looks at `limit` rows: its buckets hold all of them.
+const WINDOW: i64 = 4;
 
 impl sealed::Sealed for PgConnection {}
 impl sealed::Sealed for Transaction<'_, Postgres> {}
@@ -305,14 +306,15 @@ impl PgStore {
             mask = BUCKETS - 1
         );
         // `DISTINCT` first, then the (volatile, so never pushed down) lock call: one
-        // attempt per bucket.
+        // attempt per bucket. Returns how many buckets it tried and those it got (a
+        // bucket this transaction already holds is granted again).
         let buckets_sql = format!(
-            "SELECT coalesce(array_agg(b), '{{}}') FROM ( \
-               SELECT DISTINCT b FROM ( \
-                 SELECT {bucket} AS b FROM {t} \
-                 WHERE NOT dead AND next_attempt_at <= statement_timestamp() \
-                 ORDER BY seq LIMIT $2) candidates) distinct_buckets \
-             WHERE pg_try_advisory_xact_lock($1, b)"
+            "SELECT count(*), coalesce(array_agg(b) FILTER (WHERE locked), '{{}}') FROM ( \
+               SELECT b, pg_try_advisory_xact_lock($1, b) AS locked FROM ( \
+                 SELECT DISTINCT b FROM ( \
+                   SELECT {bucket} AS b FROM {t} \
+                   WHERE NOT dead AND next_attempt_at <= statement_timestamp() \
+                   ORDER BY seq LIMIT $2) candidates) distinct_buckets) attempts"
         );
         let claim_sql = format!(
             "SELECT seq, {COLUMNS}, attempts FROM {t} o \
@@ -383,11 +385,20 @@ impl PgStore {
                 .bind(&lease_ms)
                 .execute(&mut *conn)
                 .await?;
-            let buckets: Vec<i32> = sqlx::query_scalar(&buckets_sql)
+            let (tried, mut buckets): (i64, Vec<i32>) = sqlx::query_as(&buckets_sql)
                 .bind(lock_class)
-                .bind(limit.saturating_mul(WINDOW))
+                .bind(limit)
                 .fetch_one(&mut *conn)
                 .await?;
+            if usize::try_from(tried).unwrap_or(0) > buckets.len() {
+                // Another relay holds some of the oldest rows' buckets: look further.
+                let (_, wider): (i64, Vec<i32>) = sqlx::query_as(&buckets_sql)
+                    .bind(lock_class)
+                    .bind(limit.saturating_mul(WINDOW))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                buckets = wider;
+            }
             if buckets.is_empty() {
                 return Ok(Vec::new());
             }

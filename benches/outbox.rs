@@ -218,6 +218,7 @@ async fn throughput(rows: usize) -> BoxResult<()> {
     // drain followed at once by ours on an identical freshly filled and vacuumed
     // backlog, and the median of the per-round ratios.
     let mut ratios = Vec::new();
+    let mut ours_rates = Vec::new();
     for round in 1..=3 {
         let took = fill(&pool, &outbox, rows).await?;
         println!(
@@ -250,6 +251,7 @@ async fn throughput(rows: usize) -> BoxResult<()> {
             ours / raw
         );
         ratios.push(ours / raw);
+        ours_rates.push(ours);
 
         fill(&pool, &outbox, rows).await?;
         let checked = Counting {
@@ -274,6 +276,30 @@ async fn throughput(rows: usize) -> BoxResult<()> {
             rate(rows, took),
             checked.violations.load(Ordering::Relaxed)
         );
+    }
+    // The closest Rust peer on the same database and backlog size: ruststream-sqlx 0.7's
+    // outbox, started over `rows` unprocessed records (its startup republish through the
+    // in-memory broker, one ack statement per handled message).
+    let median_ours = {
+        let mut ours = ours_rates.clone();
+        ours.sort_by(f64::total_cmp);
+        ours[ours.len() / 2]
+    };
+    match palisade_bench_ruststream_peer::drain_backlog(
+        db.url(),
+        rows as u64,
+        Duration::from_secs(900),
+    )
+    .await
+    {
+        Ok(report) => println!(
+            "ruststream-sqlx 0.7 outbox (republish + per-message ack) {:>9.0} rows/s  \
+             (palisade relay median {median_ours:.0} rows/s = {:.1}× it; handled {})",
+            report.rate(),
+            median_ours / report.rate(),
+            report.handled
+        ),
+        Err(e) => println!("ruststream-sqlx 0.7 outbox: failed: {e}"),
     }
     ratios.sort_by(f64::total_cmp);
     println!(

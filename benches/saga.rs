@@ -446,14 +446,22 @@ async fn main() {
     println!("  recovery: {recovery_n} in-flight sagas resumed and finished in {rsecs:.2} s");
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!("\n[PostgreSQL] 127.0.0.1:5432, pool of 16, one statement per transition");
+    println!(
+        "\n[PostgreSQL] 127.0.0.1:5432, pool of 16; concurrent transitions share statements (group commit)"
+    );
     match palisade_testkit::postgres::fresh_database().await {
         None => println!("  skipped: PostgreSQL unreachable"),
         Some(db) => {
             let store = PostgresStore::connect(db.url()).await.expect("postgres");
             store.migrate().await.expect("migrate");
+            let commits_before = commits(store.pool()).await;
             let (secs, writes) = run_palisade(store.clone(), sql_n, false).await;
             line("palisade on PostgreSQL", sql_n, secs, Some(writes));
+            let commits = commits(store.pool()).await - commits_before;
+            println!(
+                "  {commits} commits (round trips that wrote) for {writes} store writes: {:.2} per write",
+                commits as f64 / writes as f64
+            );
             let raw = raw_postgres(store.pool(), writes as usize).await;
             println!(
                 "  raw sqlx loop: {writes} single-row UPDATEs in {raw:.2} s ({:.0}/s): the same writes as the sagas above",
@@ -468,4 +476,16 @@ async fn main() {
         }
     }
     let _ = Duration::ZERO;
+}
+
+/// Transactions committed in the current database so far (each write statement here
+/// is its own transaction). The server publishes its counters with a short delay.
+async fn commits(pool: &sqlx::PgPool) -> i64 {
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("pg_stat_database")
 }

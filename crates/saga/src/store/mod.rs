@@ -34,6 +34,8 @@ pub use sqlite::SqliteStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 mod postgres;
 #[cfg(feature = "postgres")]
+mod postgres_batch;
+#[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PostgresStore;
 

@@ -44,7 +44,11 @@ mod migrate;
 
 /// Persistence for sagas. See the [module docs](self).
 ///
-/// Implementations must make each method one atomic transaction. The orchestrator
+/// Implementations must make each call atomic: all of its writes commit, or none, by the
+/// time it returns. Concurrent calls may share a transaction as long as each one's effect
+/// stands or falls on its own — `PostgresStore` groups concurrent
+/// transitions into one statement (group commit), where a row that fails its version
+/// check writes nothing and a failed statement is retried call by call. The orchestrator
 /// retries writes that fail with a transient error and abandons the saga (to be resumed
 /// after its lease) when they keep failing; it never assumes a failed write happened.
 pub trait SagaStore: Send + Sync + 'static {

@@ -108,6 +108,17 @@ async fn through_nats_jetstream() {
     .unwrap();
 }
 
+/// Through Kafka: librdkafka's mock cluster (a real Kafka-protocol broker, in this test
+/// process) serves the example process over TCP; the example's topic is created on
+/// first use, as on a broker with auto-creation.
+#[cfg(feature = "kafka")]
+#[test]
+fn through_kafka() {
+    let cluster = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    let broker = format!("kafka:{}", cluster.bootstrap_servers());
+    assert_flow(&["--database-url", &sqlite_url(), "--broker", &broker], 100);
+}
+
 #[test]
 fn an_unknown_broker_is_a_clear_error() {
     let (out, _) = run_example(

@@ -203,3 +203,87 @@ async fn record_without_envelope_headers_is_delivered_malformed_and_can_be_dead_
     );
     Ok(())
 }
+
+/// The broker goes down in the middle of 300 publishes and comes back a second later:
+/// no publish is confirmed while it is down (each waits, or errors, past 200 ms), and
+/// every confirmed event is consumed (librdkafka reconnects; nothing confirmed is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_mid_publish_loses_no_confirmed_event() -> BoxResult {
+    let topic = unique_name("topic");
+    let (cluster, bus) = cluster(&topic)?;
+    let mut stream = bus
+        .subscribe(&Subscription::new(&topic, unique_name("g")))
+        .await?;
+    let mut confirmed = HashSet::new();
+    let mut failed = 0;
+    for n in 0..300 {
+        if n == 100 {
+            cluster.broker_down(1)?;
+        }
+        if n == 110 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            cluster.broker_up(1)?;
+        }
+        let envelope = Envelope::new("t", "test", n.to_string());
+        let id = envelope.id;
+        let publish =
+            tokio::time::timeout(Duration::from_millis(200), bus.publish(&topic, envelope));
+        match publish.await {
+            Ok(Ok(())) => {
+                confirmed.insert(id);
+            }
+            // An error, or no confirmation yet: either way the caller does not count it.
+            Ok(Err(_)) | Err(_) => failed += 1,
+        }
+    }
+    assert_eq!(confirmed.len() + failed, 300);
+    assert!(
+        failed >= 1,
+        "publishing to a down broker must not be confirmed"
+    );
+    assert!(confirmed.len() >= 150, "{} confirmed", confirmed.len());
+    let mut seen = HashSet::new();
+    while !confirmed.is_subset(&seen) {
+        let delivery = brokers::next(&mut stream).await;
+        seen.insert(brokers::envelope(&delivery).id);
+        delivery.ack().await?;
+    }
+    Ok(())
+}
+
+/// The broker goes down after 20 of 100 events were consumed and comes back: the
+/// subscription resumes and every event arrives (an ack lost with the broker only
+/// means a redelivery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_down_mid_consume_resumes_and_loses_nothing() -> BoxResult {
+    let topic = unique_name("topic");
+    let (cluster, bus) = cluster(&topic)?;
+    let mut stream = bus
+        .subscribe(&Subscription::new(&topic, unique_name("g")).with_prefetch(10))
+        .await?;
+    let first: Vec<Envelope> = (0..50)
+        .map(|n| Envelope::new("t", "test", n.to_string()))
+        .collect();
+    let second: Vec<Envelope> = (50..100)
+        .map(|n| Envelope::new("t", "test", n.to_string()))
+        .collect();
+    let all: HashSet<_> = first.iter().chain(&second).map(|e| e.id).collect();
+    bus.publish_batch(&topic, first).await?;
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let delivery = brokers::next(&mut stream).await;
+        seen.insert(brokers::envelope(&delivery).id);
+        delivery.ack().await?;
+    }
+    cluster.broker_down(1)?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.broker_up(1)?;
+    bus.publish_batch(&topic, second).await?;
+    while seen.len() < all.len() {
+        let delivery = brokers::next(&mut stream).await;
+        seen.insert(brokers::envelope(&delivery).id);
+        let _ = delivery.ack().await;
+    }
+    assert_eq!(seen, all);
+    Ok(())
+}

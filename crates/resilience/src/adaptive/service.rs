@@ -151,6 +151,19 @@ where
 pin_project! {
     /// The response future of [`AdaptiveConcurrency`]: holds the slot until the call
     /// completes (or is dropped) and feeds its latency to the algorithm.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("api", Aimd::new(2, 1, 10)?);
+    /// let mut svc = layer.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let future = svc.ready().await?.call(7); // its latency and outcome feed the limit
+    /// assert_eq!(future.await?, 7);
+    /// # Ok(()) }
+    /// ```
     #[derive(Debug)]
     pub struct ResponseFuture<F, C> {
         #[pin]

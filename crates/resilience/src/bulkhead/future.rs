@@ -22,6 +22,22 @@ pin_project! {
     ///
     /// The permit is returned as soon as the inner future completes, or when this future
     /// is dropped.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::{Bulkhead, BulkheadLayer};
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let pool = Bulkhead::builder("db").max_concurrent(1).build()?;
+    /// let mut svc = BulkheadLayer::new(pool.clone())
+    ///     .layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x * 2) }));
+    /// let future = svc.ready().await?.call(21); // holds the permit until it completes
+    /// assert_eq!(pool.available(), 0);
+    /// assert_eq!(future.await?, 42);
+    /// assert_eq!(pool.available(), 1);
+    /// # Ok(()) }
+    /// ```
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]

@@ -467,6 +467,19 @@ where
 
 pin_project! {
     /// The response future of [`Chaos`].
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::ChaosLayer;
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).build()?; // no fault configured
+    /// let mut svc = chaos.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let future = svc.ready().await?.call(7); // this future
+    /// assert_eq!(future.await?, 7);
+    /// # Ok(()) }
+    /// ```
     pub struct ResponseFuture<F, T> {
         #[pin]
         inner: Option<F>,

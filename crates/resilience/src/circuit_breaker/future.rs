@@ -17,6 +17,21 @@ pin_project! {
     ///
     /// Cancellation: dropping it before completion records nothing (a cancelled call is
     /// neither a success nor a failure) and gives a half-open probe place back.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let breaker = CircuitBreakerLayer::builder("payments").build()?;
+    /// let mut svc = breaker.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let future = svc.ready().await?.call(7); // records the outcome when it completes
+    /// assert_eq!(future.await?, 7);
+    /// let metrics = breaker.handle().metrics();
+    /// assert_eq!((metrics.calls, metrics.failures), (1, 0));
+    /// # Ok(()) }
+    /// ```
     #[derive(Debug)]
     pub struct ResponseFuture<F, C> {
         #[pin]

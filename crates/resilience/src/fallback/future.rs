@@ -22,6 +22,20 @@ pin_project! {
 pin_project! {
     /// The response future of [`Fallback`](super::Fallback): the primary call, then the
     /// fallback's answer if the outcome matched.
+    ///
+    /// ```rust
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::fallback::FallbackLayer;
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let down = service_fn(|_: u32| async { Err::<u32, _>(std::io::Error::other("down")) });
+    /// let mut svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Ok(0)).layer(down);
+    /// let future = svc.ready().await?.call(7); // answers from the fallback on failure
+    /// assert_eq!(future.await?, 0);
+    /// # Ok(()) }
+    /// ```
     pub struct ResponseFuture<F, P, A, Req, Res>
     where
         A: Answer<Req, Res>,

@@ -53,6 +53,21 @@ pin_project! {
     /// hedges, dropping (cancelling) the others at once. A failed attempt does not end the
     /// call while another is still running; when none is, the last error is returned.
     /// Dropping this future cancels every attempt.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let hedging = HedgeLayer::fixed(Duration::from_millis(50)).build()?;
+    /// let mut svc = hedging.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let future = svc.ready().await?.call(7); // sends a hedge only if this one is slow
+    /// assert_eq!(future.await?, 7);
+    /// assert_eq!(hedging.hedges_won(), 0);
+    /// # Ok(()) }
+    /// ```
     pub struct ResponseFuture<S, Req>
     where
         S: Service<Req>,

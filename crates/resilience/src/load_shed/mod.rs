@@ -447,6 +447,19 @@ impl fmt::Debug for Slot {
 pin_project! {
     /// The response future of [`LoadShed`]: holds the slot until the call completes or
     /// is dropped.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let shed = LoadShedLayer::builder("edge", Capacity::Fixed(4)).build(|_: &u32| 0)?;
+    /// let mut svc = shed.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let future = svc.ready().await?.call(7); // this future
+    /// assert_eq!(future.await?, 7);
+    /// # Ok(()) }
+    /// ```
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]

@@ -58,6 +58,20 @@ where
 pin_project! {
     /// The response future of [`Pipeline`](super::Pipeline): the stack's, with its error
     /// sorted into a [`PipelineError`].
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let pipeline = PipelineLayer::builder("inventory").timeout(Duration::from_secs(1)).build()?;
+    /// let mut svc = pipeline.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let future = svc.ready().await?.call(7); // this future
+    /// assert_eq!(future.await?, 7);
+    /// # Ok(()) }
+    /// ```
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,

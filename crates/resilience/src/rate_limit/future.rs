@@ -20,6 +20,20 @@ pin_project! {
 pin_project! {
     /// The response future of [`RateLimit`](super::RateLimit): the inner call, or an
     /// immediate [`RateLimited`].
+    ///
+    /// ```rust
+    /// use palisade_resilience::rate_limit::{RateLimitLayer, RateLimiter};
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let limiter = RateLimiter::builder("api").build()?;
+    /// let mut svc = RateLimitLayer::new(limiter)
+    ///     .layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let future = svc.ready().await?.call(7); // this future
+    /// assert_eq!(future.await?, 7);
+    /// # Ok(()) }
+    /// ```
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]

@@ -29,6 +29,19 @@ pin_project! {
     ///
     /// Cancellation: dropping it drops the attempt in flight (or the wait) and the kept
     /// request; nothing is retried after the drop.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryLayer;
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let retry = RetryLayer::builder().max_attempts(3).build()?;
+    /// let mut svc = retry.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let future = svc.ready().await?.call(7); // retries inside, if the outcome asks for it
+    /// assert_eq!(future.await?, 7);
+    /// # Ok(()) }
+    /// ```
     pub struct ResponseFuture<S, Req, C, P>
     where
         S: Service<Req>,

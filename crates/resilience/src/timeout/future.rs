@@ -16,6 +16,20 @@ pin_project! {
     /// The timer is armed only if the inner future is not ready on its first poll, with
     /// its deadline counted from that first poll: a call that answers at once reads no
     /// clock and registers no timer, which is most of the cost of a timeout.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::TimeoutLayer;
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let mut svc = TimeoutLayer::new(Duration::from_secs(1))
+    ///     .layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x + 1) }));
+    /// let future = svc.ready().await?.call(41); // this future
+    /// assert_eq!(future.await?, 42);
+    /// # Ok(()) }
+    /// ```
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]

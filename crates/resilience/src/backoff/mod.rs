@@ -74,6 +74,19 @@ use crate::duration_serde;
 use crate::rng::SplitMix64;
 
 /// How the actual delay is drawn around the nominal one. See the [module docs](self).
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::{Backoff, Jitter};
+///
+/// let backoff = Backoff::exponential(Duration::from_millis(100))
+///     .with_max_delay(Duration::from_secs(2))
+///     .with_jitter(Jitter::Full);
+/// // Full jitter: each delay is drawn between zero and the exponential schedule's value.
+/// for (n, delay) in backoff.iter_seeded(7).take(5).enumerate() {
+///     assert!(delay <= backoff.nominal_delay(n as u32 + 1)); // retry numbers are 1-based
+/// }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Jitter {
@@ -89,6 +102,15 @@ pub enum Jitter {
 }
 
 /// The growth of the nominal delay.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::{Backoff, BackoffKind};
+///
+/// let linear = Backoff::linear(Duration::from_millis(100), Duration::from_millis(50));
+/// assert_eq!(linear.kind(), BackoffKind::Linear);
+/// assert_eq!(linear.nominal_delay(3), Duration::from_millis(200)); // 100 + 2 × 50
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackoffKind {
@@ -296,6 +318,14 @@ impl IntoIterator for &Backoff {
 }
 
 /// The infinite iterator of delays of a [`Backoff`]: item *n* is the delay before retry *n*.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::Backoff;
+///
+/// let delays: Vec<Duration> = Backoff::exponential(Duration::from_millis(10)).iter().take(3).collect();
+/// assert_eq!(delays, [10, 20, 40].map(Duration::from_millis));
+/// ```
 #[derive(Clone, Debug)]
 pub struct BackoffIter {
     backoff: Backoff,

@@ -74,6 +74,22 @@ pub use service::BulkheadService;
 use std::sync::Arc;
 
 /// The bulkhead had no permit for this call within its `max_wait`.
+///
+/// ```rust
+/// use palisade_resilience::bulkhead::{Bulkhead, BulkheadFull, BulkheadLayer};
+/// use tower::{Layer, Service, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let pool = Bulkhead::builder("reports").max_concurrent(1).build()?;
+/// let backend = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+/// let mut holder = BulkheadLayer::new(pool.clone()).layer(backend);
+/// holder.ready().await?; // takes the only permit
+/// let err = BulkheadLayer::new(pool).layer(backend).oneshot(()).await.unwrap_err();
+/// let full = err.downcast_ref::<BulkheadFull>().expect("bulkhead full");
+/// assert_eq!((full.name(), full.max_concurrent()), ("reports", 1));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("bulkhead `{name}` is full ({max_concurrent} calls in flight)")]
 pub struct BulkheadFull {

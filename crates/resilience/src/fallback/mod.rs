@@ -86,6 +86,22 @@ impl<Res> Predicate<Res> for IsErr {
 }
 
 /// The fallback failed as well; `source()` is the fallback's error.
+///
+/// ```rust
+/// use palisade_resilience::BoxError;
+/// use palisade_resilience::fallback::{FallbackFailed, FallbackLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let down = service_fn(|_: ()| async { Err::<u32, _>(std::io::Error::other("primary down")) });
+/// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into())).layer(down);
+/// let err = svc.oneshot(()).await.unwrap_err();
+/// let failed = err.downcast_ref::<FallbackFailed>().expect("both failed");
+/// assert_eq!(failed.fallback().to_string(), "cache cold");
+/// assert_eq!(failed.primary().map(ToString::to_string).as_deref(), Some("primary down"));
+/// # }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("fallback failed: {fallback}")]
 pub struct FallbackFailed {

@@ -74,6 +74,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The rate limiter had no slot for this call within its `max_wait`.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::rate_limit::{RateLimitLayer, RateLimited, RateLimiter};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let limiter = RateLimiter::builder("geo").rate(1, Duration::from_secs(1)).burst(1).build()?;
+/// let layer = RateLimitLayer::new(limiter);
+/// let svc = || layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+/// svc().oneshot(()).await?;
+/// let err = svc().oneshot(()).await.unwrap_err();
+/// let limited = err.downcast_ref::<RateLimited>().expect("rate limited");
+/// assert_eq!((limited.name(), limited.retry_after()), ("geo", Duration::from_secs(1)));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("rate limit `{name}` reached, retry after {retry_after:?}")]
 pub struct RateLimited {

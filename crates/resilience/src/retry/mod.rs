@@ -102,6 +102,27 @@ use crate::BoxError;
 
 /// The classifier wanted another attempt but the policy gave up; the last error is the
 /// [`source`](std::error::Error::source).
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::Backoff;
+/// use palisade_resilience::retry::{GiveUpReason, RetriesExhausted, RetryLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let retry = RetryLayer::builder()
+///     .max_attempts(3)
+///     .backoff(Backoff::constant(Duration::from_millis(10)))
+///     .build()?;
+/// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("down")) });
+/// let err = retry.layer(down).oneshot(()).await.unwrap_err();
+/// let exhausted = err.downcast_ref::<RetriesExhausted>().expect("gave up");
+/// assert_eq!(exhausted.attempts(), 3);
+/// assert_eq!(exhausted.reason(), GiveUpReason::MaxAttempts);
+/// assert_eq!(exhausted.last_error().to_string(), "down");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("gave up after {attempts} attempt(s): {}", reason.as_str())]
 pub struct RetriesExhausted {

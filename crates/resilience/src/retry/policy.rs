@@ -2,6 +2,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// What to do after an attempt, decided by a [`Classify`] over the whole outcome.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::retry::{RetryDecision, RetryLayer};
+///
+/// // Retry 503s and connection errors, honour a 429's Retry-After, never retry a 400.
+/// let retry = RetryLayer::builder()
+///     .classify(|_: &&str, outcome: &Result<(u16, u64), std::io::Error>| match outcome {
+///         Ok((503, _)) | Err(_) => RetryDecision::Retry,
+///         Ok((429, retry_after)) => RetryDecision::RetryAfter(Duration::from_secs(*retry_after)),
+///         Ok(_) => RetryDecision::DoNotRetry,
+///     })
+///     .build()?;
+/// # let _ = retry;
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryDecision {
     /// Retry after the backoff's next delay.
@@ -118,6 +134,13 @@ impl<Req, Res, E, F: Fn(&mut Result<Res, E>) -> Option<Req>> Replay<Req, Res, E>
 }
 
 /// Why the retry layer stopped retrying although the classifier asked for a retry.
+///
+/// ```rust
+/// use palisade_resilience::retry::GiveUpReason;
+///
+/// // The reason travels in `RetriesExhausted::reason` and in `RetryEvent::GaveUp`.
+/// assert_ne!(GiveUpReason::MaxAttempts, GiveUpReason::BudgetExhausted);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum GiveUpReason {
@@ -144,6 +167,32 @@ impl GiveUpReason {
 }
 
 /// What a retry listener is told.
+///
+/// ```rust
+/// use std::sync::{Arc, Mutex};
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::Backoff;
+/// use palisade_resilience::retry::{RetryEvent, RetryLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let log = seen.clone();
+/// let retry = RetryLayer::builder()
+///     .max_attempts(2)
+///     .backoff(Backoff::constant(Duration::from_millis(5)))
+///     .on_event(move |event: &RetryEvent<'_>| {
+///         if let RetryEvent::Retrying { attempt, delay, .. } = event {
+///             log.lock().unwrap().push((*attempt, *delay));
+///         }
+///     })
+///     .build()?;
+/// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("down")) });
+/// assert!(retry.layer(down).oneshot(()).await.is_err());
+/// assert_eq!(*seen.lock().unwrap(), [(1, Duration::from_millis(5))]);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RetryEvent<'a> {

@@ -61,6 +61,20 @@ pub use service::{CallTimeout, PerRequest, Timeout};
 use std::time::Duration;
 
 /// The call did not complete within its timeout.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::timeout::{Elapsed, TimeoutLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let hang = service_fn(|_: ()| std::future::pending::<Result<(), std::io::Error>>());
+/// let err = TimeoutLayer::new(Duration::from_millis(250)).layer(hang).oneshot(()).await.unwrap_err();
+/// let elapsed = err.downcast_ref::<Elapsed>().expect("a timeout");
+/// assert_eq!(elapsed.duration(), Duration::from_millis(250));
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("call timed out after {after:?}")]
 pub struct Elapsed {

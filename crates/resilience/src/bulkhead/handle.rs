@@ -54,6 +54,19 @@ impl fmt::Debug for Bulkhead {
 }
 
 /// Builds a [`Bulkhead`]; every setter names its default.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::bulkhead::Bulkhead;
+///
+/// let critical = Bulkhead::builder("auth").max_concurrent(32).build()?; // fail fast
+/// let optional = Bulkhead::builder("recommendations")
+///     .max_concurrent(4)
+///     .max_wait(Duration::from_millis(20)) // queue a little
+///     .build()?;
+/// assert_eq!((critical.max_concurrent(), optional.max_wait()), (32, Duration::from_millis(20)));
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct BulkheadBuilder {
     name: Arc<str>,
@@ -181,6 +194,17 @@ impl State {
 }
 
 /// One call's share of a [`Bulkhead`]; dropping it returns the permit.
+///
+/// ```rust
+/// use palisade_resilience::bulkhead::Bulkhead;
+///
+/// let pool = Bulkhead::builder("exports").max_concurrent(2).build()?;
+/// let permit = pool.try_acquire().expect("a free permit");
+/// assert_eq!(pool.available(), 1);
+/// drop(permit); // the permit goes back
+/// assert_eq!(pool.available(), 2);
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 pub struct Permit {
     state: Arc<State>,
 }

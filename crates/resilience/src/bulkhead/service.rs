@@ -19,6 +19,18 @@ type Waiting = Pin<Box<dyn Future<Output = Option<Permit>> + Send + Sync>>;
 /// time it still returns `Ready(Ok)` and the next `call` fails with [`BulkheadFull`]
 /// without touching the inner service. (Readiness never fails: under `tower::buffer` a
 /// readiness error would poison the buffer for every later caller.)
+///
+/// ```rust
+/// use palisade_resilience::bulkhead::{Bulkhead, BulkheadLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let pool = Bulkhead::builder("db").max_concurrent(8).build()?;
+/// let svc = BulkheadLayer::new(pool).layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+/// assert_eq!(svc.oneshot(3).await?, 3);
+/// # Ok(()) }
+/// ```
 pub struct BulkheadService<S> {
     inner: S,
     bulkhead: Bulkhead,

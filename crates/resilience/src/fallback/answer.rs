@@ -55,6 +55,19 @@ where
 
 /// Answers by sending a clone of the request to a secondary service (a replica, a
 /// cache tier, a simpler implementation). The request must be `Clone`.
+///
+/// ```rust
+/// use palisade_resilience::fallback::FallbackLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let primary = service_fn(|_: u32| async { Err::<&str, _>(std::io::Error::other("down")) });
+/// let replica = service_fn(|_: u32| async { Ok::<_, std::io::Error>("from the replica") });
+/// let svc = FallbackLayer::secondary(replica).layer(primary);
+/// assert_eq!(svc.oneshot(1).await?, "from the replica");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Secondary<S>(pub S);
 
@@ -201,6 +214,21 @@ impl<K, Res, F> LastGood<K, Res, F> {
 }
 
 /// [`LastGood`] had no response cached for the key.
+///
+/// ```rust
+/// use palisade_resilience::fallback::{FallbackFailed, FallbackLayer, NoCachedResponse};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let down = service_fn(|_: u32| async { Err::<String, _>(std::io::Error::other("down")) });
+/// // Nothing good was ever seen for user 7: there is nothing to fall back to.
+/// let svc = FallbackLayer::last_good(100, |user: &u32| *user).layer(down);
+/// let err = svc.oneshot(7).await.unwrap_err();
+/// let failed = err.downcast_ref::<FallbackFailed>().expect("fallback failed");
+/// assert!(failed.fallback().is::<NoCachedResponse>());
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("no earlier good response to fall back to")]
 pub struct NoCachedResponse;

@@ -62,6 +62,22 @@ use crate::BoxError;
 
 /// Decides whether a primary outcome is answered by the fallback.
 /// Implemented for every `Fn(&Result<Res, BoxError>) -> bool`.
+///
+/// ```rust
+/// use palisade_resilience::BoxError;
+/// use palisade_resilience::fallback::FallbackLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let unavailable = service_fn(|_: ()| async { Ok::<u16, std::io::Error>(503) });
+/// // Fall back on errors and on 5xx responses alike.
+/// let svc = FallbackLayer::from_fn(|_: &Result<u16, BoxError>| Ok(200))
+///     .when(|outcome: &Result<u16, BoxError>| !matches!(outcome, Ok(status) if *status < 500))
+///     .layer(unavailable);
+/// assert_eq!(svc.oneshot(()).await?, 200);
+/// # Ok(()) }
+/// ```
 pub trait Predicate<Res> {
     /// `true`: answer from the fallback.
     fn matches(&self, outcome: &Result<Res, BoxError>) -> bool;
@@ -75,6 +91,15 @@ impl<Res, F: Fn(&Result<Res, BoxError>) -> bool> Predicate<Res> for F {
 }
 
 /// The default predicate: fall back on every error, never on a response.
+///
+/// ```rust
+/// use palisade_resilience::BoxError;
+/// use palisade_resilience::fallback::{IsErr, Predicate};
+///
+/// let failed: Result<u32, BoxError> = Err("down".into());
+/// assert!(IsErr.matches(&failed));
+/// assert!(!IsErr.matches(&Ok::<u32, BoxError>(1)));
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IsErr;
 

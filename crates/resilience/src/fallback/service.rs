@@ -11,6 +11,19 @@ use crate::BoxError;
 
 /// A service that answers from a fallback when the primary outcome matches a predicate.
 /// Built by [`FallbackLayer`](super::FallbackLayer).
+///
+/// ```rust
+/// use palisade_resilience::BoxError;
+/// use palisade_resilience::fallback::FallbackLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let ok = service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Ok(0)).layer(ok);
+/// assert_eq!(svc.oneshot(9).await?, 9); // a success is passed through untouched
+/// # Ok(()) }
+/// ```
 pub struct Fallback<S, P, A> {
     inner: S,
     shared: Arc<Shared<P, A>>,

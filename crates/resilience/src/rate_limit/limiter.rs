@@ -95,6 +95,20 @@ impl Clock {
 }
 
 /// Builds a [`RateLimiter`]; every setter names its default.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::rate_limit::RateLimiter;
+///
+/// // 600 calls a minute, bursts of 20, and a call may wait up to 50 ms for its slot.
+/// let limiter = RateLimiter::builder("search")
+///     .rate(600, Duration::from_secs(60))
+///     .burst(20)
+///     .max_wait(Duration::from_millis(50))
+///     .build()?;
+/// assert_eq!(limiter.max_wait(), Duration::from_millis(50));
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct RateLimiterBuilder {
     name: Arc<str>,

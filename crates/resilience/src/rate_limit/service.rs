@@ -30,6 +30,20 @@ enum Slot {
 /// calling the inner service. (Readiness never fails, so `tower::buffer` stays usable.)
 ///
 /// A slot reserved in `poll_ready` is spent even if `call` never comes.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::rate_limit::{RateLimitLayer, RateLimiter};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let limiter = RateLimiter::builder("partner-api").rate(100, Duration::from_secs(1)).build()?;
+/// let svc = RateLimitLayer::new(limiter.clone())
+///     .layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+/// assert_eq!(svc.oneshot(1).await?, 1);
+/// # Ok(()) }
+/// ```
 pub struct RateLimit<S> {
     inner: S,
     limiter: RateLimiter,

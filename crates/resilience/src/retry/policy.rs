@@ -60,6 +60,16 @@ where
 }
 
 /// The default classification: retry every error, never a response.
+///
+/// ```rust
+/// use palisade_resilience::retry::{Classify, RetryDecision, RetryOnError};
+///
+/// let outcome: Result<u16, std::io::Error> = Ok(503);
+/// // A response, even a 503, is not retried by the default: classify it yourself.
+/// assert_eq!(RetryOnError.classify(&(), &outcome), RetryDecision::DoNotRetry);
+/// let failed: Result<u16, std::io::Error> = Err(std::io::Error::other("reset"));
+/// assert_eq!(RetryOnError.classify(&(), &failed), RetryDecision::Retry);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetryOnError;
 
@@ -92,6 +102,13 @@ pub trait Replay<Req, Res, E> {
 }
 
 /// Replays requests by cloning them.
+///
+/// ```rust
+/// use palisade_resilience::retry::{CloneRequest, Replay};
+///
+/// let kept = Replay::<String, (), ()>::keep(&CloneRequest, &"GET /".to_string());
+/// assert_eq!(kept.as_deref(), Some("GET /"));
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloneRequest;
 
@@ -104,6 +121,18 @@ impl<Req: Clone, Res, E> Replay<Req, Res, E> for CloneRequest {
 
 /// Replays requests by rebuilding them with `Fn(&Req) -> Option<Req>` (`None`: cannot be
 /// replayed, the first outcome is returned).
+///
+/// ```rust
+/// use palisade_resilience::retry::RetryLayer;
+///
+/// struct Request { body: Vec<u8> } // not Clone
+/// // Keep a copy built from the buffered body; `None` would mean "cannot be replayed".
+/// let retry = RetryLayer::builder()
+///     .rebuild_with(|r: &Request| Some(Request { body: r.body.clone() }))
+///     .build()?;
+/// # let _ = retry;
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct RebuildRequest<F>(pub F);
 
@@ -116,6 +145,22 @@ impl<Req, Res, E, F: Fn(&Req) -> Option<Req>> Replay<Req, Res, E> for RebuildReq
 
 /// Replays requests by restoring them from the failed outcome with
 /// `Fn(&mut Result<Res, E>) -> Option<Req>`.
+///
+/// ```rust
+/// use palisade_resilience::retry::RetryLayer;
+///
+/// /// A client error that hands back the request it could not send (as hyper's does).
+/// #[derive(Debug)]
+/// struct NotSent { request: Option<String> }
+/// // Keep nothing; on failure take the request back out of the error.
+/// let retry = RetryLayer::builder()
+///     .restore_with(|outcome: &mut Result<u16, NotSent>| {
+///         outcome.as_mut().err().and_then(|e| e.request.take())
+///     })
+///     .build()?;
+/// # let _ = retry;
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct RestoreRequest<F>(pub F);
 

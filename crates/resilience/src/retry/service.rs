@@ -15,6 +15,18 @@ use crate::BoxError;
 /// `call` sends the request through the service it found ready and keeps a clone of the
 /// inner service in the response future for the next attempts, polling that clone ready
 /// before each retry, so readiness stays honest under `Buffer` and when cloned per call.
+///
+/// ```rust
+/// use palisade_resilience::retry::RetryLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let svc = RetryLayer::builder().build()?
+///     .layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+/// assert_eq!(svc.oneshot(5).await?, 5);
+/// # Ok(()) }
+/// ```
 pub struct Retry<S, C, P> {
     inner: S,
     policy: Arc<Policy<C, P>>,

@@ -10,6 +10,15 @@ use crate::BoxError;
 ///
 /// Implemented for [`Duration`] (the same for every call) and for [`PerRequest`]
 /// (computed from the request).
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::timeout::CallTimeout;
+///
+/// // A fixed `Duration` is a `CallTimeout` for any request.
+/// let fixed = Duration::from_secs(2);
+/// assert_eq!(CallTimeout::<&str>::timeout_for(&fixed, &"GET /"), Duration::from_secs(2));
+/// ```
 pub trait CallTimeout<Req> {
     /// The timeout for `req`.
     fn timeout_for(&self, req: &Req) -> Duration;
@@ -23,6 +32,26 @@ impl<Req> CallTimeout<Req> for Duration {
 }
 
 /// A timeout computed from each request by a closure `Fn(&Req) -> Duration`.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::timeout::TimeoutLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// // Reports may take 30 s, everything else 1 s.
+/// let layer = TimeoutLayer::per_request(|path: &&str| {
+///     Duration::from_secs(if path.starts_with("/reports") { 30 } else { 1 })
+/// });
+/// let slow = service_fn(|_: &str| async {
+///     tokio::time::sleep(Duration::from_secs(5)).await;
+///     Ok::<_, std::io::Error>("done")
+/// });
+/// assert_eq!(layer.layer(slow).oneshot("/reports/q3").await.unwrap(), "done");
+/// assert!(layer.layer(slow).oneshot("/users").await.is_err());
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct PerRequest<F>(pub F);
 
@@ -35,6 +64,19 @@ impl<Req, F: Fn(&Req) -> Duration> CallTimeout<Req> for PerRequest<F> {
 
 /// A service that fails a call with [`Elapsed`](super::Elapsed) when it takes longer than
 /// its timeout. Built by [`TimeoutLayer`](super::TimeoutLayer).
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::timeout::Timeout;
+/// use tower::{ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let echo = service_fn(|s: &'static str| async move { Ok::<_, std::io::Error>(s) });
+/// let svc = Timeout::new(echo, Duration::from_secs(1)); // what TimeoutLayer builds
+/// assert_eq!(svc.oneshot("hi").await?, "hi");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct Timeout<S, D = Duration> {
     inner: S,

@@ -46,4 +46,13 @@ pub mod timeout;
 pub use error::ConfigError;
 
 /// The error type every layer of this crate returns, as in tower.
+///
+/// ```rust
+/// use palisade_resilience::BoxError;
+/// use palisade_resilience::bulkhead::BulkheadFull;
+///
+/// // Every layer's error is a `BoxError`; ask it which strategy refused the call.
+/// let err: BoxError = "dependency down".into();
+/// assert!(!err.is::<BulkheadFull>());
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

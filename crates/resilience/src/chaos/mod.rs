@@ -123,6 +123,12 @@ where
 }
 
 /// No outcome injection (the default); see [`InjectOutcome`] for an example.
+///
+/// ```rust
+/// use palisade_resilience::chaos::{InjectOutcome, NoOutcome};
+///
+/// assert_eq!(InjectOutcome::<u32, &str>::outcome(&NoOutcome, &7), None);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NoOutcome;
 

@@ -14,6 +14,23 @@ use crate::BoxError;
 /// Where a [`Fallback`](super::Fallback) gets its answer when the primary outcome matches
 /// the predicate: a closure ([`FromFn`]), a secondary service ([`Secondary`]) or the last
 /// good response ([`LastGood`]).
+///
+/// ```rust
+/// use palisade_resilience::BoxError;
+/// use palisade_resilience::fallback::FallbackLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// // The built-in answers: a closure, a secondary service, or the last good response.
+/// let prices = service_fn(|sku: u32| async move {
+///     if sku == 1 { Ok::<_, std::io::Error>(990) } else { Err(std::io::Error::other("down")) }
+/// });
+/// let svc = FallbackLayer::last_good(1_000, |sku: &u32| *sku).layer(prices);
+/// assert_eq!(svc.clone().oneshot(1).await?, 990);
+/// assert!(svc.oneshot(2).await.is_err()); // nothing cached for sku 2
+/// # Ok(()) }
+/// ```
 pub trait Answer<Req, Res> {
     /// What must be kept from the request before it is sent (the request itself for a
     /// secondary service, a cache key, or nothing).
@@ -35,6 +52,24 @@ pub trait Answer<Req, Res> {
 
 /// Answers from a closure `Fn(&Result<Res, BoxError>) -> Result<Res, BoxError>` given the
 /// primary outcome: a default, a degraded answer, or a clearer error.
+///
+/// ```rust
+/// use palisade_resilience::BoxError;
+/// use palisade_resilience::fallback::FallbackLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), BoxError> {
+/// let down = service_fn(|_: ()| async { Err::<Vec<u32>, _>(std::io::Error::other("down")) });
+/// // Degrade to an empty list, logging the primary failure.
+/// let svc = FallbackLayer::from_fn(|primary: &Result<Vec<u32>, BoxError>| {
+///     if let Err(e) = primary { eprintln!("recommendations down: {e}"); }
+///     Ok(Vec::new())
+/// })
+/// .layer(down);
+/// assert!(svc.oneshot(()).await?.is_empty());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct FromFn<F>(pub F);
 

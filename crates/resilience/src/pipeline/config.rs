@@ -58,6 +58,19 @@ fn three() -> u32 {
 }
 
 /// Retry settings; see [`RetryBuilder`](crate::retry::RetryBuilder) for their meaning.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::Backoff;
+/// use palisade_resilience::pipeline::RetryConfig;
+///
+/// let retry = RetryConfig {
+///     max_attempts: 4,
+///     backoff: Backoff::constant(Duration::from_millis(50)),
+///     ..RetryConfig::default()
+/// };
+/// assert_eq!(retry.max_elapsed, None);
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryConfig {
@@ -92,6 +105,17 @@ impl Default for RetryConfig {
 }
 
 /// Retry budget settings; see [`RetryBudget`](crate::retry::RetryBudget).
+///
+/// ```rust
+/// use palisade_resilience::pipeline::PipelineConfig;
+///
+/// let config: PipelineConfig = serde_json::from_str(
+///     r#"{ "retry": { "max_attempts": 3, "budget": { "retry_ratio": 0.1, "min_per_sec": 5 } } }"#,
+/// )?;
+/// let budget = config.retry.and_then(|r| r.budget).expect("a budget");
+/// assert_eq!((budget.retry_ratio, budget.min_per_sec), (0.1, 5));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetConfig {
@@ -115,6 +139,17 @@ fn default_min_per_sec() -> u32 {
 }
 
 /// Rate limiter settings; see [`RateLimiterBuilder`](crate::rate_limit::RateLimiterBuilder).
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::pipeline::PipelineConfig;
+///
+/// let config: PipelineConfig =
+///     serde_json::from_str(r#"{ "rate_limit": { "rate": 600, "period": "1m", "burst": 20 } }"#)?;
+/// let limit = config.rate_limit.expect("a rate limit");
+/// assert_eq!((limit.rate, limit.period, limit.burst), (600, Duration::from_secs(60), Some(20)));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
@@ -136,6 +171,17 @@ fn one_second() -> Duration {
 }
 
 /// Bulkhead settings; see [`BulkheadBuilder`](crate::bulkhead::BulkheadBuilder).
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::pipeline::PipelineConfig;
+///
+/// let config: PipelineConfig =
+///     serde_json::from_str(r#"{ "bulkhead": { "max_concurrent": 8, "max_wait": "20ms" } }"#)?;
+/// let bulkhead = config.bulkhead.expect("a bulkhead");
+/// assert_eq!((bulkhead.max_concurrent, bulkhead.max_wait), (8, Duration::from_millis(20)));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BulkheadConfig {

@@ -21,6 +21,16 @@ use crate::timeout::{Timeout, TimeoutLayer};
 /// The pipeline's default retry classification: retry every error except an open
 /// circuit (retrying it only adds calls the breaker will refuse); after a
 /// [`RateLimited`], wait its `retry_after`; never retry a response.
+///
+/// ```rust
+/// use palisade_resilience::BoxError;
+/// use palisade_resilience::pipeline::RetryErrorsExceptOpenCircuit;
+/// use palisade_resilience::retry::{Classify, RetryDecision};
+///
+/// let reset: Result<(), BoxError> = Err(std::io::Error::other("reset").into());
+/// assert_eq!(RetryErrorsExceptOpenCircuit.classify(&(), &reset), RetryDecision::Retry);
+/// assert_eq!(RetryErrorsExceptOpenCircuit.classify(&(), &Ok::<(), BoxError>(())), RetryDecision::DoNotRetry);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetryErrorsExceptOpenCircuit;
 
@@ -49,11 +59,50 @@ pub type WithBreaker<S, B> = Optional<CircuitBreaker<WithRateLimit<S>, B>, WithR
 pub type WithRetry<S, C, B> =
     Optional<Retry<WithBreaker<S, B>, C, CloneRequest>, WithBreaker<S, B>>;
 /// The total timeout, outermost: the whole stack.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::bulkhead::Bulkhead;
+/// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+/// use palisade_resilience::pipeline::{PipelineLayer, RetryConfig};
+/// use tower::{Layer, ServiceExt, service_fn};
+/// use palisade_resilience::pipeline::{Pipeline, Stack};
+///
+/// // The service a pipeline builds, named (e.g. to store it in a struct).
+/// type Inner = tower::util::ServiceFn<fn(u32) -> std::future::Ready<Result<u32, std::io::Error>>>;
+/// fn echo(x: u32) -> std::future::Ready<Result<u32, std::io::Error>> { std::future::ready(Ok(x)) }
+/// let layer = PipelineLayer::builder("echo").timeout(Duration::from_secs(1)).build()?;
+/// let svc: Pipeline<Stack<Inner, _, _>> = layer.layer(service_fn(echo as fn(u32) -> _));
+/// # let _ = svc;
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 pub type Stack<S, C, B> = Optional<Timeout<WithRetry<S, C, B>>, WithRetry<S, C, B>>;
 
 /// Stacks timeout, bulkhead, rate limit, circuit breaker, retry and total timeout in the
 /// documented order (see the [module docs](super)). Build it with
 /// [`PipelineLayer::builder`]; every strategy is optional.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::bulkhead::Bulkhead;
+/// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+/// use palisade_resilience::pipeline::{PipelineLayer, RetryConfig};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let pipeline = PipelineLayer::builder("inventory")
+///     .timeout(Duration::from_millis(300)) // per attempt
+///     .total_timeout(Duration::from_secs(2))
+///     .retry(RetryConfig { max_attempts: 3, ..RetryConfig::default() })
+///     .circuit_breaker(CircuitBreakerLayer::builder("inventory").build()?)
+///     .bulkhead(Bulkhead::builder("inventory").max_concurrent(16).build()?)
+///     .build_with_breaker()?;
+/// let svc = pipeline.layer(service_fn(|sku: u32| async move { Ok::<_, std::io::Error>(sku) }));
+/// assert_eq!(svc.oneshot(42).await?, 42);
+/// assert!(pipeline.circuit_breaker().is_some());
+/// # Ok(()) }
+/// ```
 pub struct PipelineLayer<C = RetryErrorsExceptOpenCircuit, B = AllErrorsAreFailures> {
     total_timeout: Option<Duration>,
     retry: Option<RetryLayer<C, CloneRequest>>,
@@ -150,6 +199,15 @@ impl<S, C, B: Clone> Layer<S> for PipelineLayer<C, B> {
 type RetryListener = Arc<dyn Fn(&RetryEvent<'_>) + Send + Sync>;
 
 /// Builds a [`PipelineLayer`] from a [`PipelineConfig`] and shared handles.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::pipeline::PipelineLayer;
+///
+/// let pipeline = PipelineLayer::builder("search").timeout(Duration::from_secs(1)).build()?;
+/// assert!(pipeline.bulkhead().is_none()); // only what was asked for is in the stack
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 pub struct PipelineBuilder<C = RetryErrorsExceptOpenCircuit, B = AllErrorsAreFailures> {
     name: Arc<str>,
     config: PipelineConfig,

@@ -87,6 +87,22 @@ use crate::timeout::Elapsed;
 
 /// Why a call through a [`Pipeline`] failed: the strategy that stopped it, or the inner
 /// service's own error.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::pipeline::{PipelineError, PipelineLayer};
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let pipeline = PipelineLayer::builder("slow").timeout(Duration::from_millis(100)).build()?;
+/// let hang = service_fn(|_: ()| std::future::pending::<Result<(), std::io::Error>>());
+/// match pipeline.layer(hang).oneshot(()).await {
+///     Err(PipelineError::Timeout(elapsed)) => assert_eq!(elapsed.duration(), Duration::from_millis(100)),
+///     other => panic!("expected a timeout, got {other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PipelineError {

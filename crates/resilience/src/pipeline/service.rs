@@ -6,6 +6,19 @@ use super::{OptionalFuture, PipelineError, ResponseFuture};
 use crate::BoxError;
 
 /// A strategy that is in the stack or left out, with one type either way.
+///
+/// ```rust
+/// use palisade_resilience::pipeline::Optional;
+/// use tower::{ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let echo = service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// // A strategy left out: the service itself, under the same type as when it is in.
+/// let off: Optional<tower::util::BoxService<u32, u32, std::io::Error>, _> = Optional::Off(echo);
+/// assert_eq!(off.oneshot(3).await?, 3);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub enum Optional<On, Off> {
     /// The strategy wraps the service.
@@ -44,6 +57,21 @@ where
 
 /// The service a [`PipelineLayer`](super::PipelineLayer) builds: the stack of strategies,
 /// with errors as one [`PipelineError`].
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::pipeline::PipelineLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let svc = PipelineLayer::builder("echo")
+///     .timeout(Duration::from_secs(1))
+///     .build()?
+///     .layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+/// assert_eq!(svc.oneshot(1).await?, 1);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Pipeline<T> {
     pub(crate) stack: T,

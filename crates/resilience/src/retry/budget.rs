@@ -47,6 +47,19 @@ pub struct RetryBudget {
 }
 
 /// Builds a [`RetryBudget`]; see each setter for its default.
+///
+/// ```rust
+/// use palisade_resilience::retry::RetryBudget;
+///
+/// // Retries may add 10% to the traffic, plus 5 per second whatever the traffic.
+/// let budget = RetryBudget::builder().retry_ratio(0.1).min_per_sec(5).build()?;
+/// assert_eq!(budget.min_per_sec(), 5);
+/// for _ in 0..100 {
+///     budget.deposit(); // every first attempt deposits
+/// }
+/// assert!(budget.try_withdraw()); // a retry withdraws
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 #[derive(Clone, Copy, Debug)]
 pub struct RetryBudgetBuilder {
     retry_ratio: f64,

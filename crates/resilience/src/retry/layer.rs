@@ -42,6 +42,28 @@ impl<C, P> Policy<C, P> {
 /// Applies a [`Retry`] to a service. Cheap to clone: the policy sits behind one `Arc`.
 ///
 /// Build it with [`RetryLayer::builder`]; the builder validates the configuration.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::{Backoff, Jitter};
+/// use palisade_resilience::retry::RetryLayer;
+/// use tower::{Layer, ServiceExt, service_fn};
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+/// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+/// let counter = calls.clone();
+/// let flaky = service_fn(move |_: ()| {
+///     let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+///     async move { if n < 2 { Err(std::io::Error::other("reset")) } else { Ok(n) } }
+/// });
+/// let retry = RetryLayer::builder()
+///     .max_attempts(4)
+///     .backoff(Backoff::exponential(Duration::from_millis(20)).with_jitter(Jitter::Equal))
+///     .build()?;
+/// assert_eq!(retry.layer(flaky).oneshot(()).await?, 2); // third attempt succeeded
+/// # Ok(()) }
+/// ```
 pub struct RetryLayer<C = RetryOnError, P = CloneRequest> {
     policy: Arc<Policy<C, P>>,
 }
@@ -99,6 +121,21 @@ impl<S, C, P> Layer<S> for RetryLayer<C, P> {
 }
 
 /// Builds a [`RetryLayer`]; every setter names its default.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::retry::{RetryBudget, RetryLayer};
+///
+/// let budget = RetryBudget::builder().retry_ratio(0.1).build()?; // shared by services
+/// let retry = RetryLayer::builder()
+///     .name("inventory")
+///     .max_attempts(5)
+///     .max_elapsed(Duration::from_secs(2))
+///     .budget(budget.clone())
+///     .build()?;
+/// assert_eq!(retry.name(), "inventory");
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 pub struct RetryBuilder<C, P> {
     name: Arc<str>,
     classify: C,

@@ -90,6 +90,25 @@ impl<Req, Res, E> Classify<Req, Res, E> for RetryOnError {
 /// - [`RestoreRequest`]: keep nothing and take the request back out of the failed
 ///   outcome, for clients that hand the unsent request back in their error (hyper's
 ///   `TrySendError::into_message`) — the way to retry tonic's `http::Request`.
+///
+/// ```rust
+/// use palisade_resilience::retry::{Replay, RetryLayer};
+///
+/// /// Requests carry a one-shot token: a copy drops it, so a replay never reuses it.
+/// #[derive(Debug)]
+/// struct Req { path: String, token: Option<u64> }
+/// struct WithoutToken;
+/// impl<Res, E> Replay<Req, Res, E> for WithoutToken {
+///     fn keep(&self, req: &Req) -> Option<Req> {
+///         Some(Req { path: req.path.clone(), token: None })
+///     }
+/// }
+/// let kept = Replay::<Req, (), ()>::keep(&WithoutToken, &Req { path: "/pay".into(), token: Some(7) });
+/// assert_eq!(kept.map(|r| (r.path, r.token)), Some(("/pay".to_string(), None)));
+/// let retry = RetryLayer::builder().replay(WithoutToken).build()?;
+/// # let _ = retry;
+/// # Ok::<(), palisade_resilience::ConfigError>(())
+/// ```
 pub trait Replay<Req, Res, E> {
     /// A copy of `req` to keep for the next attempt, or `None`.
     fn keep(&self, req: &Req) -> Option<Req>;

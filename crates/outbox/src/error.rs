@@ -6,6 +6,27 @@
 /// [`PayloadTooLarge`](Error::PayloadTooLarge)) are returned before anything is
 /// written, so the caller's transaction is untouched and may go on. Driver errors keep
 /// the [`sqlx::Error`] as their source.
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use palisade_events::Envelope;
+/// use palisade_outbox::{Error, Outbox};
+///
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let outbox = Outbox::new().with_max_payload(8);
+/// outbox.migrate(&pool).await?;
+/// let mut tx = pool.begin().await?;
+/// // Checked before anything is written: the caller's transaction is untouched.
+/// let too_big = Envelope::new("t", "shop", "a payload over eight bytes");
+/// assert!(matches!(outbox.enqueue(&mut tx, "orders", &too_big).await, Err(Error::PayloadTooLarge { .. })));
+/// assert!(matches!(outbox.enqueue(&mut tx, "", &Envelope::new("t", "shop", "{}")).await, Err(Error::EmptyTopic)));
+/// tx.commit().await?;
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -13,11 +13,26 @@ use sqlx::migrate::Migrator;
 use crate::error::Error;
 
 /// The default table name.
+///
+/// ```rust
+/// use palisade_outbox::{DEFAULT_TABLE, Outbox};
+///
+/// assert_eq!(Outbox::new().table(), DEFAULT_TABLE);
+/// assert_eq!(Outbox::new().with_table("billing.outbox")?.table(), "billing.outbox");
+/// # Ok::<(), palisade_outbox::Error>(())
+/// ```
 pub const DEFAULT_TABLE: &str = "palisade_outbox";
 
 /// The default payload limit: 1 MiB, below every broker's own message limit
 /// (RabbitMQ 128 MiB, Kafka 1 MB by default, NATS 1 MiB) so an event the outbox
 /// accepted can be published.
+///
+/// ```rust
+/// use palisade_outbox::{DEFAULT_MAX_PAYLOAD, Outbox};
+///
+/// assert_eq!(Outbox::new().max_payload(), DEFAULT_MAX_PAYLOAD);
+/// assert_eq!(Outbox::new().with_max_payload(4096).max_payload(), 4096);
+/// ```
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
 
 /// A transactional outbox: where events are written, inside the caller's own

@@ -61,6 +61,32 @@ impl Default for Config {
 }
 
 /// Builds a [`Relay`]; every setting is checked by [`build`](Self::build).
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use palisade_events::Envelope;
+/// use palisade_events::backend::memory::MemoryBus;
+/// use palisade_outbox::{Outbox, Relay};
+///
+/// // One in-memory SQLite connection and the in-memory bus: no server needed.
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let outbox = Outbox::new();
+/// outbox.migrate(&pool).await?;
+/// let mut tx = pool.begin().await?;
+/// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// tx.commit().await?;
+/// let mut relay = Relay::builder(&outbox, &pool, MemoryBus::new())
+///     .batch_size(500)
+///     .max_attempts(10)
+///     .build()?;
+/// let report = relay.run_once().await?;
+/// assert_eq!((report.claimed, report.published), (1, 1));
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
 #[must_use]
 pub struct RelayBuilder<S, P> {
     outbox: Outbox,
@@ -234,6 +260,30 @@ impl<S, P> std::fmt::Debug for Relay<S, P> {
 }
 
 /// What one batch did, as returned by [`Relay::run_once`].
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use palisade_events::Envelope;
+/// use palisade_events::backend::memory::MemoryBus;
+/// use palisade_outbox::{Outbox, Relay};
+///
+/// // One in-memory SQLite connection and the in-memory bus: no server needed.
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let outbox = Outbox::new();
+/// outbox.migrate(&pool).await?;
+/// let mut tx = pool.begin().await?;
+/// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// tx.commit().await?;
+/// let mut relay = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?;
+/// let first = relay.run_once().await?;
+/// assert_eq!((first.claimed, first.published, first.failed, first.parked), (1, 1, 0, 0));
+/// assert_eq!(relay.run_once().await?.claimed, 0); // nothing left
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BatchReport {
     /// Rows claimed.
@@ -541,6 +591,36 @@ fn group_by_topic(rows: Vec<Claimed>) -> Vec<(String, Vec<Claimed>)> {
 
 /// A running relay, from [`Relay::spawn`]. Dropping it asks the relay to stop after
 /// its current batch (like [`shutdown`](Self::shutdown), without waiting).
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use palisade_events::Envelope;
+/// use palisade_events::backend::memory::MemoryBus;
+/// use palisade_outbox::{Outbox, Relay};
+///
+/// // One in-memory SQLite connection and the in-memory bus: no server needed.
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let outbox = Outbox::new();
+/// outbox.migrate(&pool).await?;
+/// let mut tx = pool.begin().await?;
+/// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// tx.commit().await?;
+/// use std::time::Duration;
+/// let handle = Relay::builder(&outbox, &pool, MemoryBus::new())
+///     .poll_interval(Duration::from_millis(10))
+///     .build()?
+///     .spawn(); // runs in the background until shut down
+/// while outbox.backlog(&pool).await?.pending > 0 {
+///     tokio::time::sleep(Duration::from_millis(10)).await;
+/// }
+/// assert_eq!(handle.stats().published, 1);
+/// handle.shutdown().await?; // finishes the batch in hand, then returns
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
 #[derive(Debug)]
 pub struct RelayHandle {
     shutdown: CancellationToken,
@@ -580,6 +660,30 @@ impl Drop for RelayHandle {
 
 /// What a relay has done and what is waiting, from [`Relay::stats`] or
 /// [`RelayHandle::stats`].
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use palisade_events::Envelope;
+/// use palisade_events::backend::memory::MemoryBus;
+/// use palisade_outbox::{Outbox, Relay};
+///
+/// // One in-memory SQLite connection and the in-memory bus: no server needed.
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let outbox = Outbox::new();
+/// outbox.migrate(&pool).await?;
+/// let mut tx = pool.begin().await?;
+/// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// tx.commit().await?;
+/// let mut relay = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?;
+/// relay.run_once().await?;
+/// let stats = relay.stats();
+/// assert_eq!((stats.published, stats.failed, stats.parked, stats.errors), (1, 0, 0, 0));
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct RelayStats {

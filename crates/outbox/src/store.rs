@@ -23,6 +23,20 @@ pub(crate) mod sealed {
 /// `sqlx::Transaction<'_, Sqlite>`, `sqlx::SqliteConnection`.
 ///
 /// Sealed; see [`Outbox::enqueue`].
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # mod demo {
+/// use palisade_events::Envelope;
+/// use palisade_outbox::{Error, Outbox, OutboxConnection};
+///
+/// /// Works with a transaction or a plain connection, on either database.
+/// async fn record<C: OutboxConnection + ?Sized>(outbox: &Outbox, conn: &mut C) -> Result<(), Error> {
+///     outbox.enqueue(conn, "audit", &Envelope::new("audit.entry", "shop", "{}")).await
+/// }
+/// # }
+/// # fn main() {}
+/// ```
 pub trait OutboxConnection: sealed::Sealed + Send {
     #[doc(hidden)]
     fn insert<'a>(
@@ -38,6 +52,20 @@ pub trait OutboxConnection: sealed::Sealed + Send {
 ///
 /// Sealed; see [`Outbox::migrate`], [`Outbox::backlog`], [`Outbox::dead_rows`],
 /// [`Outbox::redrive`] and [`Relay::builder`](crate::Relay::builder).
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # mod demo {
+/// use palisade_outbox::{Error, Outbox, OutboxPool};
+///
+/// /// Startup for either database: create the table, then report what is waiting.
+/// async fn start<P: OutboxPool>(outbox: &Outbox, pool: &P) -> Result<u64, Error> {
+///     outbox.migrate(pool).await?;
+///     Ok(outbox.backlog(pool).await?.pending)
+/// }
+/// # }
+/// # fn main() {}
+/// ```
 pub trait OutboxPool: sealed::Sealed + Clone + Send + Sync + 'static {
     #[doc(hidden)]
     type Store: Store;
@@ -144,6 +172,29 @@ pub struct Failure {
 }
 
 /// What is waiting in an outbox table.
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use palisade_events::Envelope;
+/// use palisade_events::backend::memory::MemoryBus;
+/// use palisade_outbox::{Outbox, Relay};
+///
+/// // One in-memory SQLite connection and the in-memory bus: no server needed.
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let outbox = Outbox::new();
+/// outbox.migrate(&pool).await?;
+/// let mut tx = pool.begin().await?;
+/// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// tx.commit().await?;
+/// let backlog = outbox.backlog(&pool).await?;
+/// assert_eq!((backlog.pending, backlog.dead), (1, 0));
+/// assert!(backlog.oldest_age(chrono::Utc::now()).is_some());
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Backlog {
     /// Rows waiting to be published (including rows backing off after a failure).
@@ -163,6 +214,31 @@ impl Backlog {
 }
 
 /// A stored row, as returned by [`Outbox::dead_rows`].
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use palisade_events::Envelope;
+/// use palisade_events::backend::memory::MemoryBus;
+/// use palisade_outbox::{Outbox, Relay};
+///
+/// // One in-memory SQLite connection and the in-memory bus: no server needed.
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let outbox = Outbox::new();
+/// outbox.migrate(&pool).await?;
+/// let mut tx = pool.begin().await?;
+/// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// tx.commit().await?;
+/// // Rows parked as dead after their last attempt, for an operator to read and re-drive.
+/// let dead = outbox.dead_rows(&pool, 100).await?;
+/// assert!(dead.is_empty());
+/// let ids: Vec<_> = dead.iter().map(|row| row.envelope.id).collect();
+/// assert_eq!(outbox.redrive(&pool, &ids).await?, 0);
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutboxRow {
     /// The row's order in the table (per key, rows are published in this order).

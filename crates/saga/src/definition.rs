@@ -17,6 +17,16 @@ use crate::record::{SagaId, definition_key};
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// Whether a call is a step's action or its compensation.
+///
+/// ```rust
+/// use palisade_saga::{IdempotencyKey, SagaId, StepKind};
+///
+/// let id = SagaId::new();
+/// let action = IdempotencyKey::new(id, "charge", StepKind::Action);
+/// let refund = IdempotencyKey::new(id, "charge", StepKind::Compensation);
+/// assert_ne!(action, refund); // the undo is a different operation for the payment service
+/// assert!(refund.as_str().ends_with(StepKind::Compensation.as_str()));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StepKind {
     /// The forward action.
@@ -71,6 +81,17 @@ impl fmt::Display for IdempotencyKey {
 }
 
 /// What a step's action or compensation is told about the call it is making.
+///
+/// ```rust
+/// use palisade_saga::{Step, StepError, StepInfo, StepKind};
+///
+/// let charge = Step::new("charge", |amount: u64, step: StepInfo| async move {
+///     assert_eq!((step.kind, &*step.step), (StepKind::Action, "charge"));
+///     // payments.charge(amount, step.key.as_str()).await?;
+///     Ok::<_, StepError>(amount)
+/// });
+/// # let _ = charge;
+/// ```
 #[derive(Debug, Clone)]
 pub struct StepInfo {
     /// The saga.
@@ -381,6 +402,20 @@ impl<C> SagaDefinition<C> {
 }
 
 /// Builds a [`SagaDefinition`]; see there.
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_saga::{SagaDefinition, Step, StepError};
+///
+/// let saga = SagaDefinition::<u32>::builder("transfer", 2)
+///     .step(Step::new("debit", |n: u32, _| async move { Ok::<_, StepError>(n) })
+///         .compensate(|_: u32, _| async move { Ok(()) }))
+///     .pivot(Step::new("notify", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+///     .deadline(Duration::from_secs(60))
+///     .build()?;
+/// assert_eq!((saga.name(), saga.version(), saga.steps()), ("transfer", 2, 2));
+/// # Ok::<(), palisade_saga::DefinitionError>(())
+/// ```
 pub struct SagaBuilder<C> {
     name: String,
     version: u32,

@@ -3,6 +3,14 @@
 use crate::record::SagaId;
 
 /// A boxed error as tower and most async libraries carry it.
+///
+/// ```rust
+/// use palisade_saga::{BoxError, StepError};
+///
+/// let cause: BoxError = "card declined".into();
+/// let error = StepError::permanent(cause);
+/// assert!(!error.is_retryable());
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// What a step's action or compensation returns when it did not succeed.
@@ -48,6 +56,27 @@ impl StepError {
 }
 
 /// What a [`SagaStore`](crate::SagaStore) reports when a read or a write did not happen.
+///
+/// ```rust
+/// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)]
+/// # struct Order { id: u32 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let saga = SagaDefinition::<Order>::builder("order", 1)
+///     .step(Step::new("reserve", |o: Order, _| async move { Ok::<_, StepError>(o) })
+///         .compensate(|_: Order, _| async move { Ok(()) }))
+///     .build()?;
+/// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+/// use palisade_saga::{Error, SagaId, StoreError};
+/// // Asking for a saga that does not exist.
+/// match orchestrator.retry(SagaId::new()).await {
+///     Err(Error::Store(StoreError::NotFound(_))) => {}
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -98,6 +127,16 @@ impl StoreError {
 }
 
 /// A saga definition that cannot work, reported when it is built.
+///
+/// ```rust
+/// use palisade_saga::{DefinitionError, SagaDefinition, Step, StepError};
+///
+/// let twice = SagaDefinition::<u32>::builder("dup", 1)
+///     .step(Step::new("a", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+///     .step(Step::new("a", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+///     .build();
+/// assert!(matches!(twice, Err(DefinitionError::DuplicateStep { .. })));
+/// ```
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DefinitionError {
@@ -136,6 +175,30 @@ pub enum DefinitionError {
 }
 
 /// What the [`Orchestrator`](crate::Orchestrator) API returns when a call fails.
+///
+/// ```rust
+/// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)]
+/// # struct Order { id: u32 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let saga = SagaDefinition::<Order>::builder("order", 1)
+///     .step(Step::new("reserve", |o: Order, _| async move { Ok::<_, StepError>(o) })
+///         .compensate(|_: Order, _| async move { Ok(()) }))
+///     .build()?;
+/// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+/// use palisade_saga::Error;
+/// let other = SagaDefinition::<Order>::builder("refund", 1)
+///     .step(Step::new("pay back", |o: Order, _| async move { Ok::<_, StepError>(o) }))
+///     .build()?;
+/// // Not registered with this orchestrator: a clear error, not a panic.
+/// match orchestrator.start(&other, &Order { id: 1 }).await {
+///     Err(Error::UnknownDefinition { name, version }) => assert_eq!((name.as_str(), version), ("refund", 1)),
+///     other => panic!("{other:?}"),
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

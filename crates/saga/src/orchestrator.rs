@@ -116,6 +116,26 @@ struct Inner<S> {
 }
 
 /// Builds an [`Orchestrator`].
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::Backoff;
+/// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let saga = SagaDefinition::<u32>::builder("count", 1)
+///     .step(Step::new("add", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+///     .build()?;
+/// let orchestrator = Orchestrator::builder(MemoryStore::new())
+///     .register(&saga)
+///     .owner("instance-a")
+///     .concurrency(128)
+///     .lease(Duration::from_secs(30))
+///     .store_retry(5, Backoff::exponential(Duration::from_millis(20)))
+///     .build()?;
+/// assert_eq!(orchestrator.owner(), "instance-a");
+/// # Ok(()) }
+/// ```
 pub struct OrchestratorBuilder<S> {
     store: S,
     definitions: HashMap<String, Arc<ErasedDefinition>>,

@@ -56,6 +56,25 @@ impl From<Uuid> for SagaId {
 /// `Running` and `Compensating` are active (an orchestrator holds them under a lease);
 /// the others are final, except that an operator may [retry](crate::Orchestrator::retry)
 /// a `Failed` saga.
+///
+/// ```rust
+/// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)]
+/// # struct Order { id: u32 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let saga = SagaDefinition::<Order>::builder("order", 1)
+///     .step(Step::new("reserve", |o: Order, _| async move { Ok::<_, StepError>(o) })
+///         .compensate(|_: Order, _| async move { Ok(()) }))
+///     .build()?;
+/// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+/// let id = orchestrator.start(&saga, &Order { id: 7 }).await?;
+/// let record = orchestrator.outcome(id).await?;
+/// assert_eq!(record.state, palisade_saga::SagaState::Completed);
+/// assert_eq!(record.state.as_str(), "completed"); // as stored
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SagaState {
@@ -117,6 +136,26 @@ impl fmt::Display for SagaState {
 
 /// One saga as the store holds it: a single row, rewritten at every transition under an
 /// optimistic version check.
+///
+/// ```rust
+/// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)]
+/// # struct Order { id: u32 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let saga = SagaDefinition::<Order>::builder("order", 1)
+///     .step(Step::new("reserve", |o: Order, _| async move { Ok::<_, StepError>(o) })
+///         .compensate(|_: Order, _| async move { Ok(()) }))
+///     .build()?;
+/// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+/// let id = orchestrator.start(&saga, &Order { id: 7 }).await?;
+/// let record = orchestrator.outcome(id).await?;
+/// assert_eq!((record.saga_type.as_str(), record.definition_version), ("order", 1));
+/// assert_eq!(record.context["id"], 7);
+/// assert_eq!(record.error, None);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SagaRecord {
     /// The saga's id.
@@ -164,6 +203,26 @@ pub(crate) fn definition_key(name: &str, version: u32) -> String {
 }
 
 /// What happened, in one history entry.
+///
+/// ```rust
+/// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)]
+/// # struct Order { id: u32 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let saga = SagaDefinition::<Order>::builder("order", 1)
+///     .step(Step::new("reserve", |o: Order, _| async move { Ok::<_, StepError>(o) })
+///         .compensate(|_: Order, _| async move { Ok(()) }))
+///     .build()?;
+/// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+/// use palisade_saga::HistoryEvent;
+/// let id = orchestrator.start(&saga, &Order { id: 7 }).await?;
+/// orchestrator.outcome(id).await?;
+/// let events: Vec<HistoryEvent> = orchestrator.history(id).await?.iter().map(|h| h.event).collect();
+/// assert_eq!(events, [HistoryEvent::Created, HistoryEvent::ActionSucceeded, HistoryEvent::Completed]);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HistoryEvent {
@@ -257,6 +316,28 @@ impl fmt::Display for HistoryEvent {
 /// Attempts that failed and were retried are buffered and written with the step's next
 /// transition, so a step that succeeds on its third attempt costs one write and still
 /// shows its two failures with their times.
+///
+/// ```rust
+/// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)]
+/// # struct Order { id: u32 }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let saga = SagaDefinition::<Order>::builder("order", 1)
+///     .step(Step::new("reserve", |o: Order, _| async move { Ok::<_, StepError>(o) })
+///         .compensate(|_: Order, _| async move { Ok(()) }))
+///     .build()?;
+/// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+/// let id = orchestrator.start(&saga, &Order { id: 7 }).await?;
+/// orchestrator.outcome(id).await?;
+/// let history = orchestrator.history(id).await?;
+/// let step = history.iter().find(|h| h.step.is_some()).expect("a step entry");
+/// assert_eq!(step.step.as_deref(), Some("reserve"));
+/// assert_eq!(step.event, palisade_saga::HistoryEvent::ActionSucceeded);
+/// assert!(step.started_at <= step.at);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryEntry {
     /// What happened.

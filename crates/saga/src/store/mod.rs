@@ -51,6 +51,19 @@ mod migrate;
 /// check writes nothing and a failed statement is retried call by call. The orchestrator
 /// retries writes that fail with a transient error and abandons the saga (to be resumed
 /// after its lease) when they keep failing; it never assumes a failed write happened.
+///
+/// ```rust
+/// use palisade_saga::{MemoryStore, SagaStore, SagaState, ListFilter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_saga::StoreError> {
+/// // Any store answers the operator's questions the same way.
+/// async fn parked<S: SagaStore>(store: &S) -> Result<usize, palisade_saga::StoreError> {
+///     Ok(store.list(&ListFilter::default().state(SagaState::Failed)).await?.len())
+/// }
+/// assert_eq!(parked(&MemoryStore::new()).await?, 0);
+/// # Ok(()) }
+/// ```
 pub trait SagaStore: Send + Sync + 'static {
     /// Inserts a new saga with its first history entries. If a saga with this id exists,
     /// writes nothing and returns it (so starting twice with one id is idempotent).

@@ -660,9 +660,16 @@ struct Runner<'a, S> {
 }
 
 /// How a step call (all its attempts) ended.
+/// Which attempt settled a call, and when it started: what its history entry records.
+#[derive(Clone, Copy)]
+struct Attempt {
+    number: u32,
+    started: DateTime<Utc>,
+}
+
 enum CallOutcome {
-    Done(serde_json::Value),
-    Failed(String),
+    Done(serde_json::Value, Attempt),
+    Failed(String, Attempt),
     BadContext(String),
     DeadlinePassed,
     LeaseLost,
@@ -726,15 +733,15 @@ impl<S: SagaStore> Runner<'_, S> {
         let step = &self.def.steps[index];
         let now = self.inner.clock.now();
         match outcome {
-            CallOutcome::Done(context) => {
+            CallOutcome::Done(context, attempt) => {
                 self.record.context = context;
                 self.record.cursor += 1;
                 let mut history = vec![step_entry(
                     HistoryEvent::ActionSucceeded,
                     &step.name,
-                    0,
+                    attempt.number,
                     None,
-                    now,
+                    attempt.started,
                     now,
                 )];
                 if self.record.cursor as usize == self.def.steps.len() {
@@ -745,25 +752,25 @@ impl<S: SagaStore> Runner<'_, S> {
                 self.cursor_may_have_run = false;
                 Ok(())
             }
-            CallOutcome::Failed(error) if forward_only => {
+            CallOutcome::Failed(error, attempt) if forward_only => {
                 let reason = format!("step `{}` failed after the pivot: {error}", step.name);
                 let history = vec![step_entry(
                     HistoryEvent::ActionFailed,
                     &step.name,
-                    0,
+                    attempt.number,
                     Some(error),
-                    now,
+                    attempt.started,
                     now,
                 )];
                 self.park(reason, history).await
             }
-            CallOutcome::Failed(error) => {
+            CallOutcome::Failed(error, attempt) => {
                 self.pending.push(step_entry(
                     HistoryEvent::ActionFailed,
                     &step.name,
-                    0,
+                    attempt.number,
                     Some(error.clone()),
-                    now,
+                    attempt.started,
                     now,
                 ));
                 let reason = format!("step `{}` failed: {error}", step.name);
@@ -838,14 +845,14 @@ impl<S: SagaStore> Runner<'_, S> {
         let step = &self.def.steps[index];
         let now = self.inner.clock.now();
         match outcome {
-            CallOutcome::Done(_) => {
+            CallOutcome::Done(_, attempt) => {
                 self.record.cursor = self.def.next_compensable(index as u32);
                 let mut history = vec![step_entry(
                     HistoryEvent::CompensationSucceeded,
                     &step.name,
-                    0,
+                    attempt.number,
                     None,
-                    now,
+                    attempt.started,
                     now,
                 )];
                 if self.record.cursor == 0 {
@@ -854,14 +861,14 @@ impl<S: SagaStore> Runner<'_, S> {
                 }
                 self.persist(history).await
             }
-            CallOutcome::Failed(error) => {
+            CallOutcome::Failed(error, attempt) => {
                 let reason = format!("compensation of step `{}` failed: {error}", step.name);
                 let history = vec![step_entry(
                     HistoryEvent::CompensationFailed,
                     &step.name,
-                    0,
+                    attempt.number,
                     Some(error),
-                    now,
+                    attempt.started,
                     now,
                 )];
                 self.park(reason, history).await
@@ -1054,7 +1061,13 @@ async fn attempts<S>(
         StepKind::Action => (&step.action, &step.policy),
         StepKind::Compensation => match &step.compensation {
             Some(c) => (c, &step.compensation_policy),
-            None => return CallOutcome::Done(record.context.clone()),
+            None => {
+                let nothing_to_undo = Attempt {
+                    number: 0,
+                    started: inner.clock.now(),
+                };
+                return CallOutcome::Done(record.context.clone(), nothing_to_undo);
+            }
         },
     };
     let key = IdempotencyKey::new(record.id, &step.name, kind);
@@ -1085,15 +1098,19 @@ async fn attempts<S>(
             },
             None => future.await,
         };
+        let ran = Attempt {
+            number: attempt,
+            started,
+        };
         let error = match result {
-            Ok(value) => return CallOutcome::Done(value),
+            Ok(value) => return CallOutcome::Done(value, ran),
             Err(CallError::Context(e)) => return CallOutcome::BadContext(e.to_string()),
             Err(CallError::Step(e)) => e,
         };
         // After the pivot a permanent error is retried too: the saga cannot go back.
         let retry = (error.is_retryable() || forward_only) && attempt < policy.attempts();
         if !retry {
-            return CallOutcome::Failed(error.to_string());
+            return CallOutcome::Failed(error.to_string(), ran);
         }
         debug!(step = %step.name, kind = kind.as_str(), attempt, %error, "step attempt failed; retrying");
         log.push(step_entry(

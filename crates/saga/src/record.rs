@@ -333,8 +333,8 @@ impl fmt::Display for HistoryEvent {
 /// orchestrator.outcome(id).await?;
 /// let history = orchestrator.history(id).await?;
 /// let step = history.iter().find(|h| h.step.is_some()).expect("a step entry");
-/// assert_eq!(step.step.as_deref(), Some("reserve"));
 /// assert_eq!(step.event, palisade_saga::HistoryEvent::ActionSucceeded);
+/// assert_eq!((step.step.as_deref(), step.attempt), (Some("reserve"), 1));
 /// assert!(step.started_at <= step.at);
 /// # Ok(()) }
 /// ```

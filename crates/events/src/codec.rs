@@ -9,6 +9,17 @@ use crate::error::Error;
 /// Turns typed events into payload bytes and back.
 ///
 /// JSON ([`JsonCodec`]) is the default; implement this trait to carry another format.
+///
+/// ```rust
+/// use palisade_events::codec::{Codec, JsonCodec};
+///
+/// let codec = JsonCodec;
+/// let bytes = codec.encode(&vec![1, 2, 3])?;
+/// assert_eq!(codec.content_type(), "application/json");
+/// assert_eq!(codec.decode::<Vec<u8>>(&bytes)?, [1, 2, 3]);
+/// assert!(!codec.accepts("application/protobuf"));
+/// # Ok::<(), palisade_events::Error>(())
+/// ```
 pub trait Codec: Send + Sync + 'static {
     /// The content type this codec writes.
     fn content_type(&self) -> &str;

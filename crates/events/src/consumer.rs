@@ -102,6 +102,42 @@ use crate::publisher::BoxFuture;
 use crate::subscriber::{Delivery, DeliveryStream, Subscriber, Subscription};
 
 /// What a handler knows about the delivery it handles.
+///
+/// ```rust
+/// use palisade_events::consumer::{Consumer, Context, HandlerError};
+/// use palisade_events::{Envelope, Event, MemoryBus, Publisher, Subscription};
+/// use serde::{Deserialize, Serialize};
+/// use tokio_util::sync::CancellationToken;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Shipped { order: u64 }
+/// impl Event for Shipped {
+///     const TYPE: &'static str = "order.shipped";
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let bus = MemoryBus::new();
+/// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+/// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "mailer"))
+///     .name("mailer")
+///     .handle(move |event: Shipped, ctx: Context| {
+///         let tx = tx.clone();
+///         async move {
+///             // The event id is what a handler deduplicates on; the attempt counts retries.
+///             tx.send((event.order, ctx.attempt(), ctx.consumer().to_owned(), ctx.event_id()))?;
+///             Ok::<_, HandlerError>(())
+///         }
+///     });
+/// let shutdown = CancellationToken::new();
+/// let running = tokio::spawn(consumer.run(shutdown.clone()));
+/// bus.publish("orders", Envelope::from_event(&Shipped { order: 7 }, "shop")?).await?;
+/// let (order, attempt, consumer, _id) = seen.recv().await.expect("handled");
+/// assert_eq!((order, attempt, consumer.as_str()), (7, 1, "mailer"));
+/// shutdown.cancel();
+/// running.await??;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug)]
 pub struct Context {
     envelope: Arc<Envelope>,
@@ -140,6 +176,17 @@ impl Context {
 /// (dead-letter at once).
 ///
 /// Any error converts into a transient `HandlerError` with `?`.
+///
+/// ```rust
+/// use palisade_events::consumer::HandlerError;
+///
+/// // Transient: retried with backoff, then dead-lettered. Permanent: dead-lettered at once.
+/// let busy = HandlerError::transient(std::io::Error::other("database busy"));
+/// let invalid = HandlerError::permanent("order 7 does not exist");
+/// assert!(!busy.is_permanent());
+/// assert!(invalid.is_permanent());
+/// assert_eq!(invalid.into_source().to_string(), "order 7 does not exist");
+/// ```
 pub struct HandlerError {
     permanent: bool,
     source: BoxError,
@@ -197,6 +244,42 @@ impl fmt::Display for HandlerError {
 /// Handles one event type. Implemented for every
 /// `Fn(E, Context) -> impl Future<Output = Result<(), Err>>` where `Err` converts into
 /// [`HandlerError`]; implement it on a struct to keep state (a pool, a client).
+///
+/// ```rust
+/// use palisade_events::consumer::{Consumer, Context, HandlerError};
+/// use palisade_events::{Envelope, Event, MemoryBus, Publisher, Subscription};
+/// use serde::{Deserialize, Serialize};
+/// use tokio_util::sync::CancellationToken;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Shipped { order: u64 }
+/// impl Event for Shipped {
+///     const TYPE: &'static str = "order.shipped";
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let bus = MemoryBus::new();
+/// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+/// use palisade_events::consumer::Handler;
+///
+/// /// A handler with state of its own, instead of a closure.
+/// struct Mailer { sent: tokio::sync::mpsc::UnboundedSender<u64> }
+/// impl Handler<Shipped> for Mailer {
+///     async fn handle(&self, event: Shipped, _ctx: Context) -> Result<(), HandlerError> {
+///         self.sent.send(event.order).map_err(HandlerError::transient)
+///     }
+/// }
+/// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "mailer"))
+///     .handle(Mailer { sent: tx });
+/// let shutdown = CancellationToken::new();
+/// let running = tokio::spawn(consumer.run(shutdown.clone()));
+/// bus.publish("orders", Envelope::from_event(&Shipped { order: 7 }, "shop")?).await?;
+/// assert_eq!(seen.recv().await, Some(7));
+/// shutdown.cancel();
+/// running.await??;
+/// # Ok(()) }
+/// ```
 pub trait Handler<E: Event>: Send + Sync + 'static {
     /// Handles one event.
     fn handle(
@@ -219,6 +302,17 @@ where
 }
 
 /// How failed attempts are retried.
+///
+/// ```rust
+/// use palisade_events::consumer::{Consumer, RetryMode};
+/// use palisade_events::{MemoryBus, Subscription};
+///
+/// // Let the broker redeliver failed events so other events of their key go on.
+/// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "audit"))
+///     .retry_mode(RetryMode::Redeliver);
+/// assert_eq!(RetryMode::default(), RetryMode::InProcess);
+/// # let _ = consumer;
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum RetryMode {
     /// Wait out the backoff in this process, holding the delivery (and its key): order
@@ -231,6 +325,17 @@ pub enum RetryMode {
 }
 
 /// What to do with an event no handler is registered for.
+///
+/// ```rust
+/// use palisade_events::consumer::{Consumer, UnknownEvent};
+/// use palisade_events::{MemoryBus, Subscription};
+///
+/// // A strict consumer: an event type it has no handler for goes to the dead-letter topic.
+/// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "ledger"))
+///     .unknown_events(UnknownEvent::DeadLetter);
+/// assert_eq!(UnknownEvent::default(), UnknownEvent::Ack);
+/// # let _ = consumer;
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UnknownEvent {
     /// Ack it and log at `warn`: the default, so a new event type published before
@@ -262,6 +367,41 @@ impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
 }
 
 /// The consumer runtime for one subscription. See the [module docs](self).
+///
+/// ```rust
+/// use palisade_events::consumer::{Consumer, Context, HandlerError};
+/// use palisade_events::{Envelope, Event, MemoryBus, Publisher, Subscription};
+/// use serde::{Deserialize, Serialize};
+/// use tokio_util::sync::CancellationToken;
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct Shipped { order: u64 }
+/// impl Event for Shipped {
+///     const TYPE: &'static str = "order.shipped";
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let bus = MemoryBus::new();
+/// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+/// use std::time::Duration;
+/// use palisade_resilience::backoff::Backoff;
+/// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "shipping"))
+///     .concurrency(32) // different keys in parallel, one key in order
+///     .max_attempts(5)
+///     .backoff(Backoff::exponential(Duration::from_millis(100)))
+///     .handle(move |event: Shipped, _ctx: Context| {
+///         let tx = tx.clone();
+///         async move { tx.send(event.order).map_err(HandlerError::transient) }
+///     });
+/// let shutdown = CancellationToken::new();
+/// let running = tokio::spawn(consumer.run(shutdown.clone()));
+/// bus.publish("orders", Envelope::from_event(&Shipped { order: 7 }, "shop")?).await?;
+/// assert_eq!(seen.recv().await, Some(7));
+/// shutdown.cancel();
+/// running.await??;
+/// # Ok(()) }
+/// ```
 pub struct Consumer<S, C = JsonCodec> {
     subscriber: S,
     subscription: Subscription,

@@ -7,6 +7,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// Sources (broker client errors, serde errors) are kept, never stringified, so
 /// `std::error::Error::source` walks down to the driver's own error.
+///
+/// ```rust
+/// use palisade_events::Error;
+///
+/// let lost = Error::connection("rabbitmq", std::io::Error::other("connection reset"));
+/// assert!(lost.is_transient()); // worth retrying after a backoff
+/// let bad = Error::Malformed { reason: "truncated JSON".into() };
+/// assert!(!bad.is_transient()); // dead-letter it instead
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

@@ -25,6 +25,19 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///
 /// The trait uses `impl Future` returns; wrap a publisher in [`DynPublisher`]
 /// (`Arc<dyn DynPublisher>`) to choose a backend at run time.
+///
+/// ```rust
+/// use palisade_events::{Envelope, MemoryBus, Publisher};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_events::Error> {
+/// let bus = MemoryBus::new();
+/// // Returns once the broker confirmed: an error here means "not published".
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+/// let batch = (0..3).map(|n| Envelope::new("order.placed", "shop", n.to_string())).collect();
+/// bus.publish_batch("orders", batch).await?;
+/// # Ok(()) }
+/// ```
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes one envelope and waits for the broker's confirmation.
     fn publish(

@@ -57,9 +57,44 @@ impl Subscription {
 ///
 /// An `Err` item reports a problem with the subscription (a lost connection the backend
 /// could not re-establish); the stream ends when the subscription is closed.
+///
+/// ```rust
+/// use futures_util::StreamExt;
+/// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let bus = MemoryBus::new();
+/// let mut stream = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// let delivery = stream.next().await.expect("a delivery")?;
+/// assert_eq!(delivery.envelope().expect("well formed").key.as_deref(), Some("7"));
+/// delivery.ack().await?;
+/// # Ok(()) }
+/// ```
 pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + Send + 'static>>;
 
 /// Subscribes to topics.
+///
+/// ```rust
+/// use futures_util::StreamExt;
+/// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let bus = MemoryBus::new();
+/// let mut stream = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// let delivery = stream.next().await.expect("a delivery")?;
+/// // Members of one group share the work; another group gets every event again.
+/// let mut audit = bus.subscribe(&Subscription::new("orders", "audit")).await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+/// delivery.ack().await?;
+/// let second = stream.next().await.expect("a delivery")?;
+/// second.ack().await?;
+/// audit.next().await.expect("audit sees the later event too")?.ack().await?;
+/// # Ok(()) }
+/// ```
 pub trait Subscriber: Send + Sync + 'static {
     /// Starts consuming `subscription.topic` as a member of `subscription.group`.
     fn subscribe(
@@ -84,6 +119,28 @@ pub trait Acknowledge: Send + 'static {
 ///
 /// A delivery dropped without being settled stays unacknowledged, and the broker
 /// delivers it again (to this or another member of the group) — at-least-once.
+///
+/// ```rust
+/// use futures_util::StreamExt;
+/// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let bus = MemoryBus::new();
+/// let mut stream = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// let delivery = stream.next().await.expect("a delivery")?;
+/// assert_eq!(delivery.attempt(), 1);
+/// // Settle it exactly once: ack, retry after a delay, or dead-letter with a reason.
+/// delivery.dead_letter("order 7 is unknown").await?;
+/// let mut dead = bus.subscribe(&Subscription::new("orders.dlq", "operators")).await?;
+/// let letter = dead.next().await.expect("a dead letter")?;
+/// assert_eq!(
+///     letter.envelope().expect("well formed").headers.get(palisade_events::backend::memory::DEAD_LETTER_REASON).map(String::as_str),
+///     Some("order 7 is unknown")
+/// );
+/// # Ok(()) }
+/// ```
 pub struct Delivery {
     message: Result<Arc<Envelope>, Error>,
     attempt: u32,

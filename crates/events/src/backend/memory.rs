@@ -67,11 +67,34 @@ pub const DEAD_LETTER_GROUP: &str = "palisade-dead-letter-group";
 pub const DEAD_LETTER_REASON: &str = super::headers::DEAD_LETTER_REASON;
 
 /// The suffix of a topic's dead-letter topic.
+///
+/// ```rust
+/// use palisade_events::backend::memory::DEAD_LETTER_SUFFIX;
+///
+/// assert_eq!(format!("orders{DEAD_LETTER_SUFFIX}"), "orders.dlq");
+/// ```
 pub const DEAD_LETTER_SUFFIX: &str = ".dlq";
 
 /// An in-process event bus. Cheap to clone; clones share the topics.
 ///
 /// See the [module docs](self) for its guarantees.
+///
+/// ```rust
+/// use futures_util::StreamExt;
+/// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let bus = MemoryBus::new();
+/// let mut stream = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+/// let delivery = stream.next().await.expect("a delivery")?;
+/// delivery.ack().await?;
+/// assert_eq!(bus.pending("orders", "billing"), 0);
+/// bus.close(); // subscriptions end
+/// assert!(stream.next().await.is_none());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct MemoryBus {
     inner: Arc<Bus>,

@@ -45,6 +45,21 @@ use crate::error::Error;
 use crate::publisher::BoxFuture;
 
 /// The answer to [`Inbox::claim`].
+///
+/// ```rust
+/// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_events::Error> {
+/// let inbox = MemoryInbox::new();
+/// let id = uuid::Uuid::now_v7();
+/// assert_eq!(inbox.claim("mailer", id).await?, Claim::Acquired);
+/// assert_eq!(inbox.claim("mailer", id).await?, Claim::InProgress); // a concurrent duplicate
+/// inbox.complete("mailer", id).await?;
+/// assert_eq!(inbox.claim("mailer", id).await?, Claim::Processed); // a later duplicate
+/// assert_eq!(inbox.claim("audit", id).await?, Claim::Acquired); // another consumer
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
     /// This caller may run the handler; it must [`complete`](Inbox::complete) or
@@ -60,6 +75,19 @@ pub enum Claim {
 /// A claim-based deduplication store keyed by (consumer name, event id).
 ///
 /// Object safe: the runtime holds an `Arc<dyn Inbox>`.
+///
+/// ```rust
+/// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), palisade_events::Error> {
+/// let inbox = MemoryInbox::new();
+/// let id = uuid::Uuid::now_v7();
+/// assert_eq!(inbox.claim("mailer", id).await?, Claim::Acquired);
+/// inbox.release("mailer", id).await?; // the handler failed: the next delivery may try
+/// assert_eq!(inbox.claim("mailer", id).await?, Claim::Acquired);
+/// # Ok(()) }
+/// ```
 pub trait Inbox: Send + Sync + 'static {
     /// Claims `(consumer, event_id)` for processing.
     fn claim<'a>(

@@ -44,6 +44,27 @@ use crate::publisher::Publisher;
 use crate::subscriber::{Delivery, DeliveryStream, Subscriber, Subscription};
 
 /// How the suite reaches a backend.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend, Capabilities};
+///
+/// /// The suite's view of the in-memory bus: every `connect` shares one bus, as clients
+/// /// of one broker do.
+/// struct Memory(MemoryBus);
+/// impl Backend for Memory {
+///     type Bus = MemoryBus;
+///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> {
+///         Ok(self.0.clone())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let ran = conformance::run(&Memory(MemoryBus::new()), Capabilities::ALL).await?;
+/// assert!(ran.contains(&"order_per_key"));
+/// # Ok(()) }
+/// ```
 pub trait Backend: Send + Sync {
     /// The backend's client: publisher and subscriber.
     type Bus: Publisher + Subscriber;
@@ -89,6 +110,14 @@ pub trait Backend: Send + Sync {
 }
 
 /// The promises a backend makes; the suite checks the ones that are on.
+///
+/// ```rust
+/// use palisade_events::conformance::Capabilities;
+///
+/// // A backend that cannot carry every header checks the rest.
+/// let caps = Capabilities { envelope_round_trip: false, ..Capabilities::ALL };
+/// assert!(caps.confirm_before_return);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Capabilities {
     /// Once `publish`/`publish_batch` returned, every event is there to be consumed.
@@ -133,6 +162,13 @@ impl Default for Capabilities {
 }
 
 /// Why a scenario failed.
+///
+/// ```rust
+/// use palisade_events::conformance::Failure;
+///
+/// let failure = Failure::Violated { scenario: "fan_out", message: "group b saw 2 of 3".into() };
+/// assert_eq!(failure.to_string(), "fan_out: group b saw 2 of 3");
+/// ```
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
     /// The backend broke the scenario's promise.
@@ -257,6 +293,12 @@ fn number(envelope: &Envelope) -> usize {
 
 /// An envelope using every attribute, header names that look like attributes, and a
 /// binary payload.
+///
+/// ```rust
+/// let envelope = palisade_events::conformance::full_envelope();
+/// assert_eq!(envelope.key.as_deref(), Some("order-7"));
+/// assert_eq!(envelope.headers["tenant"], "acme");
+/// ```
 pub fn full_envelope() -> Envelope {
     Envelope::new("order.placed", "shop", vec![0u8, 1, 2, 255, 254, b'{'])
         .with_key("order-7")
@@ -272,6 +314,27 @@ pub fn full_envelope() -> Envelope {
 }
 
 /// Runs every scenario whose capability is on, in order; returns the names it ran.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend, Capabilities};
+///
+/// /// The suite's view of the in-memory bus: every `connect` shares one bus, as clients
+/// /// of one broker do.
+/// struct Memory(MemoryBus);
+/// impl Backend for Memory {
+///     type Bus = MemoryBus;
+///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> {
+///         Ok(self.0.clone())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let ran = conformance::run(&Memory(MemoryBus::new()), Capabilities::ALL).await?;
+/// assert!(ran.contains(&"order_per_key"));
+/// # Ok(()) }
+/// ```
 pub async fn run<B: Backend>(
     backend: &B,
     caps: Capabilities,

@@ -135,6 +135,17 @@ impl KafkaOptions {
 }
 
 /// Publisher and subscriber over Kafka. Cheap to clone.
+///
+/// ```rust,no_run
+/// use palisade_events::backend::kafka::KafkaBus;
+/// use palisade_events::{Envelope, Publisher};
+///
+/// # async fn run() -> Result<(), palisade_events::Error> {
+/// let bus = KafkaBus::connect("127.0.0.1:9092")?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?; // acks=all
+/// # Ok(()) }
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct KafkaBus {
     producer: FutureProducer,

@@ -149,6 +149,17 @@ impl NatsOptions {
 }
 
 /// Publisher and subscriber over NATS JetStream. Cheap to clone.
+///
+/// ```rust,no_run
+/// use palisade_events::backend::nats::NatsBus;
+/// use palisade_events::{Envelope, Publisher};
+///
+/// # async fn run() -> Result<(), palisade_events::Error> {
+/// let bus = NatsBus::connect("nats://127.0.0.1:4222").await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?; // PubAck received
+/// # Ok(()) }
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct NatsBus {
     inner: Arc<Inner>,

@@ -397,6 +397,17 @@ fn delay_bucket(delay: Duration) -> u64 {
 }
 
 /// Publisher and subscriber over RabbitMQ. Cheap to clone.
+///
+/// ```rust,no_run
+/// use palisade_events::backend::rabbitmq::RabbitMqBus;
+/// use palisade_events::{Envelope, Publisher};
+///
+/// # async fn run() -> Result<(), palisade_events::Error> {
+/// let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?; // confirmed
+/// # Ok(()) }
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct RabbitMqBus {
     link: Arc<Link>,

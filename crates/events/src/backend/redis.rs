@@ -157,6 +157,17 @@ impl RedisOptions {
 }
 
 /// Publisher and subscriber over Redis Streams. Cheap to clone.
+///
+/// ```rust,no_run
+/// use palisade_events::backend::redis::RedisBus;
+/// use palisade_events::{Envelope, Publisher};
+///
+/// # async fn run() -> Result<(), palisade_events::Error> {
+/// let bus = RedisBus::connect("redis://127.0.0.1:6379").await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?; // XADD answered
+/// # Ok(()) }
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct RedisBus {
     client: Client,

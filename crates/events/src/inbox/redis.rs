@@ -29,6 +29,21 @@ return 0
 /// one instance wins, the others see [`Claim::InProgress`] (try later) or
 /// [`Claim::Processed`] (skip). If the instance holding a claim crashes mid-handler,
 /// the claim expires and the redelivery is handled — retried, not skipped.
+///
+/// ```rust,no_run
+/// use std::time::Duration;
+/// use palisade_events::consumer::Consumer;
+/// use palisade_events::inbox::RedisInbox;
+/// use palisade_events::{MemoryBus, Subscription};
+///
+/// # async fn run() -> Result<(), palisade_events::Error> {
+/// let inbox = RedisInbox::connect("redis://127.0.0.1:6379").await?
+///     .with_ttl(Duration::from_secs(7 * 24 * 3600)); // how long a handled id is remembered
+/// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "mailer")).inbox(inbox);
+/// # let _ = consumer;
+/// # Ok(()) }
+/// # fn main() {}
+/// ```
 #[derive(Clone)]
 pub struct RedisInbox {
     conn: ConnectionManager,

@@ -258,6 +258,28 @@ impl MigrationSource<'static> for EmbeddedMigrations {
 
 /// A database connection the [`SqlInbox`] can write to: `PgConnection` (feature
 /// `postgres`) and `SqliteConnection` (feature `sqlite`). Transactions deref to them.
+///
+/// ```rust
+/// # #[cfg(feature = "sqlite")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use palisade_events::inbox::SqlInbox;
+///
+/// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+/// let inbox = SqlInbox::new();
+/// inbox.migrate(&pool).await?;
+/// let id = uuid::Uuid::now_v7();
+/// // In the handler's own transaction: the inbox row commits with the handler's writes.
+/// let mut tx = pool.begin().await?;
+/// assert!(inbox.record_id(&mut *tx, "mailer", id).await?); // first time: do the work
+/// tx.commit().await?;
+/// let mut tx = pool.begin().await?;
+/// assert!(!inbox.record_id(&mut *tx, "mailer", id).await?); // a duplicate: skip
+/// tx.commit().await?;
+/// # Ok(()) }
+/// # #[cfg(not(feature = "sqlite"))]
+/// # fn main() {}
+/// ```
 pub trait InboxConnection: Send {
     /// The shipped migrations for this database, `(description, sql)`.
     #[doc(hidden)]

@@ -380,6 +380,22 @@ pub async fn run<B: Backend>(
 }
 
 /// Every attribute, header and payload byte comes back as published, at attempt 1.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::envelope_round_trip(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn envelope_round_trip<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("envelope_round_trip", backend);
     let bus = s.connect().await?;
@@ -399,6 +415,22 @@ pub async fn envelope_round_trip<B: Backend>(backend: &B) -> Outcome {
 }
 
 /// Once `publish` and `publish_batch` returned, every event is there to be consumed.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::confirm_before_return(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn confirm_before_return<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("confirm_before_return", backend);
     let bus = s.connect().await?;
@@ -428,6 +460,22 @@ pub async fn confirm_before_return<B: Backend>(backend: &B) -> Outcome {
 
 /// A delivery that was neither acked nor retried, whose consumer (client) went away,
 /// is delivered to another member of the group with a higher attempt.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::redelivery_after_consumer_death(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn redelivery_after_consumer_death<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("redelivery_after_consumer_death", backend);
     let topic = s.topic().await?;
@@ -459,6 +507,22 @@ pub async fn redelivery_after_consumer_death<B: Backend>(backend: &B) -> Outcome
 }
 
 /// `retry(delay)` delivers the event again, not much before the delay, attempt 2.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::retry_with_delay(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn retry_with_delay<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("retry_with_delay", backend);
     let bus = s.connect().await?;
@@ -487,6 +551,22 @@ pub async fn retry_with_delay<B: Backend>(backend: &B) -> Outcome {
 
 /// A dead letter reaches the dead-letter topic with its reason and headers, and does
 /// not come back to the group.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::dead_lettering(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn dead_lettering<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("dead_lettering", backend);
     let bus = s.connect().await?;
@@ -522,6 +602,22 @@ pub async fn dead_lettering<B: Backend>(backend: &B) -> Outcome {
 }
 
 /// A single member that settles in order sees each key's events in publish order.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::order_per_key(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn order_per_key<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("order_per_key", backend);
     let bus = s.connect().await?;
@@ -548,6 +644,22 @@ pub async fn order_per_key<B: Backend>(backend: &B) -> Outcome {
 
 /// Two members of one group, each holding `prefetch` (5) unsettled, split 10 events
 /// five and five, each event once.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::groups_share_work(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn groups_share_work<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("groups_share_work", backend);
     let bus = s.connect().await?;
@@ -587,6 +699,22 @@ pub async fn groups_share_work<B: Backend>(backend: &B) -> Outcome {
 }
 
 /// Two groups each get all 10 events.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::fan_out(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn fan_out<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("fan_out", backend);
     let bus = s.connect().await?;
@@ -618,6 +746,22 @@ pub async fn fan_out<B: Backend>(backend: &B) -> Outcome {
 /// A consumer that acks some events and stops (stream and client dropped) while
 /// holding others unsettled loses nothing: the next member gets every event it did
 /// not ack.
+///
+/// ```rust
+/// use palisade_events::MemoryBus;
+/// use palisade_events::conformance::{self, Backend};
+///
+/// # struct Memory(MemoryBus);
+/// # impl Backend for Memory {
+/// #     type Bus = MemoryBus;
+/// #     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+/// # }
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), conformance::Failure> {
+/// // One scenario on its own (`conformance::run` plays them all).
+/// conformance::shutdown_loses_nothing(&Memory(MemoryBus::new())).await?;
+/// # Ok(()) }
+/// ```
 pub async fn shutdown_loses_nothing<B: Backend>(backend: &B) -> Outcome {
     let s = Scenario::new("shutdown_loses_nothing", backend);
     let topic = s.topic().await?;

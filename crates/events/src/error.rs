@@ -1,6 +1,15 @@
 //! The crate's error type.
 
 /// A boxed error from a broker client, a codec or a store, kept as the source.
+///
+/// ```rust
+/// use palisade_events::BoxError;
+///
+/// // The source of `Error::Encode`, `Error::Decode`, handler errors and the like.
+/// let source: BoxError = "unexpected end of JSON".into();
+/// let error = palisade_events::Error::Decode(source);
+/// assert_eq!(std::error::Error::source(&error).map(ToString::to_string).as_deref(), Some("unexpected end of JSON"));
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong publishing, consuming or deduplicating events.

@@ -8,6 +8,16 @@ use crate::envelope::Envelope;
 use crate::error::Error;
 
 /// A boxed, sendable future, as returned by the object-safe [`DynPublisher`].
+///
+/// ```rust
+/// use palisade_events::publisher::BoxFuture;
+///
+/// // What the object-safe traits (`Acknowledge`, `Inbox`) return.
+/// fn ready_ack() -> BoxFuture<'static, Result<(), palisade_events::Error>> {
+///     Box::pin(async { Ok(()) })
+/// }
+/// # let _ = ready_ack();
+/// ```
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Publishes envelopes to a topic and returns only once the broker confirmed them.

@@ -105,6 +105,25 @@ pub trait Subscriber: Send + Sync + 'static {
 
 /// How a backend settles one delivery. Implemented by each backend; users settle
 /// through [`Delivery`].
+///
+/// ```rust
+/// use std::time::Duration;
+/// use palisade_events::publisher::BoxFuture;
+/// use palisade_events::{Acknowledge, Delivery, Envelope, Error};
+///
+/// /// A backend's acker: settles one message on its broker (here, does nothing).
+/// struct NoopAcker;
+/// impl Acknowledge for NoopAcker {
+///     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+///     fn retry(self: Box<Self>, _delay: Duration) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+///     fn dead_letter(self: Box<Self>, _reason: String) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+/// }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let delivery = Delivery::new(Envelope::new("t", "test", "{}"), 1, Box::new(NoopAcker));
+/// delivery.ack().await?;
+/// # Ok(()) }
+/// ```
 pub trait Acknowledge: Send + 'static {
     /// The event was handled: the broker may forget it.
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;

@@ -62,8 +62,34 @@ use crate::publisher::{BoxFuture, Publisher};
 use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
 
 /// Header naming the group that dead-lettered an event.
+///
+/// ```rust
+/// use futures_util::StreamExt;
+/// use palisade_events::backend::memory::{DEAD_LETTER_GROUP, DEAD_LETTER_REASON};
+/// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let bus = MemoryBus::new();
+/// let mut billing = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+/// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+/// billing.next().await.expect("a delivery")?.dead_letter("no such customer").await?;
+/// let mut dlq = bus.subscribe(&Subscription::new("orders.dlq", "ops")).await?;
+/// let letter = dlq.next().await.expect("a dead letter")?;
+/// let headers = &letter.envelope().expect("well formed").headers;
+/// assert_eq!(headers[DEAD_LETTER_GROUP], "billing");
+/// assert_eq!(headers[DEAD_LETTER_REASON], "no such customer");
+/// # Ok(()) }
+/// ```
 pub const DEAD_LETTER_GROUP: &str = "palisade-dead-letter-group";
 /// Header carrying a dead letter's reason (shared with the broker backends).
+///
+/// ```rust
+/// use palisade_events::backend::memory::DEAD_LETTER_REASON;
+///
+/// // The same header name on every backend (see `DEAD_LETTER_GROUP` for a full example).
+/// assert_eq!(DEAD_LETTER_REASON, "palisade-dead-letter-reason");
+/// ```
 pub const DEAD_LETTER_REASON: &str = super::headers::DEAD_LETTER_REASON;
 
 /// The suffix of a topic's dead-letter topic.

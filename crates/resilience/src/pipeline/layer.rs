@@ -48,14 +48,59 @@ impl<Req, Res> Classify<Req, Res, BoxError> for RetryErrorsExceptOpenCircuit {
 }
 
 /// Per-attempt timeout (innermost).
+///
+/// ```rust
+/// use palisade_resilience::pipeline::{AttemptTimeout, Optional};
+///
+/// // A pipeline left this strategy out: the alias names the unwrapped service as well.
+/// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// let off: AttemptTimeout<_> = Optional::Off(echo);
+/// # let _ = off;
+/// ```
 pub type AttemptTimeout<S> = Optional<Timeout<S>, S>;
 /// Bulkhead around the attempt.
+///
+/// ```rust
+/// use palisade_resilience::pipeline::{WithBulkhead, Optional};
+///
+/// // A pipeline left this strategy out: the alias names the unwrapped service as well.
+/// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// let off: WithBulkhead<_> = Optional::Off(Optional::Off(echo));
+/// # let _ = off;
+/// ```
 pub type WithBulkhead<S> = Optional<BulkheadService<AttemptTimeout<S>>, AttemptTimeout<S>>;
 /// Rate limit outside the bulkhead.
+///
+/// ```rust
+/// use palisade_resilience::pipeline::{WithRateLimit, Optional};
+///
+/// // A pipeline left this strategy out: the alias names the unwrapped service as well.
+/// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// let off: WithRateLimit<_> = Optional::Off(Optional::Off(Optional::Off(echo)));
+/// # let _ = off;
+/// ```
 pub type WithRateLimit<S> = Optional<RateLimit<WithBulkhead<S>>, WithBulkhead<S>>;
 /// Circuit breaker outside the rate limit.
+///
+/// ```rust
+/// use palisade_resilience::pipeline::{WithBreaker, Optional};
+///
+/// // A pipeline left this strategy out: the alias names the unwrapped service as well.
+/// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// let off: WithBreaker<_, palisade_resilience::circuit_breaker::AllErrorsAreFailures> = Optional::Off(Optional::Off(Optional::Off(Optional::Off(echo))));
+/// # let _ = off;
+/// ```
 pub type WithBreaker<S, B> = Optional<CircuitBreaker<WithRateLimit<S>, B>, WithRateLimit<S>>;
 /// Retry outside the breaker.
+///
+/// ```rust
+/// use palisade_resilience::pipeline::{WithRetry, Optional};
+///
+/// // A pipeline left this strategy out: the alias names the unwrapped service as well.
+/// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// let off: WithRetry<_, palisade_resilience::pipeline::RetryErrorsExceptOpenCircuit, palisade_resilience::circuit_breaker::AllErrorsAreFailures> = Optional::Off(Optional::Off(Optional::Off(Optional::Off(Optional::Off(echo)))));
+/// # let _ = off;
+/// ```
 pub type WithRetry<S, C, B> =
     Optional<Retry<WithBreaker<S, B>, C, CloneRequest>, WithBreaker<S, B>>;
 /// The total timeout, outermost: the whole stack.

@@ -834,7 +834,8 @@ async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<
         return;
     };
     let mut attempt = delivery.attempt();
-    let mut delays = shared.backoff.iter();
+    // Built at the first in-process retry: most deliveries succeed at once.
+    let mut delays = None;
     loop {
         let failure = match attempt_once(shared, route.as_ref(), &envelope, attempt).await {
             Ok(()) => {
@@ -876,7 +877,10 @@ async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<
                 return;
             }
             RetryMode::InProcess => {
-                let delay = delays.next().unwrap_or_default();
+                let delay = delays
+                    .get_or_insert_with(|| shared.backoff.iter())
+                    .next()
+                    .unwrap_or_default();
                 if !pause(&shared.shutdown, Some(delay)).await {
                     // Shutting down: hand it back rather than wait.
                     settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await).await;

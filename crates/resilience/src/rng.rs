@@ -8,6 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Clone, Debug)]
 pub(crate) struct SplitMix64(u64);
 
+/// A seed from the process's hash randomness and a process-wide counter.
+fn hashed_seed() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
 impl SplitMix64 {
     /// A generator whose sequence is fixed by `seed`.
     pub(crate) fn new(seed: u64) -> Self {
@@ -15,12 +23,18 @@ impl SplitMix64 {
     }
 
     /// A generator seeded from the process's hash randomness and a counter, so two
-    /// generators created in a row differ.
+    /// generators created in a row differ. The hashing is done once per thread; each
+    /// call then draws its seed from that thread's own splitmix64 stream.
     pub(crate) fn from_entropy() -> Self {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        Self(h.finish())
+        thread_local! {
+            static SEEDS: std::cell::Cell<u64> = std::cell::Cell::new(hashed_seed());
+        }
+        SEEDS.with(|seeds| {
+            let mut stream = SplitMix64(seeds.get());
+            let seed = stream.next_u64();
+            seeds.set(stream.0);
+            Self(seed)
+        })
     }
 
     pub(crate) fn next_u64(&mut self) -> u64 {

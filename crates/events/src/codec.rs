@@ -61,6 +61,9 @@ impl Codec for JsonCodec {
     }
 
     fn accepts(&self, content_type: &str) -> bool {
+        if content_type == Self::CONTENT_TYPE {
+            return true;
+        }
         // `application/json; charset=utf-8` and `application/cloudevents+json` are JSON too.
         let essence = content_type.split(';').next().unwrap_or_default().trim();
         essence == Self::CONTENT_TYPE || essence.ends_with("+json")

@@ -24,6 +24,13 @@
 //! ([`Delivery::retry`]) and later events of its key proceed: no head-of-line
 //! blocking, but no order across a retry either.
 //!
+//! **Where handlers run.** Each delivery is first polled in the consumer's own task: a
+//! handler that finishes without waiting (no I/O, or a duplicate the inbox absorbs) is
+//! handled and settled right there, with no task spawned and no thread woken; one that
+//! has to wait moves into a task of its own and runs in parallel with the others, up to
+//! [`concurrency`](Consumer::concurrency). Long CPU-bound work in a handler therefore
+//! holds up the consumer's loop: give it to `tokio::task::spawn_blocking`.
+//!
 //! **Shutdown.** [`run`](Consumer::run) returns once its [`CancellationToken`] is
 //! cancelled: it stops taking deliveries, lets in-flight handlers finish and settles
 //! them, hands back events waiting out an in-process retry (`retry` with no delay) and
@@ -346,23 +353,32 @@ pub enum UnknownEvent {
     DeadLetter,
 }
 
-type RouteFuture = BoxFuture<'static, Result<(), HandlerError>>;
-
 trait Route<C>: Send + Sync {
-    /// Decodes the payload and prepares the handler call.
-    fn prepare(&self, codec: &C, envelope: &Envelope, ctx: Context) -> Result<RouteFuture, Error>;
+    /// Decodes, handles (with retries) and settles one delivery of this route's type.
+    fn run(
+        self: Arc<Self>,
+        shared: Arc<Shared<C>>,
+        delivery: Delivery,
+        envelope: Arc<Envelope>,
+    ) -> BoxFuture<'static, ()>;
 }
 
 struct TypedRoute<E, H> {
-    handler: Arc<H>,
+    handler: H,
     _event: PhantomData<fn() -> E>,
 }
 
 impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
-    fn prepare(&self, codec: &C, envelope: &Envelope, ctx: Context) -> Result<RouteFuture, Error> {
-        let event: E = envelope.decode_with(codec)?;
-        let handler = Arc::clone(&self.handler);
-        Ok(Box::pin(async move { handler.handle(event, ctx).await }))
+    fn run(
+        self: Arc<Self>,
+        shared: Arc<Shared<C>>,
+        delivery: Delivery,
+        envelope: Arc<Envelope>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let work = handle(&shared, &self.handler, delivery, &envelope);
+            traced(&shared, &envelope, work).await;
+        })
     }
 }
 
@@ -470,7 +486,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
         self.routes.insert(
             E::TYPE.to_owned(),
             Arc::new(TypedRoute::<E, H> {
-                handler: Arc::new(handler),
+                handler,
                 _event: PhantomData,
             }),
         );
@@ -577,7 +593,12 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
             ),
             topic: self.subscription.topic.clone(),
             codec: self.codec,
-            routes: self.routes,
+            routes: {
+                // Sorted for a binary search: cheaper than hashing the type per delivery.
+                let mut routes: Vec<_> = self.routes.into_iter().collect();
+                routes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                routes
+            },
             max_attempts: self.max_attempts,
             backoff: self.backoff,
             retry_mode: self.retry_mode,
@@ -590,6 +611,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut reconnect = self.reconnect.iter();
         let mut current: Option<DeliveryStream>;
+        let mut turn = 0_u32;
         let outcome = 'subscribe: loop {
             // An old stream goes before a new subscription is made.
             current = None;
@@ -610,23 +632,44 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                 }
             };
             loop {
-                let permit = tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => break 'subscribe Ok(()),
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break 'subscribe Ok(()),
-                    },
+                // Fast paths first: a free permit and a delivery already buffered are
+                // taken without registering a wake-up; shutdown is checked each turn.
+                // Checked every few turns (it takes a lock); waiting below also
+                // watches it, so a consumer that is not busy stops at once.
+                turn = turn.wrapping_add(1);
+                if turn.is_multiple_of(16) && shutdown.is_cancelled() {
+                    break 'subscribe Ok(());
+                }
+                // Only a delivery that has to wait (in a task, or behind its key) takes
+                // a permit, so fetch only when one is free; and since this loop is the
+                // only place permits are taken, one free now is free in `dispatch`.
+                let permit = if permits.available_permits() == 0 {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break 'subscribe Ok(()),
+                        permit = Arc::clone(&permits).acquire_owned() => match permit {
+                            Ok(permit) => Some(permit),
+                            Err(_) => break 'subscribe Ok(()),
+                        },
+                    }
+                } else {
+                    None
                 };
-                let item = tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => break 'subscribe Ok(()),
-                    item = stream.next() => item,
+                let item = match stream.next().now_or_never() {
+                    Some(item) => item,
+                    None => tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => break 'subscribe Ok(()),
+                        item = stream.next() => item,
+                    },
                 };
                 match item {
                     Some(Ok(delivery)) => {
                         reconnect = self.reconnect.iter();
-                        dispatch(&shared, delivery, permit);
+                        dispatch(&shared, delivery, permit, &permits);
+                        // Handled inline, a stream that is always ready would never
+                        // yield: give the worker back when the task's budget is spent.
+                        tokio::task::consume_budget().await;
                     }
                     Some(Err(error)) => {
                         tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscription failed; re-subscribing");
@@ -668,7 +711,8 @@ struct Shared<C> {
     name: Arc<str>,
     topic: String,
     codec: C,
-    routes: HashMap<String, Arc<dyn Route<C>>>,
+    /// Sorted by event type.
+    routes: Vec<(String, Arc<dyn Route<C>>)>,
     max_attempts: u32,
     backoff: Backoff,
     retry_mode: RetryMode,
@@ -676,50 +720,73 @@ struct Shared<C> {
     max_payload: usize,
     inbox: Option<Arc<dyn Inbox>>,
     /// Keys with a running chain, and the deliveries waiting behind it.
-    keys: Mutex<HashMap<String, VecDeque<(Delivery, OwnedSemaphorePermit)>>>,
+    keys: Mutex<Waiting>,
     shutdown: CancellationToken,
 }
 
+/// Per key with a running chain, the deliveries waiting behind it and their permits.
+type Waiting = HashMap<String, VecDeque<(Delivery, Option<OwnedSemaphorePermit>)>>;
+
 impl<C> Shared<C> {
-    fn keys(&self) -> MutexGuard<'_, HashMap<String, VecDeque<(Delivery, OwnedSemaphorePermit)>>> {
+    fn keys(&self) -> MutexGuard<'_, Waiting> {
         self.keys
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
-fn dispatch<C: Codec>(shared: &Arc<Shared<C>>, delivery: Delivery, permit: OwnedSemaphorePermit) {
+/// Runs one delivery: inline when its handling completes without waiting (a handler
+/// that does no I/O, a duplicate the inbox absorbs), otherwise as a task of its own, so
+/// a burst of quick events costs no task spawn and no cross-thread wake-up each while
+/// handlers that wait run in parallel. A keyed delivery whose key is still being
+/// handled queues behind it.
+fn dispatch<C: Codec>(
+    shared: &Arc<Shared<C>>,
+    delivery: Delivery,
+    permit: Option<OwnedSemaphorePermit>,
+    permits: &Arc<Semaphore>,
+) {
+    // The run loop fetched this delivery with a permit free, and it is the only place
+    // permits are taken, so `try_acquire` cannot fail here.
+    let permit = move || permit.or_else(|| Arc::clone(permits).try_acquire_owned().ok());
     let key = delivery.envelope().ok().and_then(|e| e.key.clone());
+    if let Some(key) = &key {
+        let mut keys = shared.keys();
+        if let Some(waiting) = keys.get_mut(key) {
+            waiting.push_back((delivery, permit()));
+            return;
+        }
+    }
+    let mut work = process(Arc::clone(shared), delivery);
+    // One poll, with a waker that does nothing: the task spawned below polls again
+    // (registering its own waker) before anything could have been missed.
+    if work.as_mut().now_or_never().is_some() {
+        return;
+    }
+    let permit = permit();
     let Some(key) = key else {
-        let shared = Arc::clone(shared);
         tokio::spawn(async move {
-            process(&shared, delivery).await;
+            work.await;
             drop(permit);
         });
         return;
     };
-    {
-        let mut keys = shared.keys();
-        if let Some(waiting) = keys.get_mut(&key) {
-            waiting.push_back((delivery, permit));
-            return;
-        }
-        keys.insert(key.clone(), VecDeque::new());
-    }
+    shared.keys().insert(key.clone(), VecDeque::new());
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
-        let (mut delivery, mut permit) = (delivery, permit);
+        let (mut work, mut permit) = (work, permit);
         loop {
-            process(&shared, delivery).await;
+            work.await;
             drop(permit);
             let mut keys = shared.keys();
-            match keys.get_mut(&key).and_then(VecDeque::pop_front) {
-                Some(next) => (delivery, permit) = next,
-                None => {
-                    keys.remove(&key);
-                    return;
-                }
-            }
+            let Some((delivery, next_permit)) = keys.get_mut(&key).and_then(VecDeque::pop_front)
+            else {
+                keys.remove(&key);
+                return;
+            };
+            drop(keys);
+            work = process(Arc::clone(&shared), delivery);
+            permit = next_permit;
         }
     });
 }
@@ -775,21 +842,43 @@ async fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Erro
     }
 }
 
-async fn process<C: Codec>(shared: &Shared<C>, delivery: Delivery) {
+/// Handles and settles one delivery, boxed (once) so that it can be polled once in
+/// place and moved into a task if it has to wait.
+fn process<C: Codec>(shared: Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'static, ()> {
     let envelope = match delivery.shared_envelope() {
         Ok(envelope) => envelope,
         Err(error) => {
             let reason = chain(error);
-            tracing::warn!(topic = %shared.topic, consumer = %shared.name, %reason, "malformed message; dead-lettering");
-            settle(
-                &shared.name,
-                "dead-letter",
-                delivery.dead_letter(reason).await,
-            )
-            .await;
-            return;
+            return Box::pin(async move {
+                tracing::warn!(topic = %shared.topic, consumer = %shared.name, %reason, "malformed message; dead-lettering");
+                settle(
+                    &shared.name,
+                    "dead-letter",
+                    delivery.dead_letter(reason).await,
+                )
+                .await;
+            });
         }
     };
+    if envelope.payload.len() <= shared.max_payload {
+        let route = shared
+            .routes
+            .binary_search_by(|(event_type, _)| event_type.as_str().cmp(&envelope.event_type))
+            .ok()
+            .and_then(|at| shared.routes.get(at))
+            .map(|(_, route)| Arc::clone(route));
+        if let Some(route) = route {
+            return route.run(shared, delivery, envelope);
+        }
+    }
+    Box::pin(async move {
+        let work = refuse(&shared, delivery, &envelope);
+        traced(&shared, &envelope, work).await;
+    })
+}
+
+/// Runs `work` in the event's span, when spans are recorded at all.
+async fn traced<C>(shared: &Shared<C>, envelope: &Envelope, work: impl Future<Output = ()>) {
     let span = tracing::info_span!(
         "event",
         event.id = %envelope.id,
@@ -797,10 +886,16 @@ async fn process<C: Codec>(shared: &Shared<C>, delivery: Delivery) {
         topic = %shared.topic,
         consumer = %shared.name,
     );
-    handle(shared, delivery, envelope).instrument(span).await;
+    if span.is_disabled() {
+        work.await;
+    } else {
+        work.instrument(span).await;
+    }
 }
 
-async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<Envelope>) {
+/// Settles a delivery no handler takes: its payload is over `max_payload`, or no
+/// handler is registered for its type.
+async fn refuse<C>(shared: &Shared<C>, delivery: Delivery, envelope: &Envelope) {
     if envelope.payload.len() > shared.max_payload {
         let error = Error::PayloadTooLarge {
             size: envelope.payload.len(),
@@ -815,29 +910,35 @@ async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<
         .await;
         return;
     }
-    let Some(route) = shared.routes.get(&envelope.event_type) else {
-        match shared.unknown {
-            UnknownEvent::Ack => {
-                tracing::warn!("no handler for this event type; acking");
-                settle(&shared.name, "ack", delivery.ack().await).await;
-            }
-            UnknownEvent::DeadLetter => {
-                let reason = format!("no handler for event type {:?}", envelope.event_type);
-                settle(
-                    &shared.name,
-                    "dead-letter",
-                    delivery.dead_letter(reason).await,
-                )
-                .await;
-            }
+    match shared.unknown {
+        UnknownEvent::Ack => {
+            tracing::warn!("no handler for this event type; acking");
+            settle(&shared.name, "ack", delivery.ack().await).await;
         }
-        return;
-    };
+        UnknownEvent::DeadLetter => {
+            let reason = format!("no handler for event type {:?}", envelope.event_type);
+            settle(
+                &shared.name,
+                "dead-letter",
+                delivery.dead_letter(reason).await,
+            )
+            .await;
+        }
+    }
+}
+
+/// Handles one delivery with `handler`, retrying as configured, and settles it.
+async fn handle<C: Codec, E: Event, H: Handler<E>>(
+    shared: &Shared<C>,
+    handler: &H,
+    delivery: Delivery,
+    envelope: &Arc<Envelope>,
+) {
     let mut attempt = delivery.attempt();
     // Built at the first in-process retry: most deliveries succeed at once.
     let mut delays = None;
     loop {
-        let failure = match attempt_once(shared, route.as_ref(), &envelope, attempt).await {
+        let failure = match attempt_once(shared, handler, envelope, attempt).await {
             Ok(()) => {
                 settle(&shared.name, "ack", delivery.ack().await).await;
                 return;
@@ -892,20 +993,21 @@ async fn handle<C: Codec>(shared: &Shared<C>, delivery: Delivery, envelope: Arc<
     }
 }
 
-async fn attempt_once<C: Codec>(
+async fn attempt_once<C: Codec, E: Event, H: Handler<E>>(
     shared: &Shared<C>,
-    route: &dyn Route<C>,
+    handler: &H,
     envelope: &Arc<Envelope>,
     attempt: u32,
 ) -> Result<(), Failure> {
+    let event: E = envelope
+        .decode_with(&shared.codec)
+        .map_err(|e| Failure::permanent(chain(&e)))?;
     let ctx = Context {
         envelope: Arc::clone(envelope),
         attempt,
         consumer: Arc::clone(&shared.name),
     };
-    let call = route
-        .prepare(&shared.codec, envelope, ctx)
-        .map_err(|e| Failure::permanent(chain(&e)))?;
+    let call = handler.handle(event, ctx);
     if let Some(inbox) = &shared.inbox {
         match inbox.claim(&shared.name, envelope.id).await {
             Ok(Claim::Acquired) => {}

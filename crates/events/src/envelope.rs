@@ -60,12 +60,14 @@ impl Envelope {
         source: impl Into<String>,
         payload: impl Into<Bytes>,
     ) -> Self {
+        // One clock read for both the id's timestamp and `time`.
+        let now = std::time::SystemTime::now();
         Self {
-            id: next_id(),
+            id: id_at(now),
             event_type: event_type.into(),
             source: source.into(),
             key: None,
-            time: Utc::now(),
+            time: DateTime::<Utc>::from(now),
             content_type: JsonCodec::CONTENT_TYPE.to_owned(),
             correlation_id: None,
             causation_id: None,
@@ -175,7 +177,7 @@ impl Envelope {
     }
 }
 
-/// A fresh UUID v7: 48 bits of Unix milliseconds, a 42-bit counter that starts at a
+/// The UUID v7 of an event created at `now`: 48 bits of Unix milliseconds, a 42-bit counter that starts at a
 /// random point each millisecond and counts up within it (so ids from one thread sort in
 /// creation order, as `Uuid::now_v7` promises), 32 random bits.
 ///
@@ -185,7 +187,7 @@ impl Envelope {
 /// thousands of events a second can afford. Uniqueness across threads and processes
 /// rests on the random counter start and the random tail (74 random bits per
 /// millisecond and thread).
-pub(crate) fn next_id() -> Uuid {
+fn id_at(now: std::time::SystemTime) -> Uuid {
     use std::cell::Cell;
     use std::hash::{BuildHasher, Hasher};
 
@@ -203,7 +205,7 @@ pub(crate) fn next_id() -> Uuid {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    let now = std::time::SystemTime::now()
+    let now = now
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
@@ -237,6 +239,10 @@ pub(crate) fn next_id() -> Uuid {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn next_id() -> Uuid {
+        id_at(std::time::SystemTime::now())
+    }
 
     #[test]
     fn fast_ids_are_v7_rfc_variant_increasing_and_unique_across_threads() {

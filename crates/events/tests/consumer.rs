@@ -430,6 +430,61 @@ async fn order_per_key_is_kept_while_different_keys_run_in_parallel() -> Result<
     Ok(())
 }
 
+/// Handlers that finish without waiting run inline in the consumer's loop, those that
+/// wait run as tasks: mixing both keeps order per key, and a key stuck in a slow
+/// handler holds up neither quick keys nor its own later events' order.
+#[tokio::test(start_paused = true)]
+async fn quick_and_waiting_handlers_mix_without_breaking_order_per_key() -> Result<(), Error> {
+    let bus = MemoryBus::new();
+    let seen = log();
+    let log2 = Arc::clone(&seen);
+    let running = start(
+        // Room for the slow key's 50 events waiting behind its first (each holds a
+        // place in `concurrency`) and the quick keys' events besides.
+        Consumer::new(bus.clone(), Subscription::new("t", "g"))
+            .concurrency(64)
+            .handle(move |e: Numbered, _: Context| {
+                let log = Arc::clone(&log2);
+                async move {
+                    match (e.key.as_str(), e.n % 3) {
+                        // One key waits an hour on its first event.
+                        ("slow", _) if e.n < 3 => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        (_, 0) => tokio::time::sleep(Duration::from_millis(5)).await,
+                        _ => {}
+                    }
+                    if let Ok(mut l) = log.lock() {
+                        l.push((e.key, e.n));
+                    }
+                    Ok::<_, HandlerError>(())
+                }
+            }),
+    );
+    let keys = ["slow", "a", "b", "c"];
+    bus.publish_batch(
+        "t",
+        (0..200)
+            .map(|n| numbered(keys[n as usize % 4], n))
+            .collect(),
+    )
+    .await?;
+    // Every event of the quick keys is handled long before the slow key's hour is up.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let early = entries(&seen);
+    assert_eq!(early.iter().filter(|(k, _)| k != "slow").count(), 150);
+    assert!(early.iter().all(|(k, _)| k != "slow"), "slow key ran ahead");
+    eventually(|| entries(&seen).len() == 200).await;
+    running.stop().await?;
+    let mut last: HashMap<String, u32> = HashMap::new();
+    for (key, n) in entries(&seen) {
+        if let Some(previous) = last.insert(key.clone(), n) {
+            assert!(previous < n, "key {key}: {n} after {previous}");
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(start_paused = true)]
 async fn concurrency_bounds_how_many_handlers_run_at_once() -> Result<(), Error> {
     let bus = MemoryBus::new();

@@ -534,7 +534,7 @@ impl Acknowledge for KafkaAcker {
             let tx = again.shared.tx.clone();
             let _ = tx.send(Ok(again.into_delivery())).await;
         });
-        Box::pin(async { Ok(()) })
+        super::settled()
     }
 
     fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {

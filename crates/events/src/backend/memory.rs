@@ -331,51 +331,66 @@ impl MemoryBus {
         }
     }
 
-    fn publish_all(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
+    fn open(&self) -> Result<&Bus, Error> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        self.inner.publish_all(topic, envelopes);
-        Ok(())
+        Ok(&self.inner)
     }
 }
 
 impl Bus {
-    fn publish_all(&self, topic: &str, envelopes: Vec<Envelope>) {
-        let groups: Vec<Arc<Group>> = {
-            let mut topics = lock(&self.topics);
-            if !topics.contains_key(topic) {
-                topics.insert(topic.to_owned(), Topic::default());
-            }
-            let Some(t) = topics.get_mut(topic) else {
-                return;
-            };
-            if t.groups.is_empty() {
-                t.backlog
-                    .extend(envelopes.into_iter().map(|envelope| Entry {
-                        seq: 0,
-                        attempt: 1,
-                        envelope: Arc::new(envelope),
-                    }));
-                return;
-            }
-            t.groups.values().cloned().collect()
+    /// Runs `push` on the topic's groups (each under its lock, then woken), or on the
+    /// backlog if it has none yet. Holds the topics lock throughout: the lock order is
+    /// always topics, then a group's state.
+    fn with_groups(&self, topic: &str, push: impl Fn(Option<&mut GroupState>, &mut Vec<Entry>)) {
+        let mut topics = lock(&self.topics);
+        let t = match topics.get_mut(topic) {
+            Some(t) => t,
+            None => topics.entry(topic.to_owned()).or_default(),
         };
-        // One allocation per event, shared by every group's entry.
-        let shared: Vec<Arc<Envelope>> = envelopes.into_iter().map(Arc::new).collect();
-        for group in &groups {
-            {
-                let mut state = lock(&group.state);
-                for envelope in &shared {
-                    state.push(Entry {
-                        seq: 0,
-                        attempt: 1,
-                        envelope: Arc::clone(envelope),
-                    });
-                }
-            }
+        if t.groups.is_empty() {
+            push(None, &mut t.backlog);
+            return;
+        }
+        let mut unused = Vec::new();
+        for group in t.groups.values() {
+            push(Some(&mut lock(&group.state)), &mut unused);
             group.notify.notify_waiters();
         }
+    }
+
+    fn publish_one(&self, topic: &str, envelope: Envelope) {
+        let envelope = Arc::new(envelope);
+        self.with_groups(topic, |state, backlog| {
+            let entry = Entry {
+                seq: 0,
+                attempt: 1,
+                envelope: Arc::clone(&envelope),
+            };
+            match state {
+                Some(state) => state.push(entry),
+                None => backlog.push(entry),
+            }
+        });
+    }
+
+    fn publish_all(&self, topic: &str, envelopes: Vec<Envelope>) {
+        // One allocation per event, shared by every group's entry.
+        let shared: Vec<Arc<Envelope>> = envelopes.into_iter().map(Arc::new).collect();
+        self.with_groups(topic, |mut state, backlog| {
+            for envelope in &shared {
+                let entry = Entry {
+                    seq: 0,
+                    attempt: 1,
+                    envelope: Arc::clone(envelope),
+                };
+                match state.as_deref_mut() {
+                    Some(state) => state.push(entry),
+                    None => backlog.push(entry),
+                }
+            }
+        });
     }
 
     fn group(self: &Arc<Self>, topic: &str, name: &str) -> Arc<Group> {
@@ -398,11 +413,13 @@ impl Bus {
 
 impl Publisher for MemoryBus {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
-        self.publish_all(topic, vec![envelope])
+        self.open()?.publish_one(topic, envelope);
+        Ok(())
     }
 
     async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
-        self.publish_all(topic, envelopes)
+        self.open()?.publish_all(topic, envelopes);
+        Ok(())
     }
 }
 
@@ -455,28 +472,42 @@ impl Member {
                 };
                 return Some(Delivery::from_shared(envelope, attempt, Box::new(acker)));
             }
-            let notified = self.group.notify.notified();
+            // Take what is queued before registering for a wake-up: with events
+            // waiting that costs one lock, not two.
+            if self.refill() {
+                continue;
+            }
+            let group = Arc::clone(&self.group);
+            let notified = group.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let budget = self
-                .prefetch
-                .saturating_sub(self.held.load(Ordering::Acquire))
-                .min(TAKE_BATCH);
-            if budget > 0 {
-                let handed_over = lock(&self.group.state).take(self.id, budget, &mut self.buffer);
-                self.held.fetch_add(self.buffer.len(), Ordering::AcqRel);
-                if handed_over {
-                    self.group.notify.notify_waiters();
-                }
-                if !self.buffer.is_empty() {
-                    continue;
-                }
+            // Again, now that a publish after the first look would wake us.
+            if self.refill() {
+                continue;
             }
             if self.closed() {
                 return None;
             }
             notified.await;
         }
+    }
+
+    /// Takes a batch from the group into the buffer, within the prefetch budget;
+    /// returns whether it got any.
+    fn refill(&mut self) -> bool {
+        let budget = self
+            .prefetch
+            .saturating_sub(self.held.load(Ordering::Acquire))
+            .min(TAKE_BATCH);
+        if budget == 0 {
+            return false;
+        }
+        let handed_over = lock(&self.group.state).take(self.id, budget, &mut self.buffer);
+        self.held.fetch_add(self.buffer.len(), Ordering::AcqRel);
+        if handed_over {
+            self.group.notify.notify_waiters();
+        }
+        !self.buffer.is_empty()
     }
 }
 
@@ -533,17 +564,17 @@ impl Drop for MemoryAck {
 impl Acknowledge for MemoryAck {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
         self.release();
-        Box::pin(async { Ok(()) })
+        super::settled()
     }
 
     fn retry(mut self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
         let Some(entry) = self.release() else {
-            return Box::pin(async { Ok(()) });
+            return super::settled();
         };
         let group = Arc::clone(&self.group);
         if delay.is_zero() {
             group.redeliver(entry);
-            return Box::pin(async { Ok(()) });
+            return super::settled();
         }
         lock(&group.state).delayed += 1;
         tokio::spawn(async move {
@@ -554,12 +585,12 @@ impl Acknowledge for MemoryAck {
             }
             group.redeliver(entry);
         });
-        Box::pin(async { Ok(()) })
+        super::settled()
     }
 
     fn dead_letter(mut self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
         let Some(entry) = self.release() else {
-            return Box::pin(async { Ok(()) });
+            return super::settled();
         };
         let Some(bus) = self.group.bus.upgrade() else {
             return Box::pin(async { Err(Error::Closed) });
@@ -572,8 +603,8 @@ impl Acknowledge for MemoryAck {
             .headers
             .insert(DEAD_LETTER_GROUP.to_owned(), self.group.name.clone());
         let topic = format!("{}{DEAD_LETTER_SUFFIX}", self.group.topic);
-        bus.publish_all(&topic, vec![envelope]);
-        Box::pin(async { Ok(()) })
+        bus.publish_one(&topic, envelope);
+        super::settled()
     }
 }
 

@@ -23,3 +23,19 @@ pub mod rabbitmq;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+
+/// A settlement that is already done, boxed without allocating (the future is
+/// zero-sized): what an acker returns when settling needed no I/O.
+pub(crate) fn settled() -> crate::publisher::BoxFuture<'static, Result<(), crate::Error>> {
+    struct Settled;
+    impl std::future::Future for Settled {
+        type Output = Result<(), crate::Error>;
+        fn poll(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Self::Output> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    Box::pin(Settled)
+}

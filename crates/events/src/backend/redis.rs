@@ -621,7 +621,7 @@ impl Acknowledge for RedisAcker {
                 }
             }
         });
-        Box::pin(async { Ok(()) })
+        super::settled()
     }
 
     fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {

@@ -17,6 +17,7 @@
 //!
 //! Times are written as RFC 3339 with nanoseconds, so they round-trip exactly.
 
+use std::borrow::Cow::{self, Borrowed, Owned};
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -79,32 +80,76 @@ pub(crate) fn escape(name: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// Formats a time so it parses back to the same instant, nanoseconds included.
+/// Formats a time so it parses back to the same instant, nanoseconds included: RFC 3339
+/// in UTC with `Z`, and 0, 3, 6 or 9 fraction digits, as few as keep every nanosecond
+/// (chrono's `SecondsFormat::AutoSi`, written here digit by digit because it runs once
+/// per published event).
 pub(crate) fn format_time(time: &DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    use chrono::{Datelike, Timelike};
+
+    let (year, nanos) = (time.year(), time.nanosecond());
+    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+        // Five-digit years and leap seconds: rare enough for the general formatter.
+        return time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+    }
+    fn digits(out: &mut String, value: u32, width: u32) {
+        for place in (0..width).rev() {
+            let digit = (value / 10_u32.pow(place)) % 10;
+            out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+        }
+    }
+    let mut out = String::with_capacity(30);
+    digits(&mut out, year.unsigned_abs(), 4);
+    out.push('-');
+    digits(&mut out, time.month(), 2);
+    out.push('-');
+    digits(&mut out, time.day(), 2);
+    out.push('T');
+    digits(&mut out, time.hour(), 2);
+    out.push(':');
+    digits(&mut out, time.minute(), 2);
+    out.push(':');
+    digits(&mut out, time.second(), 2);
+    if nanos != 0 {
+        out.push('.');
+        if nanos % 1_000_000 == 0 {
+            digits(&mut out, nanos / 1_000_000, 3);
+        } else if nanos % 1_000 == 0 {
+            digits(&mut out, nanos / 1_000, 6);
+        } else {
+            digits(&mut out, nanos, 9);
+        }
+    }
+    out.push('Z');
+    out
 }
 
 /// The envelope's attributes and free headers as wire pairs (the payload travels as
-/// the body, separately). Absent optional attributes are left out.
-pub(crate) fn encode(envelope: &Envelope) -> Vec<(std::borrow::Cow<'_, str>, String)> {
-    use std::borrow::Cow::Borrowed;
+/// the body, separately), borrowed from the envelope where they can be. Absent
+/// optional attributes are left out.
+pub(crate) fn encode(envelope: &Envelope) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let mut pairs = Vec::with_capacity(8 + envelope.headers.len());
-    pairs.push((Borrowed(ID), envelope.id.to_string()));
-    pairs.push((Borrowed(TYPE), envelope.event_type.clone()));
-    pairs.push((Borrowed(SOURCE), envelope.source.clone()));
-    pairs.push((Borrowed(TIME), format_time(&envelope.time)));
-    pairs.push((Borrowed(CONTENT_TYPE), envelope.content_type.clone()));
+    let mut id = Uuid::encode_buffer();
+    let id = envelope.id.hyphenated().encode_lower(&mut id);
+    pairs.push((Borrowed(ID), Owned(id.to_owned())));
+    pairs.push((Borrowed(TYPE), Borrowed(envelope.event_type.as_str())));
+    pairs.push((Borrowed(SOURCE), Borrowed(envelope.source.as_str())));
+    pairs.push((Borrowed(TIME), Owned(format_time(&envelope.time))));
+    pairs.push((
+        Borrowed(CONTENT_TYPE),
+        Borrowed(envelope.content_type.as_str()),
+    ));
     if let Some(key) = &envelope.key {
-        pairs.push((Borrowed(SUBJECT), key.clone()));
+        pairs.push((Borrowed(SUBJECT), Borrowed(key.as_str())));
     }
     if let Some(id) = &envelope.correlation_id {
-        pairs.push((Borrowed(CORRELATION_ID), id.clone()));
+        pairs.push((Borrowed(CORRELATION_ID), Borrowed(id.as_str())));
     }
     if let Some(id) = &envelope.causation_id {
-        pairs.push((Borrowed(CAUSATION_ID), id.clone()));
+        pairs.push((Borrowed(CAUSATION_ID), Borrowed(id.as_str())));
     }
     for (name, value) in &envelope.headers {
-        pairs.push((escape(name), value.clone()));
+        pairs.push((escape(name), Borrowed(value.as_str())));
     }
     pairs
 }
@@ -182,10 +227,10 @@ mod tests {
     use super::*;
 
     fn decode_pairs(
-        pairs: &[(std::borrow::Cow<'_, str>, String)],
+        pairs: &[(Cow<'_, str>, Cow<'_, str>)],
         payload: Bytes,
     ) -> Result<Envelope, Error> {
-        decode(pairs.iter().map(|(n, v)| (n.as_ref(), v.as_str())), payload)
+        decode(pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref())), payload)
     }
 
     #[test]
@@ -228,7 +273,7 @@ mod tests {
                 .into_iter()
                 .map(|(n, v)| {
                     if n == name {
-                        (n, bad.to_owned())
+                        (n, Cow::Borrowed(bad))
                     } else {
                         (n, v)
                     }
@@ -242,6 +287,18 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn times_format_as_chrono_does(nanos in any::<i64>(), whole in 0_u8..3) {
+            // Whole seconds and milliseconds as often as arbitrary nanoseconds.
+            let nanos = match whole {
+                0 => nanos - nanos % 1_000_000_000,
+                1 => nanos - nanos % 1_000_000,
+                _ => nanos,
+            };
+            let time = DateTime::from_timestamp_nanos(nanos);
+            prop_assert_eq!(format_time(&time), time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        }
+
         #[test]
         fn any_envelope_round_trips(
             event_type in ".*",

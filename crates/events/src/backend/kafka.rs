@@ -191,7 +191,7 @@ impl KafkaBus {
 
 /// Record headers carrying `envelope` plus `extra` (already wire names).
 fn encode(
-    envelope_headers: &[(std::borrow::Cow<'_, str>, String)],
+    envelope_headers: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)],
     extra: &[(&str, &str)],
 ) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(envelope_headers.len() + extra.len());

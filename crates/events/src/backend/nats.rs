@@ -343,11 +343,11 @@ fn safe_value(value: &str) -> bool {
         && value.trim() == value
 }
 
-fn wire(s: &str, safe: bool) -> String {
+fn wire(s: &str, safe: bool) -> std::borrow::Cow<'_, str> {
     if safe {
-        s.to_owned()
+        std::borrow::Cow::Borrowed(s)
     } else {
-        percent_encode(s)
+        std::borrow::Cow::Owned(percent_encode(s))
     }
 }
 
@@ -358,24 +358,20 @@ fn unwire(s: &str) -> Result<std::borrow::Cow<'_, str>, Error> {
     }
 }
 
-/// The NATS headers carrying `envelope`.
+/// The NATS headers carrying `envelope`, and its id as `Nats-Msg-Id` so that JetStream
+/// drops a re-published duplicate within its window.
 fn encode(envelope: &Envelope) -> Result<HeaderMap, Error> {
     let mut map = HeaderMap::new();
     for (name, value) in headers::encode(envelope) {
+        let value: &str = &wire(&value, safe_value(&value));
+        if name == headers::ID {
+            map.insert(async_nats::header::NATS_MESSAGE_ID, value);
+        }
         let name: async_nats::HeaderName = wire(&name, safe_name(&name))
-            .parse()
-            .map_err(|e| Error::Encode(Box::new(e)))?;
-        let value: async_nats::HeaderValue = wire(&value, safe_value(&value))
             .parse()
             .map_err(|e| Error::Encode(Box::new(e)))?;
         map.insert(name, value);
     }
-    let id: async_nats::HeaderValue = envelope
-        .id
-        .to_string()
-        .parse()
-        .map_err(|e| Error::Encode(Box::new(e)))?;
-    map.insert(async_nats::header::NATS_MESSAGE_ID, id);
     Ok(map)
 }
 

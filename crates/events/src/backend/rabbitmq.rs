@@ -313,7 +313,7 @@ fn properties(envelope: &Envelope) -> Result<BasicProperties, Error> {
     let mut table = FieldTable::default();
     for (name, value) in headers::encode(envelope) {
         let name = ShortString::try_new(name.as_ref()).map_err(|e| Error::Encode(Box::new(e)))?;
-        table.insert(name, long(value));
+        table.insert(name, long(value.into_owned()));
     }
     let mut properties = BasicProperties::default()
         .with_headers(table)

@@ -644,7 +644,7 @@ mod tests {
     fn fields_of(envelope: &Envelope) -> Vec<(String, Bytes)> {
         let mut fields: Vec<(String, Bytes)> = headers::encode(envelope)
             .into_iter()
-            .map(|(n, v)| (n.into_owned(), Bytes::from(v)))
+            .map(|(n, v)| (n.into_owned(), Bytes::from(v.into_owned())))
             .collect();
         fields.push((DATA.to_owned(), envelope.payload.clone()));
         fields

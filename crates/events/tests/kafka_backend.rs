@@ -18,15 +18,22 @@ type BoxResult = Result<(), Box<dyn std::error::Error>>;
 fn cluster(
     topic: &str,
 ) -> Result<(MockCluster<'static, DefaultProducerContext>, KafkaBus), Box<dyn std::error::Error>> {
+    cluster_with(topic, |options| options)
+}
+
+fn cluster_with(
+    topic: &str,
+    tune: impl FnOnce(KafkaOptions) -> KafkaOptions,
+) -> Result<(MockCluster<'static, DefaultProducerContext>, KafkaBus), Box<dyn std::error::Error>> {
     let cluster = MockCluster::new(1)?;
     cluster.create_topic(topic, 3, 1)?;
     cluster.create_topic(&format!("{topic}.dlq"), 1, 1)?;
-    let bus = KafkaBus::with_options(
+    let bus = KafkaBus::with_options(tune(
         KafkaOptions::new(cluster.bootstrap_servers())
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
             .set("topic.metadata.refresh.interval.ms", "500"),
-    )?;
+    ))?;
     Ok((cluster, bus))
 }
 
@@ -77,11 +84,23 @@ async fn unsettled_record_is_redelivered_after_the_member_leaves() -> BoxResult 
     Ok(())
 }
 
-/// Settling 0 and 2 but not 1 commits only past 0: a new member resumes at 1.
+/// Settling 0 and 2 but not 1 commits only past 0: a new member resumes at 1 — with
+/// the periodic commit of stored offsets (the default) and with a commit per settle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_are_committed_only_up_to_the_first_unsettled_record() -> BoxResult {
+    resumes_at_the_first_unsettled_record(|options| options).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committing_at_every_settle_also_stops_at_the_first_unsettled_record() -> BoxResult {
+    resumes_at_the_first_unsettled_record(|options| options.commit_interval(Duration::ZERO)).await
+}
+
+async fn resumes_at_the_first_unsettled_record(
+    tune: impl FnOnce(KafkaOptions) -> KafkaOptions,
+) -> BoxResult {
     let topic = unique_name("topic");
-    let (_cluster, bus) = cluster(&topic)?;
+    let (_cluster, bus) = cluster_with(&topic, tune)?;
     let group = unique_name("g");
     let mut first = bus.subscribe(&Subscription::new(&topic, &group)).await?;
     let sent: Vec<Envelope> = (0..3)

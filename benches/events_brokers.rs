@@ -17,7 +17,9 @@
 //! per event, the subscription task and its channel), not message size.
 //!
 //! Run: `cargo bench -p palisade-benches --bench events_brokers` (set
-//! `EVENTS_BENCH_SCALE=0.2` for a quick pass). Servers that are down are skipped.
+//! `EVENTS_BENCH_SCALE=0.2` for a quick pass, `EVENTS_BENCH_ROUNDS` for other than 3
+//! rounds, `EVENTS_BENCH_SKIP=redis,kafka` to leave backends out). Servers that are
+//! down are skipped.
 
 use std::time::{Duration, Instant};
 
@@ -75,6 +77,39 @@ struct Row {
     op: &'static str,
     raw: f64,
     ours: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Per (backend, operation) of the first round: the median raw and our rate, and the
+/// median ratio, over the rounds that measured it.
+fn medians(rounds: &[Vec<Row>]) -> Vec<(Row, f64)> {
+    let Some(first) = rounds.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .map(|row| {
+            let same: Vec<&Row> = rounds
+                .iter()
+                .flatten()
+                .filter(|r| r.backend == row.backend && r.op == row.op)
+                .collect();
+            let summary = Row {
+                backend: row.backend,
+                op: row.op,
+                raw: median(same.iter().map(|r| r.raw).collect()),
+                ours: median(same.iter().map(|r| r.ours).collect()),
+            };
+            (
+                summary,
+                median(same.iter().map(|r| r.ours / r.raw).collect()),
+            )
+        })
+        .collect()
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -247,7 +282,8 @@ async fn redis_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
 async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+        QueueDeclareOptions, QueueDeleteOptions,
     };
     use lapin::types::FieldTable;
     use lapin::{BasicProperties, Connection, ConnectionProperties};
@@ -266,6 +302,28 @@ async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
             FieldTable::default(),
         )
         .await?;
+    // Routed as ours is: through a durable topic exchange the queue is bound to.
+    let raw_exchange = unique_name("bench-raw-x");
+    channel
+        .exchange_declare(
+            raw_exchange.as_str().into(),
+            lapin::ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            raw_queue.as_str().into(),
+            raw_exchange.as_str().into(),
+            raw_queue.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     let body = payload();
     let mut table = FieldTable::default();
     for (name, value) in raw_headers() {
@@ -281,7 +339,7 @@ async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
             confirms.push(
                 channel
                     .basic_publish(
-                        "".into(),
+                        raw_exchange.as_str().into(),
                         raw_queue.as_str().into(),
                         BasicPublishOptions::default(),
                         &body,
@@ -358,6 +416,11 @@ async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
     ] {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [raw_exchange, exchange] {
+        channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
             .await?;
     }
     Ok(())
@@ -569,48 +632,73 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let rounds: usize = std::env::var("EVENTS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    let skip = |name: &str| {
+        std::env::var("EVENTS_BENCH_SKIP").is_ok_and(|skip| skip.split(',').any(|s| s == name))
+    };
     runtime.block_on(async {
-        let mut rows = Vec::new();
-        for (service, name) in [
-            (Service::Redis, "redis"),
-            (Service::Amqp, "rabbitmq"),
-            (Service::Nats, "nats"),
-        ] {
-            if std::env::var("EVENTS_BENCH_SKIP")
-                .is_ok_and(|skip| skip.split(',').any(|s| s == name))
+        // Every round measures raw then ours for each backend; the table shows the median
+        // of each, and the median of the per-round ratios (the broker shares the 2 cores
+        // with the client, so single rounds are noisy).
+        let mut all: Vec<Vec<Row>> = Vec::new();
+        for round in 0..rounds {
+            let mut rows = Vec::new();
+            for (service, name) in [
+                (Service::Redis, "redis"),
+                (Service::Amqp, "rabbitmq"),
+                (Service::Nats, "nats"),
+            ] {
+                if skip(name) {
+                    continue;
+                }
+                if !reachable(service).await {
+                    println!("skipped: {name} unreachable at {}", service.url());
+                    continue;
+                }
+                let url = service.url();
+                let result = match service {
+                    Service::Redis => redis_rows(&url, &mut rows).await,
+                    Service::Amqp => rabbitmq_rows(&url, &mut rows).await,
+                    _ => nats_rows(&url, &mut rows).await,
+                };
+                if let Err(e) = result {
+                    println!("{name}: failed: {e}");
+                }
+            }
+            if !skip("kafka")
+                && let Err(e) = kafka_rows(&mut rows).await
             {
-                continue;
+                println!("kafka: failed: {e}");
             }
-            if !reachable(service).await {
-                println!("skipped: {name} unreachable at {}", service.url());
-                continue;
+            for row in &rows {
+                println!(
+                    "round {}: {} {}: raw {:.0}, ours {:.0} ({:.2}x)",
+                    round + 1,
+                    row.backend,
+                    row.op,
+                    row.raw,
+                    row.ours,
+                    row.ours / row.raw
+                );
             }
-            let url = service.url();
-            let result = match service {
-                Service::Redis => redis_rows(&url, &mut rows).await,
-                Service::Amqp => rabbitmq_rows(&url, &mut rows).await,
-                _ => nats_rows(&url, &mut rows).await,
-            };
-            if let Err(e) = result {
-                println!("{name}: failed: {e}");
-            }
+            all.push(rows);
         }
-        let skip_kafka = std::env::var("EVENTS_BENCH_SKIP")
-            .is_ok_and(|skip| skip.split(',').any(|s| s == "kafka"));
-        if !skip_kafka && let Err(e) = kafka_rows(&mut rows).await {
-            println!("kafka: failed: {e}");
-        }
+        let rows = medians(&all);
         println!();
-        println!("| backend | operation | raw client msg/s | palisade msg/s | ratio |");
+        println!("Medians of {rounds} rounds:");
+        println!();
+        println!(
+            "| backend | operation | raw client msg/s | palisade msg/s | ratio (median of rounds) |"
+        );
         println!("|---|---|---:|---:|---:|");
-        for row in &rows {
+        for (row, ratio) in &rows {
             println!(
                 "| {} | {} | {:.0} | {:.0} | {:.2}x |",
-                row.backend,
-                row.op,
-                row.raw,
-                row.ours,
-                row.ours / row.raw
+                row.backend, row.op, row.raw, row.ours, ratio
             );
         }
         Ok::<(), BoxError>(())

@@ -50,10 +50,10 @@ fn raw_headers() -> Vec<(&'static str, String)> {
     let e = Envelope::new("bench.event", "bench", payload()).with_key("7");
     vec![
         ("ce_id", e.id.to_string()),
-        ("ce_type", e.event_type.clone()),
-        ("ce_source", e.source.clone()),
+        ("ce_type", e.event_type.to_string()),
+        ("ce_source", e.source.to_string()),
         ("ce_time", e.time.to_rfc3339()),
-        ("content-type", e.content_type.clone()),
+        ("content-type", e.content_type.to_string()),
         ("ce_subject", "7".to_owned()),
     ]
 }

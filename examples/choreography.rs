@@ -388,7 +388,7 @@ async fn run() -> Result<BTreeMap<String, usize>, BoxError> {
                     trail
                         .entry(order)
                         .or_default()
-                        .push(envelope.event_type.clone());
+                        .push(envelope.event_type.to_string());
                 }
             }
             let _ = delivery.ack().await;

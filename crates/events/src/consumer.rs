@@ -668,8 +668,12 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                         reconnect = self.reconnect.iter();
                         dispatch(&shared, delivery, permit, &permits);
                         // Handled inline, a stream that is always ready would never
-                        // yield: give the worker back when the task's budget is spent.
-                        tokio::task::consume_budget().await;
+                        // yield: give the worker back now and then (every 32nd delivery
+                        // spends one unit of the task's budget, so this yields every few
+                        // thousand; each yield may move the loop to another worker).
+                        if turn.is_multiple_of(32) {
+                            tokio::task::consume_budget().await;
+                        }
                     }
                     Some(Err(error)) => {
                         tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscription failed; re-subscribing");
@@ -863,7 +867,7 @@ fn process<C: Codec>(shared: Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'s
     if envelope.payload.len() <= shared.max_payload {
         let route = shared
             .routes
-            .binary_search_by(|(event_type, _)| event_type.as_str().cmp(&envelope.event_type))
+            .binary_search_by(|(event_type, _)| event_type.as_str().cmp(&*envelope.event_type))
             .ok()
             .and_then(|at| shared.routes.get(at))
             .map(|(_, route)| Arc::clone(route));

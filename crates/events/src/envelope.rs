@@ -1,5 +1,6 @@
 //! The one envelope every backend carries.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -32,17 +33,20 @@ use crate::event::Event;
 pub struct Envelope {
     /// Unique id of this event (`id`), a UUID v7 so ids sort by creation time.
     pub id: Uuid,
-    /// Stable type name (`type`), e.g. `order.placed`.
-    pub event_type: String,
-    /// Who produced it (`source`), e.g. the service name.
-    pub source: String,
+    /// Stable type name (`type`), e.g. `order.placed`. Borrowed when it is a
+    /// `&'static str` (an [`Event::TYPE`]), so creating an envelope does not allocate
+    /// for it.
+    pub event_type: Cow<'static, str>,
+    /// Who produced it (`source`), e.g. the service name (borrowed when static).
+    pub source: Cow<'static, str>,
     /// Ordering and partition key (CloudEvents `subject`): events with one key are
     /// delivered in order.
     pub key: Option<String>,
     /// When the event happened (`time`).
     pub time: DateTime<Utc>,
-    /// Media type of the payload (`datacontenttype`), e.g. `application/json`.
-    pub content_type: String,
+    /// Media type of the payload (`datacontenttype`), e.g. `application/json`
+    /// (borrowed when static).
+    pub content_type: Cow<'static, str>,
     /// Id of the request or conversation this event belongs to.
     pub correlation_id: Option<String>,
     /// Id of the event or command that caused this one.
@@ -55,9 +59,11 @@ pub struct Envelope {
 
 impl Envelope {
     /// A new envelope with a fresh UUID v7 id, the current time and a JSON content type.
+    ///
+    /// `event_type` and `source` are `&'static str` (kept without a copy) or `String`.
     pub fn new(
-        event_type: impl Into<String>,
-        source: impl Into<String>,
+        event_type: impl Into<Cow<'static, str>>,
+        source: impl Into<Cow<'static, str>>,
         payload: impl Into<Bytes>,
     ) -> Self {
         // One clock read for both the id's timestamp and `time`.
@@ -68,7 +74,7 @@ impl Envelope {
             source: source.into(),
             key: None,
             time: DateTime::<Utc>::from(now),
-            content_type: JsonCodec::CONTENT_TYPE.to_owned(),
+            content_type: Cow::Borrowed(JsonCodec::CONTENT_TYPE),
             correlation_id: None,
             causation_id: None,
             headers: BTreeMap::new(),
@@ -96,7 +102,10 @@ impl Envelope {
     /// assert_eq!(back.order_id, 7);
     /// # Ok::<(), palisade_events::Error>(())
     /// ```
-    pub fn from_event<E: Event>(event: &E, source: impl Into<String>) -> Result<Self, Error> {
+    pub fn from_event<E: Event>(
+        event: &E,
+        source: impl Into<Cow<'static, str>>,
+    ) -> Result<Self, Error> {
         Self::from_event_with(&JsonCodec, event, source)
     }
 
@@ -104,12 +113,14 @@ impl Envelope {
     pub fn from_event_with<C: Codec, E: Event>(
         codec: &C,
         event: &E,
-        source: impl Into<String>,
+        source: impl Into<Cow<'static, str>>,
     ) -> Result<Self, Error> {
         let payload = codec.encode(event)?;
         let mut envelope = Self::new(E::TYPE, source, payload);
         envelope.key = event.key();
-        envelope.content_type = codec.content_type().to_owned();
+        if envelope.content_type != codec.content_type() {
+            envelope.content_type = Cow::Owned(codec.content_type().to_owned());
+        }
         Ok(envelope)
     }
 
@@ -123,7 +134,7 @@ impl Envelope {
         if !codec.accepts(&self.content_type) {
             return Err(Error::ContentType {
                 expected: codec.content_type().to_owned(),
-                found: self.content_type.clone(),
+                found: self.content_type.clone().into_owned(),
             });
         }
         codec.decode(&self.payload)
@@ -159,14 +170,18 @@ impl Envelope {
 
     /// Sets the content type.
     #[must_use]
-    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+    pub fn with_content_type(mut self, content_type: impl Into<Cow<'static, str>>) -> Self {
         self.content_type = content_type.into();
         self
     }
 
     /// A follow-up envelope caused by this one: same correlation id (or this id when
     /// none), causation id set to this id.
-    pub fn caused(&self, event_type: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+    pub fn caused(
+        &self,
+        event_type: impl Into<Cow<'static, str>>,
+        payload: impl Into<Bytes>,
+    ) -> Self {
         let correlation = self
             .correlation_id
             .clone()

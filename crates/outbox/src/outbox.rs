@@ -173,7 +173,7 @@ impl Outbox {
 
     /// Encodes a typed event into an envelope with the JSON codec.
     pub(crate) fn envelope_for<E: Event>(event: &E, source: &str) -> Result<Envelope, Error> {
-        Envelope::from_event(event, source).map_err(Error::Encode)
+        Envelope::from_event(event, source.to_owned()).map_err(Error::Encode)
     }
 
     #[cfg(any(feature = "sqlite", feature = "postgres"))]

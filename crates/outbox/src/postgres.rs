@@ -141,11 +141,11 @@ async fn insert(
     for e in envelopes {
         ids.push(e.id);
         topics.push(topic);
-        types.push(e.event_type.as_str());
-        sources.push(e.source.as_str());
+        types.push(e.event_type.as_ref());
+        sources.push(e.source.as_ref());
         keys.push(e.key.as_deref());
         times.push(e.time);
-        content_types.push(e.content_type.as_str());
+        content_types.push(e.content_type.as_ref());
         correlations.push(e.correlation_id.as_deref());
         causations.push(e.causation_id.as_deref());
         headers.push(encode_headers(&e.headers));
@@ -176,11 +176,11 @@ fn envelope_from(row: &PgRow) -> Result<(i64, String, Envelope), Error> {
     let payload: Vec<u8> = row.try_get("payload")?;
     let envelope = Envelope {
         id: row.try_get("id")?,
-        event_type: row.try_get("event_type")?,
-        source: row.try_get("source")?,
+        event_type: std::borrow::Cow::Owned(row.try_get::<String, _>("event_type")?),
+        source: std::borrow::Cow::Owned(row.try_get::<String, _>("source")?),
         key: row.try_get("event_key")?,
         time: row.try_get("event_time")?,
-        content_type: row.try_get("content_type")?,
+        content_type: std::borrow::Cow::Owned(row.try_get::<String, _>("content_type")?),
         correlation_id: row.try_get("correlation_id")?,
         causation_id: row.try_get("causation_id")?,
         headers: decode_headers(seq, &headers)?,

@@ -111,11 +111,11 @@ fn envelope_from(row: &SqliteRow) -> Result<(i64, String, Envelope), Error> {
     let payload: Vec<u8> = row.try_get("payload")?;
     let envelope = Envelope {
         id: row.try_get("id")?,
-        event_type: row.try_get("event_type")?,
-        source: row.try_get("source")?,
+        event_type: std::borrow::Cow::Owned(row.try_get::<String, _>("event_type")?),
+        source: std::borrow::Cow::Owned(row.try_get::<String, _>("source")?),
         key: row.try_get("event_key")?,
         time: row.try_get("event_time")?,
-        content_type: row.try_get("content_type")?,
+        content_type: std::borrow::Cow::Owned(row.try_get::<String, _>("content_type")?),
         correlation_id: row.try_get("correlation_id")?,
         causation_id: row.try_get("causation_id")?,
         headers: decode_headers(seq, &headers)?,

@@ -132,12 +132,12 @@ pub(crate) fn encode(envelope: &Envelope) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
     let mut id = Uuid::encode_buffer();
     let id = envelope.id.hyphenated().encode_lower(&mut id);
     pairs.push((Borrowed(ID), Owned(id.to_owned())));
-    pairs.push((Borrowed(TYPE), Borrowed(envelope.event_type.as_str())));
-    pairs.push((Borrowed(SOURCE), Borrowed(envelope.source.as_str())));
+    pairs.push((Borrowed(TYPE), Borrowed(envelope.event_type.as_ref())));
+    pairs.push((Borrowed(SOURCE), Borrowed(envelope.source.as_ref())));
     pairs.push((Borrowed(TIME), Owned(format_time(&envelope.time))));
     pairs.push((
         Borrowed(CONTENT_TYPE),
-        Borrowed(envelope.content_type.as_str()),
+        Borrowed(envelope.content_type.as_ref()),
     ));
     if let Some(key) = &envelope.key {
         pairs.push((Borrowed(SUBJECT), Borrowed(key.as_str())));
@@ -197,11 +197,17 @@ where
         .with_timezone(&Utc);
     Ok(Envelope {
         id,
-        event_type: required(TYPE, event_type)?.to_owned(),
-        source: required(SOURCE, source)?.to_owned(),
+        event_type: Owned(required(TYPE, event_type)?.to_owned()),
+        source: Owned(required(SOURCE, source)?.to_owned()),
         key,
         time,
-        content_type: required(CONTENT_TYPE, content_type)?.to_owned(),
+        content_type: match required(CONTENT_TYPE, content_type)? {
+            // The common one is kept without an allocation.
+            json if json == crate::codec::JsonCodec::CONTENT_TYPE => {
+                Borrowed(crate::codec::JsonCodec::CONTENT_TYPE)
+            }
+            other => Owned(other.to_owned()),
+        },
         correlation_id,
         causation_id,
         headers,

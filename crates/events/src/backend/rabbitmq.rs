@@ -321,13 +321,13 @@ fn properties(envelope: &Envelope) -> Result<BasicProperties, Error> {
         .with_message_id(ShortString::from(envelope.id.to_string()))
         .with_timestamp(u64::try_from(envelope.time.timestamp()).unwrap_or(0));
     // Optional properties for other tools; the headers are authoritative.
-    if let Ok(kind) = ShortString::try_new(envelope.event_type.as_str()) {
+    if let Ok(kind) = ShortString::try_new(envelope.event_type.as_ref()) {
         properties = properties.with_type(kind);
     }
-    if let Ok(source) = ShortString::try_new(envelope.source.as_str()) {
+    if let Ok(source) = ShortString::try_new(envelope.source.as_ref()) {
         properties = properties.with_app_id(source);
     }
-    if let Ok(content_type) = ShortString::try_new(envelope.content_type.as_str()) {
+    if let Ok(content_type) = ShortString::try_new(envelope.content_type.as_ref()) {
         properties = properties.with_content_type(content_type);
     }
     if let Some(Ok(id)) = envelope.correlation_id.as_deref().map(ShortString::try_new) {

@@ -3,7 +3,10 @@
 //! - `memory_publish_to_handler`: small JSON events published one by one (and in
 //!   batches) on the in-memory bus, decoded and handled by a typed handler of the
 //!   consumer runtime, versus `ruststream` 0.7's in-memory broker doing the same
-//!   (publish → decode → handler → ack), both on a 2-worker tokio runtime.
+//!   (publish → decode → handler → ack), both on a 2-worker tokio runtime. Each event
+//!   gets a payload buffer of its own on both sides (ruststream copies the bytes it is
+//!   given into a fresh buffer; a service encodes each event anew), so neither run
+//!   shares one reference-counted buffer across threads.
 //! - `sql_inbox`: one handled event as a transaction (one business `INSERT`), with and
 //!   without the inbox's `INSERT … ON CONFLICT DO NOTHING` in the same transaction, on
 //!   SQLite and on PostgreSQL (skipped when unreachable).
@@ -96,7 +99,7 @@ fn palisade_memory(c: &mut Criterion) {
     });
     let shutdown = CancellationToken::new();
     let running = rt.spawn(consumer.run(shutdown.clone()));
-    let body = Bytes::from(body());
+    let body = body();
 
     let mut group = c.benchmark_group("memory_publish_to_handler");
     group.throughput(Throughput::Elements(EVENTS as u64));
@@ -109,7 +112,8 @@ fn palisade_memory(c: &mut Criterion) {
                 let started = Instant::now();
                 rt.block_on(async {
                     for _ in 0..EVENTS {
-                        let envelope = Envelope::new(Order::TYPE, "bench", body.clone());
+                        let envelope =
+                            Envelope::new(Order::TYPE, "bench", Bytes::copy_from_slice(&body));
                         if let Err(e) = bus.publish("orders", envelope).await {
                             panic!("publish: {e}");
                         }
@@ -130,7 +134,9 @@ fn palisade_memory(c: &mut Criterion) {
                 rt.block_on(async {
                     for _ in 0..EVENTS / 100 {
                         let batch = (0..100)
-                            .map(|_| Envelope::new(Order::TYPE, "bench", body.clone()))
+                            .map(|_| {
+                                Envelope::new(Order::TYPE, "bench", Bytes::copy_from_slice(&body))
+                            })
                             .collect();
                         if let Err(e) = bus.publish_batch("orders", batch).await {
                             panic!("publish: {e}");

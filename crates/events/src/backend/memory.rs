@@ -144,7 +144,50 @@ struct Topic {
 struct Entry {
     seq: u64,
     attempt: u32,
-    envelope: Arc<Envelope>,
+    envelope: Body,
+}
+
+impl Entry {
+    fn new(envelope: Body) -> Self {
+        Self {
+            seq: 0,
+            attempt: 1,
+            envelope,
+        }
+    }
+}
+
+/// An event as queued: by value while only one group holds it, so publishing to a
+/// topic with one group allocates nothing (the consumer side wraps it in an `Arc`
+/// when handing it out, on its own thread); shared when several groups do.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // by value on purpose: no allocation per publish
+enum Body {
+    Owned(Envelope),
+    Shared(Arc<Envelope>),
+}
+
+impl Body {
+    fn get(&self) -> &Envelope {
+        match self {
+            Self::Owned(envelope) => envelope,
+            Self::Shared(envelope) => envelope,
+        }
+    }
+
+    fn into_shared(self) -> Arc<Envelope> {
+        match self {
+            Self::Owned(envelope) => Arc::new(envelope),
+            Self::Shared(envelope) => envelope,
+        }
+    }
+
+    fn into_owned(self) -> Envelope {
+        match self {
+            Self::Owned(envelope) => envelope,
+            Self::Shared(envelope) => Arc::unwrap_or_clone(envelope),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -199,7 +242,7 @@ impl GroupState {
     /// Puts an event back in `seq` order, ahead of later events of its key: with the
     /// member owning the key if there is one.
     fn requeue(&mut self, entry: Entry) {
-        if let Some(key) = &entry.envelope.key
+        if let Some(key) = &entry.envelope.get().key
             && let Some(owner) = self.owners.get_mut(key)
         {
             owner.count += 1;
@@ -221,7 +264,7 @@ impl GroupState {
             let Some(entry) = self.queue.pop_front() else {
                 break;
             };
-            let Some(key) = &entry.envelope.key else {
+            let Some(key) = &entry.envelope.get().key else {
                 out.push_back(entry);
                 continue;
             };
@@ -340,57 +383,43 @@ impl MemoryBus {
 }
 
 impl Bus {
-    /// Runs `push` on the topic's groups (each under its lock, then woken), or on the
-    /// backlog if it has none yet. Holds the topics lock throughout: the lock order is
-    /// always topics, then a group's state.
-    fn with_groups(&self, topic: &str, push: impl Fn(Option<&mut GroupState>, &mut Vec<Entry>)) {
+    /// Queues `envelopes` for every group of `topic` (each group under its lock, then
+    /// woken), or in the topic's backlog while it has none. Holds the topics lock
+    /// throughout: the lock order is always topics, then a group's state.
+    fn publish_each(&self, topic: &str, envelopes: impl Iterator<Item = Envelope>) {
         let mut topics = lock(&self.topics);
         let t = match topics.get_mut(topic) {
             Some(t) => t,
             None => topics.entry(topic.to_owned()).or_default(),
         };
-        if t.groups.is_empty() {
-            push(None, &mut t.backlog);
-            return;
-        }
-        let mut unused = Vec::new();
-        for group in t.groups.values() {
-            push(Some(&mut lock(&group.state)), &mut unused);
-            group.notify.notify_waiters();
-        }
-    }
-
-    fn publish_one(&self, topic: &str, envelope: Envelope) {
-        let envelope = Arc::new(envelope);
-        self.with_groups(topic, |state, backlog| {
-            let entry = Entry {
-                seq: 0,
-                attempt: 1,
-                envelope: Arc::clone(&envelope),
-            };
-            match state {
-                Some(state) => state.push(entry),
-                None => backlog.push(entry),
+        let mut groups = t.groups.values();
+        match (groups.next(), groups.next()) {
+            (None, _) => t
+                .backlog
+                .extend(envelopes.map(|e| Entry::new(Body::Owned(e)))),
+            (Some(group), None) => {
+                {
+                    let mut state = lock(&group.state);
+                    for envelope in envelopes {
+                        state.push(Entry::new(Body::Owned(envelope)));
+                    }
+                }
+                group.notify.notify_waiters();
             }
-        });
-    }
-
-    fn publish_all(&self, topic: &str, envelopes: Vec<Envelope>) {
-        // One allocation per event, shared by every group's entry.
-        let shared: Vec<Arc<Envelope>> = envelopes.into_iter().map(Arc::new).collect();
-        self.with_groups(topic, |mut state, backlog| {
-            for envelope in &shared {
-                let entry = Entry {
-                    seq: 0,
-                    attempt: 1,
-                    envelope: Arc::clone(envelope),
-                };
-                match state.as_deref_mut() {
-                    Some(state) => state.push(entry),
-                    None => backlog.push(entry),
+            (Some(_), Some(_)) => {
+                // One allocation per event, shared by every group's entry.
+                let shared: Vec<Arc<Envelope>> = envelopes.map(Arc::new).collect();
+                for group in t.groups.values() {
+                    {
+                        let mut state = lock(&group.state);
+                        for envelope in &shared {
+                            state.push(Entry::new(Body::Shared(Arc::clone(envelope))));
+                        }
+                    }
+                    group.notify.notify_waiters();
                 }
             }
-        });
+        }
     }
 
     fn group(self: &Arc<Self>, topic: &str, name: &str) -> Arc<Group> {
@@ -413,12 +442,12 @@ impl Bus {
 
 impl Publisher for MemoryBus {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
-        self.open()?.publish_one(topic, envelope);
+        self.open()?.publish_each(topic, std::iter::once(envelope));
         Ok(())
     }
 
     async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
-        self.open()?.publish_all(topic, envelopes);
+        self.open()?.publish_each(topic, envelopes.into_iter());
         Ok(())
     }
 }
@@ -462,13 +491,16 @@ impl Member {
         loop {
             if let Some(entry) = self.buffer.pop_front() {
                 let attempt = entry.attempt;
-                let envelope = Arc::clone(&entry.envelope);
+                let envelope = entry.envelope.into_shared();
                 let acker = MemoryAck {
                     group: Arc::clone(&self.group),
                     member: self.id,
                     held: Arc::clone(&self.held),
                     prefetch: self.prefetch,
-                    entry: Some(entry),
+                    entry: Some(Entry {
+                        envelope: Body::Shared(Arc::clone(&envelope)),
+                        ..entry
+                    }),
                 };
                 return Some(Delivery::from_shared(envelope, attempt, Box::new(acker)));
             }
@@ -547,7 +579,7 @@ impl MemoryAck {
             self.member,
             &self.held,
             self.prefetch,
-            entry.envelope.key.as_deref(),
+            entry.envelope.get().key.as_deref(),
         );
         Some(entry)
     }
@@ -595,7 +627,7 @@ impl Acknowledge for MemoryAck {
         let Some(bus) = self.group.bus.upgrade() else {
             return Box::pin(async { Err(Error::Closed) });
         };
-        let mut envelope = Arc::unwrap_or_clone(entry.envelope);
+        let mut envelope = entry.envelope.into_owned();
         envelope
             .headers
             .insert(DEAD_LETTER_REASON.to_owned(), reason);
@@ -603,7 +635,7 @@ impl Acknowledge for MemoryAck {
             .headers
             .insert(DEAD_LETTER_GROUP.to_owned(), self.group.name.clone());
         let topic = format!("{}{DEAD_LETTER_SUFFIX}", self.group.topic);
-        bus.publish_one(&topic, envelope);
+        bus.publish_each(&topic, std::iter::once(envelope));
         super::settled()
     }
 }

@@ -360,7 +360,7 @@ impl Subscriber for KafkaBus {
             .subscribe(&[subscription.topic.as_str()])
             .map_err(|e| Error::broker(BACKEND, e))?;
         let prefetch = subscription.prefetch.max(1);
-        let (tx, mut rx) = mpsc::channel(prefetch);
+        let (tx, rx) = mpsc::channel(prefetch);
         let shared = Arc::new(Shared {
             consumer: ClosingConsumer(Some(consumer)),
             producer: self.producer.clone(),
@@ -371,15 +371,18 @@ impl Subscriber for KafkaBus {
             periodic,
             tx,
         });
-        let pump = Pump {
+        let reader = Reader {
             shared,
             permits: Arc::new(Semaphore::new(prefetch)),
-            topic: subscription.topic.clone(),
+            retries: rx,
         };
-        tokio::spawn(pump.run());
-        Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
-            rx.poll_recv(cx)
-        })))
+        Ok(Box::pin(futures_util::stream::unfold(
+            reader,
+            |mut reader| async move {
+                let item = reader.next().await;
+                Some((item, reader))
+            },
+        )))
     }
 }
 
@@ -481,61 +484,65 @@ impl Shared {
     }
 }
 
-/// Moves records from the consumer to the subscriber.
-struct Pump {
+/// Reads records for the subscriber, in its own task (no hop through a channel): the
+/// subscription's stream polls the consumer directly. In-process retries come back
+/// through `retries`, ahead of new records.
+struct Reader {
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
-    topic: String,
+    retries: mpsc::Receiver<Result<Delivery, Error>>,
 }
 
-impl Pump {
-    async fn run(self) {
-        let tx = self.shared.tx.clone();
+impl Reader {
+    async fn next(&mut self) -> Result<Delivery, Error> {
+        let Self {
+            shared,
+            permits,
+            retries,
+        } = self;
         loop {
-            let permit = tokio::select! {
-                permit = self.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => return,
-                },
-                () = tx.closed() => return,
+            let Some(consumer) = shared.consumer.as_ref() else {
+                return Err(Error::Closed);
             };
-            let Some(consumer) = self.shared.consumer.as_ref() else {
-                return;
-            };
-            let received = tokio::select! {
+            let fetch = async {
+                // At most `prefetch` deliveries unsettled: a permit before each record.
+                let permit = Arc::clone(permits).acquire_owned().await;
                 // The payload is copied once, into the envelope's `Bytes`.
-                received = consumer.recv() => received.map(|m| {
+                let received = consumer.recv().await.map(|m| {
                     let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
                     (Record::of(&m), payload)
-                }),
-                () = tx.closed() => return,
+                });
+                (permit, received)
+            };
+            let (permit, received) = tokio::select! {
+                biased;
+                Some(retried) = retries.recv() => return retried,
+                fetched = fetch => fetched,
+            };
+            let Ok(permit) = permit else {
+                return Err(Error::Closed);
             };
             let (record, payload) = match received {
                 Ok(received) => received,
                 Err(e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "kafka consumer error");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                        () = tx.closed() => return,
-                    }
+                    tracing::warn!(topic = %shared.topic, error = %e, "kafka consumer error");
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            self.shared.delivered(record.partition, record.offset);
+            shared.delivered(record.partition, record.offset);
             let attempt = header_u32(record.headers.as_ref(), ATTEMPT)
                 .unwrap_or(1)
                 .max(1);
-            let delivery = KafkaAcker {
-                shared: self.shared.clone(),
+            return Ok(KafkaAcker {
+                shared: Arc::clone(shared),
                 payload,
                 record,
                 attempt,
                 _permit: permit,
             }
-            .into_delivery();
-            if tx.send(Ok(delivery)).await.is_err() {
-                return;
-            }
+            .into_delivery());
         }
     }
 }

@@ -57,7 +57,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
@@ -237,7 +237,7 @@ fn encode(
 }
 
 /// Reads an envelope out of record headers and value.
-fn decode(record_headers: Option<&OwnedHeaders>, payload: Bytes) -> Result<Envelope, Error> {
+fn decode<H: Headers>(record_headers: Option<&H>, payload: Bytes) -> Result<Envelope, Error> {
     let mut pairs = Vec::new();
     if let Some(record_headers) = record_headers {
         for header in record_headers.iter() {
@@ -251,7 +251,7 @@ fn decode(record_headers: Option<&OwnedHeaders>, payload: Bytes) -> Result<Envel
     headers::decode(pairs, payload)
 }
 
-fn header_u32(record_headers: Option<&OwnedHeaders>, name: &str) -> Option<u32> {
+fn header_u32<H: Headers>(record_headers: Option<&H>, name: &str) -> Option<u32> {
     record_headers?
         .iter()
         .filter(|h| h.key == name)
@@ -510,7 +510,8 @@ impl Reader {
                 // The payload is copied once, into the envelope's `Bytes`.
                 let received = consumer.recv().await.map(|m| {
                     let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-                    (Record::of(&m), payload)
+                    let attempt = header_u32(m.headers(), ATTEMPT).unwrap_or(1).max(1);
+                    (Record::of(&m, &payload), attempt, payload)
                 });
                 (permit, received)
             };
@@ -522,7 +523,7 @@ impl Reader {
             let Ok(permit) = permit else {
                 return Err(Error::Closed);
             };
-            let (record, payload) = match received {
+            let (record, attempt, payload) = match received {
                 Ok(received) => received,
                 Err(e) => {
                     tracing::warn!(topic = %shared.topic, error = %e, "kafka consumer error");
@@ -532,9 +533,6 @@ impl Reader {
                 }
             };
             shared.delivered(record.partition, record.offset);
-            let attempt = header_u32(record.headers.as_ref(), ATTEMPT)
-                .unwrap_or(1)
-                .max(1);
             return Ok(KafkaAcker {
                 shared: Arc::clone(shared),
                 payload,
@@ -549,19 +547,36 @@ impl Reader {
 
 /// What settling a record needs of it besides its payload.
 struct Record {
-    key: Option<Vec<u8>>,
-    headers: Option<OwnedHeaders>,
+    original: Original,
     partition: i32,
     offset: i64,
 }
 
+/// A record as the acker keeps it: decoded once when it is an envelope (a dead letter
+/// is written back from it), else its raw key and headers.
+enum Original {
+    Envelope(Arc<Envelope>),
+    Malformed {
+        key: Option<Vec<u8>>,
+        headers: Option<OwnedHeaders>,
+        error: String,
+    },
+}
+
 impl Record {
-    fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+    fn of(message: &rdkafka::message::BorrowedMessage<'_>, payload: &Bytes) -> Self {
+        let original = match decode(message.headers(), payload.clone()) {
+            Ok(envelope) => Original::Envelope(Arc::new(envelope)),
+            Err(error) => Original::Malformed {
+                key: message.key().map(<[u8]>::to_vec),
+                headers: message
+                    .headers()
+                    .map(rdkafka::message::BorrowedHeaders::detach),
+                error: error.to_string(),
+            },
+        };
         Self {
-            key: message.key().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(rdkafka::message::BorrowedHeaders::detach),
+            original,
             partition: message.partition(),
             offset: message.offset(),
         }
@@ -580,11 +595,15 @@ struct KafkaAcker {
 impl KafkaAcker {
     fn into_delivery(self) -> Delivery {
         let attempt = self.attempt;
-        let envelope = decode(self.record.headers.as_ref(), self.payload.clone());
-        let acker = Box::new(self);
-        match envelope {
-            Ok(envelope) => Delivery::new(envelope, attempt, acker),
-            Err(error) => Delivery::malformed(error, attempt, acker),
+        match &self.record.original {
+            Original::Envelope(envelope) => {
+                let envelope = Arc::clone(envelope);
+                Delivery::from_shared(envelope, attempt, Box::new(self))
+            }
+            Original::Malformed { error, .. } => {
+                let error = headers::malformed(error.clone());
+                Delivery::malformed(error, attempt, Box::new(self))
+            }
         }
     }
 
@@ -596,8 +615,10 @@ impl KafkaAcker {
 
 impl Acknowledge for KafkaAcker {
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        let result = self.done();
-        Box::pin(async move { result })
+        match self.done() {
+            Ok(()) => super::settled(),
+            Err(error) => Box::pin(std::future::ready(Err(error))),
+        }
     }
 
     fn retry(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
@@ -617,13 +638,27 @@ impl Acknowledge for KafkaAcker {
         Box::pin(async move {
             let attempt = self.attempt.to_string();
             let mut copy = OwnedHeaders::new();
-            if let Some(original) = &self.record.headers {
-                for header in original.iter() {
-                    if header.key != headers::DEAD_LETTER_REASON && header.key != ATTEMPT {
-                        copy = copy.insert(header);
+            let key = match &self.record.original {
+                Original::Envelope(envelope) => {
+                    for (name, value) in headers::encode(envelope) {
+                        if name != headers::DEAD_LETTER_REASON {
+                            copy = copy.insert(Header {
+                                key: name.as_ref(),
+                                value: Some(value.as_bytes()),
+                            });
+                        }
                     }
+                    envelope.key.as_deref().map(str::as_bytes)
                 }
-            }
+                Original::Malformed { key, headers, .. } => {
+                    for header in headers.iter().flat_map(|h| h.iter()) {
+                        if header.key != headers::DEAD_LETTER_REASON && header.key != ATTEMPT {
+                            copy = copy.insert(header);
+                        }
+                    }
+                    key.as_deref()
+                }
+            };
             let copy = copy
                 .insert(Header {
                     key: headers::DEAD_LETTER_REASON,
@@ -637,7 +672,7 @@ impl Acknowledge for KafkaAcker {
                 &self.shared.producer,
                 self.shared.send_timeout,
                 &self.shared.dead_letter,
-                self.record.key.as_deref(),
+                key,
                 &self.payload,
                 copy,
             )
@@ -669,7 +704,7 @@ mod tests {
     #[test]
     fn record_without_headers_is_malformed() {
         assert!(matches!(
-            decode(None, Bytes::new()),
+            decode::<OwnedHeaders>(None, Bytes::new()),
             Err(Error::Malformed { .. })
         ));
     }

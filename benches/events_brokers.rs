@@ -573,12 +573,13 @@ async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
     });
 
     // The mock cluster keeps only the last few MB of a partition, so the consume figures
-    // read 10k records, the same ones for both: two fresh topics filled by our bus.
-    let n = n.min(10_000);
+    // read at most 40k records from 4 partitions, the same records for both: two fresh
+    // topics filled by our bus (keys spread them over the partitions).
+    let n = n.min(40_000);
     let raw_topic = unique_name("bench-raw-consume");
     let topic = unique_name("bench-ours-consume");
     for t in [&raw_topic, &topic] {
-        cluster.create_topic(t, 1, 1)?;
+        cluster.create_topic(t, 4, 1)?;
         publish_ours(&bus, t, n).await?;
     }
     let consumer: StreamConsumer = ClientConfig::new()

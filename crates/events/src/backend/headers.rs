@@ -124,6 +124,39 @@ pub(crate) fn format_time(time: &DateTime<Utc>) -> String {
     out
 }
 
+/// Reads a time in exactly the form [`format_time`] writes (`Z`, 0, 3, 6 or 9
+/// fraction digits), without the general RFC 3339 parser; `None` for anything else,
+/// which the caller hands to chrono.
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    let b = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        b.get(range)?.iter().try_fold(0_u32, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + u32::from(c - b'0'))
+        })
+    };
+    if b.len() < 20 || b.last() != Some(&b'Z') {
+        return None;
+    }
+    let punctuation = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if punctuation.iter().any(|&(at, c)| b.get(at) != Some(&c)) {
+        return None;
+    }
+    let nanos = match b.len() - 20 {
+        0 => 0,
+        digits @ (4 | 7 | 10) if b.get(19) == Some(&b'.') => {
+            number(20..b.len() - 1)? * 10_u32.pow(10 - u32::try_from(digits).ok()?)
+        }
+        _ => return None,
+    };
+    let date = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(number(0..4)?).ok()?,
+        number(5..7)?,
+        number(8..10)?,
+    )?;
+    let time = date.and_hms_nano_opt(number(11..13)?, number(14..16)?, number(17..19)?, nanos)?;
+    Some(time.and_utc())
+}
+
 /// The envelope's attributes and free headers as wire pairs (the payload travels as
 /// the body, separately), borrowed from the envelope where they can be. Absent
 /// optional attributes are left out.
@@ -192,9 +225,12 @@ where
     let id = required(ID, id)?;
     let id = Uuid::parse_str(id).map_err(|e| malformed(format!("{ID} {id:?}: {e}")))?;
     let time = required(TIME, time)?;
-    let time = DateTime::parse_from_rfc3339(time)
-        .map_err(|e| malformed(format!("{TIME} {time:?}: {e}")))?
-        .with_timezone(&Utc);
+    let time = match parse_time(time) {
+        Some(time) => time,
+        None => DateTime::parse_from_rfc3339(time)
+            .map_err(|e| malformed(format!("{TIME} {time:?}: {e}")))?
+            .with_timezone(&Utc),
+    };
     Ok(Envelope {
         id,
         event_type: Owned(required(TYPE, event_type)?.to_owned()),
@@ -290,6 +326,31 @@ mod tests {
                 Err(Error::Malformed { .. })
             ));
         }
+    }
+
+    #[test]
+    fn times_in_other_rfc3339_forms_still_parse() -> Result<(), Error> {
+        let envelope = Envelope::new("t", "s", Vec::new());
+        for (text, expected) in [
+            ("2026-11-24T06:00:00+01:00", "2026-11-24T05:00:00Z"),
+            ("2026-11-24t05:00:00.5z", "2026-11-24T05:00:00.500Z"),
+            ("2026-11-24T05:00:00.12Z", "2026-11-24T05:00:00.120Z"),
+        ] {
+            let pairs: Vec<_> = encode(&envelope)
+                .into_iter()
+                .map(|(n, v)| {
+                    if n == TIME {
+                        (n, Cow::Borrowed(text))
+                    } else {
+                        (n, v)
+                    }
+                })
+                .collect();
+            let back = decode_pairs(&pairs, Bytes::new())?;
+            assert_eq!(format_time(&back.time), expected, "{text}");
+        }
+        assert!(parse_time("2026-13-24T05:00:00Z").is_none());
+        Ok(())
     }
 
     proptest! {

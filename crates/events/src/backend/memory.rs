@@ -181,13 +181,6 @@ impl Body {
             Self::Shared(envelope) => envelope,
         }
     }
-
-    fn into_owned(self) -> Envelope {
-        match self {
-            Self::Owned(envelope) => envelope,
-            Self::Shared(envelope) => Arc::unwrap_or_clone(envelope),
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -497,9 +490,10 @@ impl Member {
                     member: self.id,
                     held: Arc::clone(&self.held),
                     prefetch: self.prefetch,
-                    entry: Some(Entry {
-                        envelope: Body::Shared(Arc::clone(&envelope)),
-                        ..entry
+                    out: Some(Out {
+                        seq: entry.seq,
+                        attempt,
+                        envelope: Arc::clone(&envelope),
                     }),
                 };
                 return Some(Delivery::from_shared(envelope, attempt, Box::new(acker)));
@@ -569,26 +563,44 @@ struct MemoryAck {
     member: u64,
     held: Arc<AtomicUsize>,
     prefetch: usize,
-    entry: Option<Entry>,
+    out: Option<Out>,
+}
+
+/// An event handed out: what is needed to put it back (an [`Entry`] is as large as an
+/// envelope, this three words).
+struct Out {
+    seq: u64,
+    attempt: u32,
+    envelope: Arc<Envelope>,
+}
+
+impl Out {
+    fn into_entry(self) -> Entry {
+        Entry {
+            seq: self.seq,
+            attempt: self.attempt,
+            envelope: Body::Shared(self.envelope),
+        }
+    }
 }
 
 impl MemoryAck {
-    fn release(&mut self) -> Option<Entry> {
-        let entry = self.entry.take()?;
+    fn release(&mut self) -> Option<Out> {
+        let out = self.out.take()?;
         self.group.settle(
             self.member,
             &self.held,
             self.prefetch,
-            entry.envelope.get().key.as_deref(),
+            out.envelope.key.as_deref(),
         );
-        Some(entry)
+        Some(out)
     }
 }
 
 impl Drop for MemoryAck {
     fn drop(&mut self) {
-        if let Some(entry) = self.release() {
-            self.group.redeliver(entry);
+        if let Some(out) = self.release() {
+            self.group.redeliver(out.into_entry());
         }
     }
 }
@@ -600,9 +612,10 @@ impl Acknowledge for MemoryAck {
     }
 
     fn retry(mut self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
-        let Some(entry) = self.release() else {
+        let Some(out) = self.release() else {
             return super::settled();
         };
+        let entry = out.into_entry();
         let group = Arc::clone(&self.group);
         if delay.is_zero() {
             group.redeliver(entry);
@@ -621,13 +634,13 @@ impl Acknowledge for MemoryAck {
     }
 
     fn dead_letter(mut self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
-        let Some(entry) = self.release() else {
+        let Some(out) = self.release() else {
             return super::settled();
         };
         let Some(bus) = self.group.bus.upgrade() else {
             return Box::pin(async { Err(Error::Closed) });
         };
-        let mut envelope = entry.envelope.into_owned();
+        let mut envelope = Arc::unwrap_or_clone(out.envelope);
         envelope
             .headers
             .insert(DEAD_LETTER_REASON.to_owned(), reason);

@@ -99,6 +99,24 @@ fn reason(delivery: &Delivery) -> String {
         .unwrap_or_default()
 }
 
+/// Publishes events 0..n to topic `t`, keyed round robin over `keys`.
+async fn publish_round_robin(bus: &MemoryBus, keys: &[&str], n: u32) -> Result<(), Error> {
+    let events = (0..n)
+        .map(|i| numbered(keys[i as usize % keys.len()], i))
+        .collect();
+    bus.publish_batch("t", events).await
+}
+
+/// Each key's events were handled in increasing order.
+fn assert_in_order_per_key(handled: &[(String, u32)]) {
+    let mut last: HashMap<&str, u32> = HashMap::new();
+    for (key, n) in handled {
+        if let Some(previous) = last.insert(key, *n) {
+            assert!(previous < *n, "key {key}: {n} after {previous}");
+        }
+    }
+}
+
 fn recorder(
     log: &Log,
 ) -> impl Fn(Numbered, Context) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync + 'static
@@ -406,21 +424,10 @@ async fn order_per_key_is_kept_while_different_keys_run_in_parallel() -> Result<
             }),
     );
     let keys = ["a", "b", "c", "d", "e", "f"];
-    bus.publish_batch(
-        "t",
-        (0..300)
-            .map(|n| numbered(keys[n as usize % 6], n))
-            .collect(),
-    )
-    .await?;
+    publish_round_robin(&bus, &keys, 300).await?;
     eventually(|| entries(&seen).len() == 300).await;
     running.stop().await?;
-    let mut last: HashMap<String, u32> = HashMap::new();
-    for (key, n) in entries(&seen) {
-        if let Some(previous) = last.insert(key.clone(), n) {
-            assert!(previous < n, "key {key}: {n} after {previous}");
-        }
-    }
+    assert_in_order_per_key(&entries(&seen));
     let most = most.load(Ordering::SeqCst);
     assert!(most > 1, "keys never ran in parallel");
     assert!(
@@ -462,13 +469,7 @@ async fn quick_and_waiting_handlers_mix_without_breaking_order_per_key() -> Resu
             }),
     );
     let keys = ["slow", "a", "b", "c"];
-    bus.publish_batch(
-        "t",
-        (0..200)
-            .map(|n| numbered(keys[n as usize % 4], n))
-            .collect(),
-    )
-    .await?;
+    publish_round_robin(&bus, &keys, 200).await?;
     // Every event of the quick keys is handled long before the slow key's hour is up.
     tokio::time::sleep(Duration::from_secs(60)).await;
     let early = entries(&seen);
@@ -476,12 +477,7 @@ async fn quick_and_waiting_handlers_mix_without_breaking_order_per_key() -> Resu
     assert!(early.iter().all(|(k, _)| k != "slow"), "slow key ran ahead");
     eventually(|| entries(&seen).len() == 200).await;
     running.stop().await?;
-    let mut last: HashMap<String, u32> = HashMap::new();
-    for (key, n) in entries(&seen) {
-        if let Some(previous) = last.insert(key.clone(), n) {
-            assert!(previous < n, "key {key}: {n} after {previous}");
-        }
-    }
+    assert_in_order_per_key(&entries(&seen));
     Ok(())
 }
 

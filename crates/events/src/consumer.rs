@@ -154,26 +154,166 @@ pub struct Context {
 
 impl Context {
     /// The envelope (attributes, headers, raw payload).
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::{Consumer, Context, HandlerError};
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscription};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Placed { id: u64 }
+    /// # impl palisade_events::Event for Placed { const TYPE: &'static str = "order.placed"; }
+    /// let bus = MemoryBus::new();
+    /// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    /// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "billing"))
+    ///     .handle(move |_: Placed, ctx: Context| {
+    ///         let tx = tx.clone();
+    ///         async move { tx.send(ctx.envelope().source.to_string()).map_err(HandlerError::transient) }
+    ///     });
+    /// let shutdown = CancellationToken::new();
+    /// let running = tokio::spawn(consumer.run(shutdown.clone()));
+    /// let envelope = Envelope::from_event(&Placed { id: 7 }, "shop")?.with_key("order-7");
+    /// let id = envelope.id;
+    /// bus.publish("orders", envelope).await?;
+    /// let seen = seen.recv().await.expect("handled");
+    /// assert_eq!(seen, "shop");
+    /// shutdown.cancel();
+    /// running.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
     }
 
     /// The event's id: the idempotency key, with [`consumer`](Self::consumer).
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::{Consumer, Context, HandlerError};
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscription};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Placed { id: u64 }
+    /// # impl palisade_events::Event for Placed { const TYPE: &'static str = "order.placed"; }
+    /// let bus = MemoryBus::new();
+    /// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    /// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "billing"))
+    ///     .handle(move |_: Placed, ctx: Context| {
+    ///         let tx = tx.clone();
+    ///         async move { tx.send(ctx.event_id()).map_err(HandlerError::transient) }
+    ///     });
+    /// let shutdown = CancellationToken::new();
+    /// let running = tokio::spawn(consumer.run(shutdown.clone()));
+    /// let envelope = Envelope::from_event(&Placed { id: 7 }, "shop")?.with_key("order-7");
+    /// let id = envelope.id;
+    /// bus.publish("orders", envelope).await?;
+    /// let seen = seen.recv().await.expect("handled");
+    /// assert_eq!(seen, id);
+    /// shutdown.cancel();
+    /// running.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn event_id(&self) -> Uuid {
         self.envelope.id
     }
 
     /// The ordering key, if any.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::{Consumer, Context, HandlerError};
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscription};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Placed { id: u64 }
+    /// # impl palisade_events::Event for Placed { const TYPE: &'static str = "order.placed"; }
+    /// let bus = MemoryBus::new();
+    /// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    /// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "billing"))
+    ///     .handle(move |_: Placed, ctx: Context| {
+    ///         let tx = tx.clone();
+    ///         async move { tx.send(ctx.key().map(str::to_owned)).map_err(HandlerError::transient) }
+    ///     });
+    /// let shutdown = CancellationToken::new();
+    /// let running = tokio::spawn(consumer.run(shutdown.clone()));
+    /// let envelope = Envelope::from_event(&Placed { id: 7 }, "shop")?.with_key("order-7");
+    /// let id = envelope.id;
+    /// bus.publish("orders", envelope).await?;
+    /// let seen = seen.recv().await.expect("handled");
+    /// assert_eq!(seen.as_deref(), Some("order-7"));
+    /// shutdown.cancel();
+    /// running.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn key(&self) -> Option<&str> {
         self.envelope.key.as_deref()
     }
 
     /// Which attempt this is, from 1: broker redeliveries plus in-process retries.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::{Consumer, Context, HandlerError};
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscription};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Placed { id: u64 }
+    /// # impl palisade_events::Event for Placed { const TYPE: &'static str = "order.placed"; }
+    /// let bus = MemoryBus::new();
+    /// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    /// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "billing"))
+    ///     .handle(move |_: Placed, ctx: Context| {
+    ///         let tx = tx.clone();
+    ///         async move { tx.send(ctx.attempt()).map_err(HandlerError::transient) }
+    ///     });
+    /// let shutdown = CancellationToken::new();
+    /// let running = tokio::spawn(consumer.run(shutdown.clone()));
+    /// let envelope = Envelope::from_event(&Placed { id: 7 }, "shop")?.with_key("order-7");
+    /// let id = envelope.id;
+    /// bus.publish("orders", envelope).await?;
+    /// let seen = seen.recv().await.expect("handled");
+    /// assert_eq!(seen, 1); // the first delivery
+    /// shutdown.cancel();
+    /// running.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
     /// The consumer's name (its group, unless set with [`Consumer::name`]).
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::{Consumer, Context, HandlerError};
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscription};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Placed { id: u64 }
+    /// # impl palisade_events::Event for Placed { const TYPE: &'static str = "order.placed"; }
+    /// let bus = MemoryBus::new();
+    /// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    /// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "billing"))
+    ///     .handle(move |_: Placed, ctx: Context| {
+    ///         let tx = tx.clone();
+    ///         async move { tx.send(ctx.consumer().to_owned()).map_err(HandlerError::transient) }
+    ///     });
+    /// let shutdown = CancellationToken::new();
+    /// let running = tokio::spawn(consumer.run(shutdown.clone()));
+    /// let envelope = Envelope::from_event(&Placed { id: 7 }, "shop")?.with_key("order-7");
+    /// let id = envelope.id;
+    /// bus.publish("orders", envelope).await?;
+    /// let seen = seen.recv().await.expect("handled");
+    /// assert_eq!(seen, "billing"); // the group, unless named
+    /// shutdown.cancel();
+    /// running.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn consumer(&self) -> &str {
         &self.consumer
     }
@@ -201,6 +341,14 @@ pub struct HandlerError {
 
 impl HandlerError {
     /// An error worth retrying (a timeout, a dependency down).
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::HandlerError;
+    ///
+    /// let error = HandlerError::transient(std::io::Error::other("database busy"));
+    /// assert!(!error.is_permanent());
+    /// assert_eq!(error.to_string(), "database busy");
+    /// ```
     pub fn transient(source: impl Into<BoxError>) -> Self {
         Self {
             permanent: false,
@@ -209,6 +357,13 @@ impl HandlerError {
     }
 
     /// An error that will repeat (a business rule rejecting the event): dead-letter now.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::HandlerError;
+    ///
+    /// let error = HandlerError::permanent("order 7 does not exist");
+    /// assert!(error.is_permanent());
+    /// ```
     pub fn permanent(source: impl Into<BoxError>) -> Self {
         Self {
             permanent: true,
@@ -217,11 +372,26 @@ impl HandlerError {
     }
 
     /// Whether this error skips the retries.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::HandlerError;
+    ///
+    /// // `?` on any error gives a transient one.
+    /// fn parse(text: &str) -> Result<u64, HandlerError> { Ok(text.parse::<u64>()?) }
+    /// assert!(!parse("x").expect_err("not a number").is_permanent());
+    /// ```
     pub fn is_permanent(&self) -> bool {
         self.permanent
     }
 
     /// The underlying error.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::HandlerError;
+    ///
+    /// let source = HandlerError::transient(std::io::Error::other("timed out")).into_source();
+    /// assert!(source.downcast_ref::<std::io::Error>().is_some());
+    /// ```
     pub fn into_source(self) -> BoxError {
         self.source
     }
@@ -446,12 +616,23 @@ impl<S, C> fmt::Debug for Consumer<S, C> {
             .field("retry_mode", &self.retry_mode)
             .field("unknown", &self.unknown)
             .field("max_payload", &self.max_payload)
+            .field("reconnect", &self.reconnect)
+            .field("inbox", &self.inbox.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl<S: Subscriber> Consumer<S, JsonCodec> {
     /// A consumer of `subscription` decoding JSON payloads.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .concurrency(8);
+    /// assert!(format!("{consumer:?}").contains("topic: \"orders\""));
+    /// ```
     pub fn new(subscriber: S, subscription: Subscription) -> Self {
         Self::with_codec(subscriber, subscription, JsonCodec)
     }
@@ -459,6 +640,19 @@ impl<S: Subscriber> Consumer<S, JsonCodec> {
 
 impl<S: Subscriber, C: Codec> Consumer<S, C> {
     /// A consumer of `subscription` decoding payloads with `codec`.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{JsonCodec, MemoryBus, Subscription};
+    ///
+    /// // Any `Codec`: JSON is the default, shown explicitly here.
+    /// let consumer = Consumer::with_codec(
+    ///     MemoryBus::new(),
+    ///     Subscription::new("orders", "billing"),
+    ///     JsonCodec,
+    /// );
+    /// assert!(format!("{consumer:?}").contains("billing"));
+    /// ```
     pub fn with_codec(subscriber: S, subscription: Subscription, codec: C) -> Self {
         Self {
             subscriber,
@@ -481,6 +675,19 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
 
     /// Registers `handler` for events of type `E` (by [`Event::TYPE`]); a second
     /// handler for one type replaces the first.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::{Consumer, Context, HandlerError};
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Placed { id: u64 }
+    /// impl palisade_events::Event for Placed { const TYPE: &'static str = "order.placed"; }
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .handle(|_: Placed, _: Context| async { Ok::<_, HandlerError>(()) });
+    /// assert!(format!("{consumer:?}").contains("order.placed"));
+    /// ```
     #[must_use]
     pub fn handle<E: Event, H: Handler<E>>(mut self, handler: H) -> Self {
         self.routes.insert(
@@ -494,6 +701,15 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     }
 
     /// The consumer's name, the inbox's first key (default: the subscription's group).
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .name("billing-v2");
+    /// assert!(format!("{consumer:?}").contains("billing-v2"));
+    /// ```
     #[must_use]
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -503,6 +719,15 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     /// How many deliveries may be in hand at once, running or waiting behind an
     /// earlier event of their key (default 64; at least 1). Handlers of different keys
     /// run in parallel up to this bound.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .concurrency(0); // raised to 1
+    /// assert!(format!("{consumer:?}").contains("concurrency: 1"));
+    /// ```
     #[must_use]
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
@@ -511,6 +736,15 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
 
     /// How many attempts an event gets before it is dead-lettered (default 5,
     /// counting broker redeliveries; at least 1).
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .max_attempts(3);
+    /// assert!(format!("{consumer:?}").contains("max_attempts: 3"));
+    /// ```
     #[must_use]
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
@@ -519,6 +753,17 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
 
     /// The delays between attempts (default [`Backoff::default`]: exponential from
     /// 100 ms, capped at 10 s, full jitter).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .backoff(Backoff::constant(Duration::from_millis(250)));
+    /// assert!(format!("{consumer:?}").contains("250ms"));
+    /// ```
     #[must_use]
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
@@ -526,6 +771,16 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     }
 
     /// Where retries wait (default [`RetryMode::InProcess`]).
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::RetryMode;
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .retry_mode(RetryMode::Redeliver);
+    /// assert!(format!("{consumer:?}").contains("Redeliver"));
+    /// ```
     #[must_use]
     pub fn retry_mode(mut self, mode: RetryMode) -> Self {
         self.retry_mode = mode;
@@ -533,6 +788,16 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     }
 
     /// What to do with event types nobody handles (default [`UnknownEvent::Ack`]).
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::UnknownEvent;
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .unknown_events(UnknownEvent::DeadLetter);
+    /// assert!(format!("{consumer:?}").contains("DeadLetter"));
+    /// ```
     #[must_use]
     pub fn unknown_events(mut self, policy: UnknownEvent) -> Self {
         self.unknown = policy;
@@ -541,6 +806,15 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
 
     /// The largest payload handed to a handler, in bytes (default 4 MiB); larger ones
     /// are dead-lettered with [`Error::PayloadTooLarge`] as the reason.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .max_payload(64 * 1024);
+    /// assert!(format!("{consumer:?}").contains("65536"));
+    /// ```
     #[must_use]
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.max_payload = bytes;
@@ -549,6 +823,17 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
 
     /// The delays between re-subscription attempts after the subscription failed
     /// (default exponential from 100 ms, capped at 5 s, full jitter).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .reconnect_backoff(Backoff::constant(Duration::from_secs(2)));
+    /// assert!(format!("{consumer:?}").contains("2s"));
+    /// ```
     #[must_use]
     pub fn reconnect_backoff(mut self, backoff: Backoff) -> Self {
         self.reconnect = backoff;
@@ -557,6 +842,16 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
 
     /// Deduplicates through `inbox`, keyed by (name, event id): an event it reports as
     /// handled is acked without running the handler.
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::MemoryInbox;
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// let consumer = Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .inbox(MemoryInbox::new());
+    /// assert!(format!("{consumer:?}").contains("inbox: true"));
+    /// ```
     #[must_use]
     pub fn inbox(mut self, inbox: impl Inbox) -> Self {
         self.inbox = Some(Arc::new(inbox));
@@ -564,6 +859,21 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     }
 
     /// Deduplicates through a shared inbox handle.
+    ///
+    /// ```rust
+    /// use std::sync::Arc;
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::inbox::{Inbox, MemoryInbox};
+    /// use palisade_events::{MemoryBus, Subscription};
+    ///
+    /// // One inbox for two consumers of the same process.
+    /// let inbox: Arc<dyn Inbox> = Arc::new(MemoryInbox::new());
+    /// let bus = MemoryBus::new();
+    /// let a = Consumer::new(bus.clone(), Subscription::new("orders", "billing"))
+    ///     .shared_inbox(Arc::clone(&inbox));
+    /// let b = Consumer::new(bus, Subscription::new("refunds", "billing")).shared_inbox(inbox);
+    /// assert!(format!("{a:?}{b:?}").matches("inbox: true").count() == 2);
+    /// ```
     #[must_use]
     pub fn shared_inbox(mut self, inbox: Arc<dyn Inbox>) -> Self {
         self.inbox = Some(inbox);
@@ -575,6 +885,21 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     ///
     /// Returns [`Error::Config`] at once for an invalid backoff, and
     /// [`Error::Closed`] (after draining) when the subscriber is closed for good.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::Consumer;
+    /// use palisade_events::{MemoryBus, Subscription};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let shutdown = CancellationToken::new();
+    /// shutdown.cancel(); // already cancelled: returns at once, having handled nothing
+    /// Consumer::new(MemoryBus::new(), Subscription::new("orders", "billing"))
+    ///     .run(shutdown)
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
         self.backoff
             .validate()

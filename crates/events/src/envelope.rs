@@ -110,6 +110,21 @@ impl Envelope {
     }
 
     /// Encodes a typed event with the given codec.
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Event, JsonCodec};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Placed { id: u64 }
+    /// impl Event for Placed {
+    ///     const TYPE: &'static str = "order.placed";
+    ///     fn key(&self) -> Option<String> { Some(self.id.to_string()) }
+    /// }
+    /// let envelope = Envelope::from_event_with(&JsonCodec, &Placed { id: 7 }, "shop")?;
+    /// assert_eq!((envelope.event_type.as_ref(), envelope.key.as_deref()), ("order.placed", Some("7")));
+    /// assert_eq!(envelope.content_type, "application/json");
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     pub fn from_event_with<C: Codec, E: Event>(
         codec: &C,
         event: &E,
@@ -125,11 +140,41 @@ impl Envelope {
     }
 
     /// Decodes the payload with the JSON codec, checking the content type first.
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Event};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Placed { id: u64 }
+    /// impl Event for Placed {
+    ///     const TYPE: &'static str = "order.placed";
+    ///     fn key(&self) -> Option<String> { Some(self.id.to_string()) }
+    /// }
+    /// let envelope = Envelope::new("order.placed", "shop", r#"{"id":7}"#);
+    /// let placed: Placed = envelope.decode()?;
+    /// assert_eq!(placed.id, 7);
+    /// // A payload that is not the event is an error, not a panic.
+    /// assert!(Envelope::new("order.placed", "shop", "{").decode::<Placed>().is_err());
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     pub fn decode<E: Event>(&self) -> Result<E, Error> {
         self.decode_with(&JsonCodec)
     }
 
     /// Decodes the payload with the given codec, checking the content type first.
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Error, Event, JsonCodec};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Placed { id: u64 }
+    /// impl Event for Placed {
+    ///     const TYPE: &'static str = "order.placed";
+    ///     fn key(&self) -> Option<String> { Some(self.id.to_string()) }
+    /// }
+    /// let xml = Envelope::new("order.placed", "shop", "<id>7</id>").with_content_type("application/xml");
+    /// assert!(matches!(xml.decode_with::<_, Placed>(&JsonCodec), Err(Error::ContentType { .. })));
+    /// ```
     pub fn decode_with<C: Codec, E: Event>(&self, codec: &C) -> Result<E, Error> {
         if !codec.accepts(&self.content_type) {
             return Err(Error::ContentType {
@@ -141,6 +186,13 @@ impl Envelope {
     }
 
     /// Sets the ordering key.
+    ///
+    /// ```rust
+    /// use palisade_events::Envelope;
+    ///
+    /// let envelope = Envelope::new("order.placed", "shop", "{}").with_key("order-7");
+    /// assert_eq!(envelope.key.as_deref(), Some("order-7"));
+    /// ```
     #[must_use]
     pub fn with_key(mut self, key: impl Into<String>) -> Self {
         self.key = Some(key.into());
@@ -148,6 +200,13 @@ impl Envelope {
     }
 
     /// Sets the correlation id.
+    ///
+    /// ```rust
+    /// use palisade_events::Envelope;
+    ///
+    /// let envelope = Envelope::new("order.placed", "shop", "{}").with_correlation_id("checkout-42");
+    /// assert_eq!(envelope.correlation_id.as_deref(), Some("checkout-42"));
+    /// ```
     #[must_use]
     pub fn with_correlation_id(mut self, id: impl Into<String>) -> Self {
         self.correlation_id = Some(id.into());
@@ -155,6 +214,14 @@ impl Envelope {
     }
 
     /// Sets the causation id.
+    ///
+    /// ```rust
+    /// use palisade_events::Envelope;
+    ///
+    /// let command = Envelope::new("order.place", "web", "{}");
+    /// let event = Envelope::new("order.placed", "shop", "{}").with_causation_id(command.id.to_string());
+    /// assert_eq!(event.causation_id, Some(command.id.to_string()));
+    /// ```
     #[must_use]
     pub fn with_causation_id(mut self, id: impl Into<String>) -> Self {
         self.causation_id = Some(id.into());
@@ -162,6 +229,13 @@ impl Envelope {
     }
 
     /// Adds a free header.
+    ///
+    /// ```rust
+    /// use palisade_events::Envelope;
+    ///
+    /// let envelope = Envelope::new("order.placed", "shop", "{}").with_header("tenant", "acme");
+    /// assert_eq!(envelope.headers["tenant"], "acme");
+    /// ```
     #[must_use]
     pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(name.into(), value.into());
@@ -169,6 +243,14 @@ impl Envelope {
     }
 
     /// Sets the content type.
+    ///
+    /// ```rust
+    /// use palisade_events::Envelope;
+    ///
+    /// let envelope = Envelope::new("order.placed", "shop", "{}")
+    ///     .with_content_type("application/cloudevents+json");
+    /// assert_eq!(envelope.content_type, "application/cloudevents+json");
+    /// ```
     #[must_use]
     pub fn with_content_type(mut self, content_type: impl Into<Cow<'static, str>>) -> Self {
         self.content_type = content_type.into();
@@ -177,6 +259,17 @@ impl Envelope {
 
     /// A follow-up envelope caused by this one: same correlation id (or this id when
     /// none), causation id set to this id.
+    ///
+    /// ```rust
+    /// use palisade_events::Envelope;
+    ///
+    /// let placed = Envelope::new("order.placed", "shop", "{}");
+    /// let paid = placed.caused("payment.taken", "{}");
+    /// assert_eq!(paid.causation_id, Some(placed.id.to_string()));
+    /// // No correlation id on the cause: the conversation is named after it.
+    /// assert_eq!(paid.correlation_id, Some(placed.id.to_string()));
+    /// assert_eq!(paid.source, "shop");
+    /// ```
     pub fn caused(
         &self,
         event_type: impl Into<Cow<'static, str>>,

@@ -37,6 +37,13 @@ pub struct Subscription {
 
 impl Subscription {
     /// A subscription with the default prefetch (256).
+    ///
+    /// ```rust
+    /// use palisade_events::Subscription;
+    ///
+    /// let subscription = Subscription::new("orders", "billing");
+    /// assert_eq!((subscription.topic.as_str(), subscription.group.as_str()), ("orders", "billing"));
+    /// ```
     pub fn new(topic: impl Into<String>, group: impl Into<String>) -> Self {
         Self {
             topic: topic.into(),
@@ -46,6 +53,12 @@ impl Subscription {
     }
 
     /// Sets how many unsettled deliveries this member may hold.
+    ///
+    /// ```rust
+    /// use palisade_events::Subscription;
+    ///
+    /// assert_eq!(Subscription::new("orders", "billing").with_prefetch(500).prefetch, 500);
+    /// ```
     #[must_use]
     pub fn with_prefetch(mut self, prefetch: usize) -> Self {
         self.prefetch = prefetch.max(1);
@@ -177,6 +190,22 @@ impl std::fmt::Debug for Delivery {
 
 impl Delivery {
     /// A delivery of a well-formed envelope. `attempt` is 1 for the first delivery.
+    ///
+    /// ```rust
+    /// # use std::time::Duration;
+    /// # use palisade_events::{Acknowledge, BoxFuture, Error};
+    /// # struct Noop;
+    /// # impl Acknowledge for Noop {
+    /// #     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// #     fn retry(self: Box<Self>, _: Duration) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// #     fn dead_letter(self: Box<Self>, _: String) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// # }
+    /// use palisade_events::{Delivery, Envelope};
+    ///
+    /// // A backend's attempt 0 is read as the first.
+    /// let delivery = Delivery::new(Envelope::new("t", "test", "{}"), 0, Box::new(Noop));
+    /// assert_eq!(delivery.attempt(), 1);
+    /// ```
     pub fn new(envelope: Envelope, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
         Self {
             message: Ok(Arc::new(envelope)),
@@ -186,6 +215,23 @@ impl Delivery {
     }
 
     /// A delivery of an envelope the backend already holds behind an `Arc` (no copy).
+    ///
+    /// ```rust
+    /// # use std::time::Duration;
+    /// # use palisade_events::{Acknowledge, BoxFuture, Error};
+    /// # struct Noop;
+    /// # impl Acknowledge for Noop {
+    /// #     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// #     fn retry(self: Box<Self>, _: Duration) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// #     fn dead_letter(self: Box<Self>, _: String) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// # }
+    /// use std::sync::Arc;
+    /// use palisade_events::{Delivery, Envelope};
+    ///
+    /// let envelope = Arc::new(Envelope::new("t", "test", "{}"));
+    /// let delivery = Delivery::from_shared(Arc::clone(&envelope), 2, Box::new(Noop));
+    /// assert!(Arc::ptr_eq(&delivery.shared_envelope().expect("well formed"), &envelope));
+    /// ```
     pub fn from_shared(envelope: Arc<Envelope>, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
         Self {
             message: Ok(envelope),
@@ -197,6 +243,22 @@ impl Delivery {
     /// A delivery whose broker message could not be mapped to an envelope (a missing
     /// required header, an unreadable attribute). The consumer runtime dead-letters
     /// it at once with the error as the reason.
+    ///
+    /// ```rust
+    /// # use std::time::Duration;
+    /// # use palisade_events::{Acknowledge, BoxFuture};
+    /// # struct Noop;
+    /// # impl Acknowledge for Noop {
+    /// #     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// #     fn retry(self: Box<Self>, _: Duration) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// #     fn dead_letter(self: Box<Self>, _: String) -> BoxFuture<'static, Result<(), Error>> { Box::pin(async { Ok(()) }) }
+    /// # }
+    /// use palisade_events::{Delivery, Error};
+    ///
+    /// let error = Error::Malformed { reason: "no ce_id header".into() };
+    /// let delivery = Delivery::malformed(error, 1, Box::new(Noop));
+    /// assert!(matches!(delivery.envelope(), Err(Error::Malformed { .. })));
+    /// ```
     pub fn malformed(error: Error, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
         Self {
             message: Err(error),
@@ -206,32 +268,133 @@ impl Delivery {
     }
 
     /// The envelope, or why the message is not one.
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery = deliveries.next().await.expect("a delivery")?;
+    /// assert_eq!(delivery.envelope().map(|e| e.event_type.to_string()).ok(), Some("order.placed".into()));
+    /// delivery.ack().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn envelope(&self) -> Result<&Envelope, &Error> {
         self.message.as_deref()
     }
 
     /// The envelope as a shared handle (no copy), or why the message is not one.
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery = deliveries.next().await.expect("a delivery")?;
+    /// // Keep the envelope after settling: a cheap handle, no copy.
+    /// let envelope = delivery.shared_envelope().map_err(|e| e.to_string())?;
+    /// delivery.ack().await?;
+    /// assert_eq!(envelope.source, "shop");
+    /// # Ok(()) }
+    /// ```
     pub fn shared_envelope(&self) -> Result<Arc<Envelope>, &Error> {
         self.message.as_ref().map(Arc::clone)
     }
 
     /// Which delivery of this event this is, starting at 1, as far as the broker
     /// tracks it (redelivery counts, `x-death`, JetStream's `num_delivered`).
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery = deliveries.next().await.expect("a delivery")?;
+    /// assert_eq!(delivery.attempt(), 1);
+    /// drop(delivery); // unsettled: delivered again
+    /// let again = deliveries.next().await.expect("redelivered")?;
+    /// assert_eq!(again.attempt(), 2);
+    /// again.ack().await?;
+    /// # Ok(()) }
+    /// ```
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
 
     /// Acknowledges: the event was handled.
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery = deliveries.next().await.expect("a delivery")?;
+    /// delivery.ack().await?;
+    /// assert_eq!(bus.pending("orders", "billing"), 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn ack(self) -> Result<(), Error> {
         self.acker.ack().await
     }
 
     /// Asks for redelivery after `delay`.
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery = deliveries.next().await.expect("a delivery")?;
+    /// delivery.retry(std::time::Duration::from_secs(5)).await?;
+    /// assert_eq!(bus.pending("orders", "billing"), 1); // waiting out the delay
+    /// let again = deliveries.next().await.expect("after the delay")?;
+    /// assert_eq!(again.attempt(), 2);
+    /// again.ack().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn retry(self, delay: Duration) -> Result<(), Error> {
         self.acker.retry(delay).await
     }
 
     /// Moves the event to the dead-letter destination with `reason`.
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut deliveries = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery = deliveries.next().await.expect("a delivery")?;
+    /// delivery.dead_letter("customer unknown").await?;
+    /// let mut dead = bus.subscribe(&Subscription::new("orders.dlq", "ops")).await?;
+    /// let letter = dead.next().await.expect("a dead letter")?;
+    /// assert_eq!(letter.envelope().map(|e| e.headers["palisade-dead-letter-reason"].clone()).ok(), Some("customer unknown".into()));
+    /// letter.ack().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), Error> {
         self.acker.dead_letter(reason.into()).await
     }

@@ -91,6 +91,13 @@ pub struct KafkaOptions {
 
 impl KafkaOptions {
     /// Options for the cluster at `bootstrap_servers` with every default.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::kafka::KafkaOptions;
+    ///
+    /// let options = KafkaOptions::new("127.0.0.1:9092");
+    /// assert!(format!("{options:?}").contains("send_timeout: 30s"));
+    /// ```
     pub fn new(bootstrap_servers: impl Into<String>) -> Self {
         Self {
             bootstrap_servers: bootstrap_servers.into(),
@@ -102,6 +109,12 @@ impl KafkaOptions {
     }
 
     /// The bootstrap servers.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::kafka::KafkaOptions;
+    ///
+    /// assert_eq!(KafkaOptions::new("127.0.0.1:9092").bootstrap_servers(), "127.0.0.1:9092");
+    /// ```
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap_servers
     }
@@ -109,6 +122,13 @@ impl KafkaOptions {
     /// Sets a librdkafka property on the producer and the consumers (e.g. security
     /// settings). Default: none. `enable.idempotence`, `acks` and
     /// `enable.auto.commit` are ours and set after these.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::kafka::KafkaOptions;
+    ///
+    /// let options = KafkaOptions::new("127.0.0.1:9092").set("security.protocol", "ssl");
+    /// assert!(format!("{options:?}").contains("security.protocol"));
+    /// ```
     #[must_use]
     pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.extra.push((key.into(), value.into()));
@@ -116,6 +136,13 @@ impl KafkaOptions {
     }
 
     /// Suffix of the dead-letter topic. Default: `.dlq` (`orders.dlq`).
+    ///
+    /// ```rust
+    /// use palisade_events::backend::kafka::KafkaOptions;
+    ///
+    /// let options = KafkaOptions::new("127.0.0.1:9092").dead_letter_suffix(".dead");
+    /// assert!(format!("{options:?}").contains("\".dead\""));
+    /// ```
     #[must_use]
     pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.dead_letter_suffix = suffix.into();
@@ -124,6 +151,14 @@ impl KafkaOptions {
 
     /// How long a publish may wait for the broker (queueing and delivery) before it
     /// is an error. Default: 30 s, librdkafka's own `message.timeout.ms` scale.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::backend::kafka::KafkaOptions;
+    ///
+    /// let options = KafkaOptions::new("127.0.0.1:9092").send_timeout(Duration::from_secs(5));
+    /// assert!(format!("{options:?}").contains("send_timeout: 5s"));
+    /// ```
     #[must_use]
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = timeout;
@@ -189,11 +224,27 @@ impl std::fmt::Debug for KafkaBus {
 impl KafkaBus {
     /// A bus for the cluster at `bootstrap_servers` with default [`KafkaOptions`].
     /// librdkafka connects lazily, so this does not wait for the cluster.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::kafka::KafkaBus;
+    ///
+    /// let bus = KafkaBus::connect("127.0.0.1:9092")?; // the producer connects lazily
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders.dlq");
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     pub fn connect(bootstrap_servers: &str) -> Result<Self, Error> {
         Self::with_options(KafkaOptions::new(bootstrap_servers))
     }
 
     /// A bus with `options`.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::kafka::{KafkaBus, KafkaOptions};
+    ///
+    /// let bus = KafkaBus::with_options(KafkaOptions::new("127.0.0.1:9092").dead_letter_suffix("-dlq"))?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders-dlq");
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     pub fn with_options(options: KafkaOptions) -> Result<Self, Error> {
         let timeout_ms = options.send_timeout.as_millis().max(1).to_string();
         let producer: FutureProducer = options
@@ -210,6 +261,14 @@ impl KafkaBus {
     }
 
     /// The name of `topic`'s dead-letter topic.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::kafka::KafkaBus;
+    ///
+    /// let bus = KafkaBus::connect("127.0.0.1:9092")?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders.dlq");
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     pub fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}{}", self.options.dead_letter_suffix)
     }

@@ -88,6 +88,13 @@ pub struct NatsOptions {
 
 impl NatsOptions {
     /// Options for the server at `url` with every default.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::nats::NatsOptions;
+    ///
+    /// let options = NatsOptions::new("nats://127.0.0.1:4222");
+    /// assert!(format!("{options:?}").contains("ack_wait: 30s"));
+    /// ```
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -100,11 +107,24 @@ impl NatsOptions {
     }
 
     /// The server URL.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::nats::NatsOptions;
+    ///
+    /// assert_eq!(NatsOptions::new("nats://127.0.0.1:4222").url(), "nats://127.0.0.1:4222");
+    /// ```
     pub fn url(&self) -> &str {
         &self.url
     }
 
     /// Prefix of the stream created for each topic. Default: `palisade-`.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::nats::NatsOptions;
+    ///
+    /// let options = NatsOptions::new("nats://127.0.0.1:4222").stream_prefix("shop-");
+    /// assert!(format!("{options:?}").contains("\"shop-\""));
+    /// ```
     #[must_use]
     pub fn stream_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.stream_prefix = prefix.into();
@@ -114,6 +134,13 @@ impl NatsOptions {
     /// Most messages a topic's stream keeps (oldest discarded first). Default:
     /// 1,000,000, as for the Redis backend; a message discarded before a group read it
     /// is lost to that group. Applies when the stream is created.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::nats::NatsOptions;
+    ///
+    /// let options = NatsOptions::new("nats://127.0.0.1:4222").max_messages(10_000);
+    /// assert!(format!("{options:?}").contains("max_messages: 10000"));
+    /// ```
     #[must_use]
     pub fn max_messages(mut self, max_messages: i64) -> Self {
         self.max_messages = max_messages;
@@ -123,6 +150,14 @@ impl NatsOptions {
     /// How long a delivered message may stay unsettled before JetStream delivers it
     /// again. Default: 30 s, JetStream's own default, longer than a handler normally
     /// runs. Applies when a group's consumer is created.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::backend::nats::NatsOptions;
+    ///
+    /// let options = NatsOptions::new("nats://127.0.0.1:4222").ack_wait(Duration::from_secs(10));
+    /// assert!(format!("{options:?}").contains("ack_wait: 10s"));
+    /// ```
     #[must_use]
     pub fn ack_wait(mut self, ack_wait: Duration) -> Self {
         self.ack_wait = ack_wait;
@@ -134,6 +169,13 @@ impl NatsOptions {
     /// messages per consumer (the group), while each member's own bound, its prefetch,
     /// is kept by the member fetching no more than it has room for. Default: 16.
     /// Applies when a group's consumer is created.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::nats::NatsOptions;
+    ///
+    /// let options = NatsOptions::new("nats://127.0.0.1:4222").members(4);
+    /// assert!(format!("{options:?}").contains("members: 4"));
+    /// ```
     #[must_use]
     pub fn members(mut self, members: u16) -> Self {
         self.members = i64::from(members.max(1));
@@ -141,6 +183,13 @@ impl NatsOptions {
     }
 
     /// Suffix of the dead-letter subject. Default: `.dlq` (`orders.dlq`).
+    ///
+    /// ```rust
+    /// use palisade_events::backend::nats::NatsOptions;
+    ///
+    /// let options = NatsOptions::new("nats://127.0.0.1:4222").dead_letter_suffix(".dead");
+    /// assert!(format!("{options:?}").contains("\".dead\""));
+    /// ```
     #[must_use]
     pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.dead_letter_suffix = suffix.into();
@@ -182,11 +231,31 @@ impl std::fmt::Debug for NatsBus {
 
 impl NatsBus {
     /// Connects to the server at `url` with default [`NatsOptions`].
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::nats::NatsBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = NatsBus::connect("nats://127.0.0.1:4222").await?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders.dlq");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::with_options(NatsOptions::new(url)).await
     }
 
     /// Connects with `options`.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::nats::{NatsBus, NatsOptions};
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = NatsBus::with_options(NatsOptions::new("nats://127.0.0.1:4222").stream_prefix("shop-")).await?;
+    /// assert_eq!(bus.stream_name("orders"), "shop-orders");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn with_options(options: NatsOptions) -> Result<Self, Error> {
         let client = async_nats::connect(options.url.as_str())
             .await
@@ -195,6 +264,18 @@ impl NatsBus {
     }
 
     /// Uses an existing client (its URL in `options` is not used).
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::nats::{NatsBus, NatsOptions};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Share the connection the service already has.
+    /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
+    /// let bus = NatsBus::from_client(client, NatsOptions::new("nats://127.0.0.1:4222"));
+    /// assert_eq!(bus.stream_name("orders"), "palisade-orders");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn from_client(client: async_nats::Client, options: NatsOptions) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -206,11 +287,33 @@ impl NatsBus {
     }
 
     /// The subject of `topic`'s dead letters.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::nats::NatsBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = NatsBus::connect("nats://127.0.0.1:4222").await?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders.dlq");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}{}", self.inner.options.dead_letter_suffix)
     }
 
     /// The name of `topic`'s stream.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::nats::NatsBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = NatsBus::connect("nats://127.0.0.1:4222").await?;
+    /// // Characters a stream name cannot hold are replaced (and a hash keeps names apart).
+    /// assert_eq!(bus.stream_name("orders"), "palisade-orders");
+    /// assert!(bus.stream_name("orders.eu").starts_with("palisade-orders_eu"));
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn stream_name(&self, topic: &str) -> String {
         valid_name(&format!("{}{topic}", self.inner.options.stream_prefix))
     }

@@ -105,6 +105,13 @@ pub struct RabbitMqOptions {
 
 impl RabbitMqOptions {
     /// Options for the broker at `url` with every default.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::rabbitmq::RabbitMqOptions;
+    ///
+    /// let options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f");
+    /// assert!(format!("{options:?}").contains("exchange"));
+    /// ```
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -116,11 +123,24 @@ impl RabbitMqOptions {
     }
 
     /// The broker URL.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::rabbitmq::RabbitMqOptions;
+    ///
+    /// assert_eq!(RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f").url(), "amqp://guest:guest@127.0.0.1:5672/%2f");
+    /// ```
     pub fn url(&self) -> &str {
         &self.url
     }
 
     /// The durable topic exchange events are published to. Default: `palisade`.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::rabbitmq::RabbitMqOptions;
+    ///
+    /// let options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f").exchange("shop.events");
+    /// assert!(format!("{options:?}").contains("\"shop.events\""));
+    /// ```
     #[must_use]
     pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
         self.exchange = exchange.into();
@@ -128,6 +148,13 @@ impl RabbitMqOptions {
     }
 
     /// Suffix of a topic's dead-letter routing key and queue. Default: `.dlq`.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::rabbitmq::RabbitMqOptions;
+    ///
+    /// let options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f").dead_letter_suffix(".dead");
+    /// assert!(format!("{options:?}").contains("\".dead\""));
+    /// ```
     #[must_use]
     pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.dead_letter_suffix = suffix.into();
@@ -136,6 +163,13 @@ impl RabbitMqOptions {
 
     /// Whether a publish no queue is bound for is an error. Default: `true`, because
     /// the broker would otherwise confirm and drop it.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::rabbitmq::RabbitMqOptions;
+    ///
+    /// let options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f").mandatory(false);
+    /// assert!(format!("{options:?}").contains("mandatory: false"));
+    /// ```
     #[must_use]
     pub fn mandatory(mut self, mandatory: bool) -> Self {
         self.mandatory = mandatory;
@@ -143,6 +177,14 @@ impl RabbitMqOptions {
     }
 
     /// Longest wait between reconnection attempts of a subscription. Default: 5 s.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::backend::rabbitmq::RabbitMqOptions;
+    ///
+    /// let options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f").max_backoff(Duration::from_secs(10));
+    /// assert!(format!("{options:?}").contains("max_backoff: 10s"));
+    /// ```
     #[must_use]
     pub fn max_backoff(mut self, max_backoff: Duration) -> Self {
         self.max_backoff = max_backoff.max(Duration::from_millis(50));
@@ -423,11 +465,31 @@ impl std::fmt::Debug for RabbitMqBus {
 
 impl RabbitMqBus {
     /// Connects to the broker at `url` with default [`RabbitMqOptions`].
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::rabbitmq::RabbitMqBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+    /// assert_eq!(bus.queue_name("orders", "billing"), "orders.billing");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::with_options(RabbitMqOptions::new(url)).await
     }
 
     /// Connects with `options` and declares the exchange.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = RabbitMqBus::with_options(RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f").dead_letter_suffix("-dlq")).await?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders-dlq");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn with_options(options: RabbitMqOptions) -> Result<Self, Error> {
         let link = Arc::new(Link {
             options,
@@ -438,17 +500,49 @@ impl RabbitMqBus {
     }
 
     /// The routing key (and queue) of `topic`'s dead letters.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::rabbitmq::RabbitMqBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders.dlq");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}{}", self.link.options.dead_letter_suffix)
     }
 
     /// The queue of `group` on `topic`.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::rabbitmq::RabbitMqBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+    /// assert_eq!(bus.queue_name("orders", "billing"), "orders.billing");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn queue_name(&self, topic: &str, group: &str) -> String {
         format!("{topic}.{group}")
     }
 
     /// Declares `group`'s queue on `topic` (and the topic's dead-letter queue) without
     /// consuming, so events published before the first subscriber are kept.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::rabbitmq::RabbitMqBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = RabbitMqBus::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+    /// // Events published from now on are kept for `billing`, even before it subscribes.
+    /// bus.declare_group("orders", "billing").await?;
+    /// assert_eq!(bus.queue_name("orders", "billing"), "orders.billing");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn declare_group(&self, topic: &str, group: &str) -> Result<(), Error> {
         let channel = self.link.publish_channel().await?;
         declare_group(&channel, &self.topology(topic, group)).await

@@ -97,6 +97,13 @@ pub struct RedisOptions {
 
 impl RedisOptions {
     /// Options for the Redis server at `url` with every default.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::redis::RedisOptions;
+    ///
+    /// let options = RedisOptions::new("redis://127.0.0.1:6379");
+    /// assert!(format!("{options:?}").contains("claim_idle"));
+    /// ```
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -109,6 +116,12 @@ impl RedisOptions {
     }
 
     /// The server URL.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::redis::RedisOptions;
+    ///
+    /// assert_eq!(RedisOptions::new("redis://127.0.0.1:6379").url(), "redis://127.0.0.1:6379");
+    /// ```
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -116,6 +129,13 @@ impl RedisOptions {
     /// Approximate cap on a stream's length (`MAXLEN ~`). Default: 1,000,000 entries,
     /// a bound on memory that still keeps hours of history at typical rates. `None`
     /// never trims. Entries trimmed before a group read them are lost to that group.
+    ///
+    /// ```rust
+    /// use palisade_events::backend::redis::RedisOptions;
+    ///
+    /// let options = RedisOptions::new("redis://127.0.0.1:6379").max_len(Some(100_000));
+    /// assert!(format!("{options:?}").contains("max_len: Some(100000)"));
+    /// ```
     #[must_use]
     pub fn max_len(mut self, max_len: Option<usize>) -> Self {
         self.max_len = max_len;
@@ -124,6 +144,14 @@ impl RedisOptions {
 
     /// How long one `XREADGROUP` blocks waiting for entries. Default: 1 s; also bounds
     /// how often stale entries are looked for.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::backend::redis::RedisOptions;
+    ///
+    /// let options = RedisOptions::new("redis://127.0.0.1:6379").block(Duration::from_millis(500));
+    /// assert!(format!("{options:?}").contains("block: 500ms"));
+    /// ```
     #[must_use]
     pub fn block(mut self, block: Duration) -> Self {
         self.block = block.max(Duration::from_millis(1));
@@ -134,6 +162,14 @@ impl RedisOptions {
     /// claims it (`XAUTOCLAIM` min-idle-time). Default: 30 s — longer than a handler
     /// normally runs, so live members are not robbed, short enough that a crashed
     /// member's work resumes quickly.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::backend::redis::RedisOptions;
+    ///
+    /// let options = RedisOptions::new("redis://127.0.0.1:6379").claim_idle(Duration::from_secs(60));
+    /// assert!(format!("{options:?}").contains("claim_idle: 60s"));
+    /// ```
     #[must_use]
     pub fn claim_idle(mut self, claim_idle: Duration) -> Self {
         self.claim_idle = claim_idle.max(Duration::from_millis(1));
@@ -142,6 +178,14 @@ impl RedisOptions {
 
     /// How long a command may wait for its reply before it fails. Default: 5 s, well
     /// above a pipelined batch's round trip on a loaded machine.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::backend::redis::RedisOptions;
+    ///
+    /// let options = RedisOptions::new("redis://127.0.0.1:6379").response_timeout(Duration::from_secs(2));
+    /// assert!(format!("{options:?}").contains("response_timeout: 2s"));
+    /// ```
     #[must_use]
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
@@ -149,6 +193,13 @@ impl RedisOptions {
     }
 
     /// Suffix of the dead-letter stream's name. Default: `.dlq` (`orders.dlq`).
+    ///
+    /// ```rust
+    /// use palisade_events::backend::redis::RedisOptions;
+    ///
+    /// let options = RedisOptions::new("redis://127.0.0.1:6379").dead_letter_suffix(":dead");
+    /// assert!(format!("{options:?}").contains("\":dead\""));
+    /// ```
     #[must_use]
     pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.dead_letter_suffix = suffix.into();
@@ -185,11 +236,31 @@ impl std::fmt::Debug for RedisBus {
 
 impl RedisBus {
     /// Connects to the Redis server at `url` with default [`RedisOptions`].
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::redis::RedisBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = RedisBus::connect("redis://127.0.0.1:6379").await?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders.dlq");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, Error> {
         Self::with_options(RedisOptions::new(url)).await
     }
 
     /// Connects with `options`.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::redis::{RedisBus, RedisOptions};
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = RedisBus::with_options(RedisOptions::new("redis://127.0.0.1:6379").dead_letter_suffix(":dead")).await?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders:dead");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn with_options(options: RedisOptions) -> Result<Self, Error> {
         let client =
             Client::open(options.url.as_str()).map_err(|e| Error::connection(BACKEND, e))?;
@@ -202,6 +273,16 @@ impl RedisBus {
     }
 
     /// The name of `topic`'s dead-letter stream.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::backend::redis::RedisBus;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let bus = RedisBus::connect("redis://127.0.0.1:6379").await?;
+    /// assert_eq!(bus.dead_letter_topic("orders"), "orders.dlq");
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}{}", self.options.dead_letter_suffix)
     }

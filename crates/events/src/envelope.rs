@@ -61,6 +61,19 @@ impl Envelope {
     /// A new envelope with a fresh UUID v7 id, the current time and a JSON content type.
     ///
     /// `event_type` and `source` are `&'static str` (kept without a copy) or `String`.
+    ///
+    /// ```rust
+    /// use std::borrow::Cow;
+    /// use palisade_events::Envelope;
+    ///
+    /// let envelope = Envelope::new("order.placed", "shop", r#"{"id":7}"#);
+    /// assert!(matches!(envelope.event_type, Cow::Borrowed("order.placed"))); // no copy
+    /// assert_eq!(envelope.content_type, "application/json");
+    /// assert_eq!(envelope.id.get_version_num(), 7);
+    /// // Owned names work too.
+    /// let service = String::from("shop-eu");
+    /// assert_eq!(Envelope::new("order.placed", service, "{}").source, "shop-eu");
+    /// ```
     pub fn new(
         event_type: impl Into<Cow<'static, str>>,
         source: impl Into<Cow<'static, str>>,

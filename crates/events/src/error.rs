@@ -94,6 +94,13 @@ pub enum Error {
 
 impl Error {
     /// Wraps a broker client's error.
+    ///
+    /// ```rust
+    /// use palisade_events::Error;
+    ///
+    /// let error = Error::broker("rabbitmq", "NOT_FOUND - no exchange 'orders'");
+    /// assert!(error.to_string().contains("rabbitmq"));
+    /// ```
     pub fn broker(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Self::Broker {
             backend,
@@ -102,6 +109,13 @@ impl Error {
     }
 
     /// Wraps a connection error.
+    ///
+    /// ```rust
+    /// use palisade_events::Error;
+    ///
+    /// let error = Error::connection("redis", std::io::Error::other("connection refused"));
+    /// assert!(error.is_transient());
+    /// ```
     pub fn connection(backend: &'static str, source: impl Into<BoxError>) -> Self {
         Self::Connection {
             backend,
@@ -111,6 +125,13 @@ impl Error {
 
     /// Whether retrying the same operation later may succeed (connection losses,
     /// unconfirmed publishes), as opposed to errors that will repeat (bad payloads).
+    ///
+    /// ```rust
+    /// use palisade_events::Error;
+    ///
+    /// assert!(Error::connection("nats", "timed out").is_transient());
+    /// assert!(!Error::Config("prefetch 0".into()).is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

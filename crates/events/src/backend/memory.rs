@@ -338,12 +338,31 @@ impl Group {
 
 impl MemoryBus {
     /// An empty bus.
+    ///
+    /// ```rust
+    /// use palisade_events::MemoryBus;
+    ///
+    /// let bus = MemoryBus::new();
+    /// assert_eq!(bus.pending("orders", "billing"), 0);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Closes the bus: publishing fails with [`Error::Closed`] and every subscription
     /// stream ends once it has nothing left to hand out.
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Error, MemoryBus, Publisher};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let bus = MemoryBus::new();
+    /// bus.close();
+    /// let refused = bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await;
+    /// assert!(matches!(refused, Err(Error::Closed)));
+    /// # }
+    /// ```
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
         for topic in lock(&self.inner.topics).values() {
@@ -355,6 +374,18 @@ impl MemoryBus {
 
     /// How many events of `topic` wait to be delivered to `group` (queued or waiting
     /// out a retry delay; unsettled deliveries are not counted).
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let bus = MemoryBus::new();
+    /// let _billing = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// assert_eq!(bus.pending("orders", "billing"), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn pending(&self, topic: &str, group: &str) -> usize {
         let topics = lock(&self.inner.topics);
         match topics.get(topic) {

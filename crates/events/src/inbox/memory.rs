@@ -63,6 +63,20 @@ impl Default for MemoryInbox {
 
 impl MemoryInbox {
     /// An inbox with the defaults: 100 000 entries, 24 h TTL, 30 s lease.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    /// use uuid::Uuid;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new();
+    /// assert!(inbox.is_empty());
+    /// assert_eq!(inbox.claim("billing", Uuid::now_v7()).await?, Claim::Acquired);
+    /// assert_eq!(inbox.len(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Self {
         Self {
             capacity: 100_000,
@@ -73,6 +87,23 @@ impl MemoryInbox {
     }
 
     /// How many handled events to remember (default 100 000; at least 1).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    /// use uuid::Uuid;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new().with_capacity(2);
+    /// for _ in 0..3 {
+    ///     let id = Uuid::now_v7();
+    ///     inbox.claim("billing", id).await?;
+    ///     inbox.complete("billing", id).await?;
+    /// }
+    /// assert_eq!(inbox.len(), 2); // the oldest handled event was forgotten
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
@@ -80,6 +111,23 @@ impl MemoryInbox {
     }
 
     /// How long to remember a handled event (default 24 h).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    /// use uuid::Uuid;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new().with_ttl(Duration::from_secs(60));
+    /// let id = Uuid::now_v7();
+    /// inbox.claim("billing", id).await?;
+    /// inbox.complete("billing", id).await?;
+    /// assert_eq!(inbox.claim("billing", id).await?, Claim::Processed);
+    /// tokio::time::advance(Duration::from_secs(61)).await;
+    /// assert_eq!(inbox.claim("billing", id).await?, Claim::Acquired); // forgotten
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -88,6 +136,22 @@ impl MemoryInbox {
 
     /// How long a claim lasts without being completed (default 30 s): longer than
     /// the slowest handler, or a live handler's event may run twice.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    /// use uuid::Uuid;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new().with_lease(Duration::from_secs(5));
+    /// let id = Uuid::now_v7();
+    /// inbox.claim("billing", id).await?; // a handler that then crashes
+    /// assert_eq!(inbox.claim("billing", id).await?, Claim::InProgress);
+    /// tokio::time::advance(Duration::from_secs(6)).await;
+    /// assert_eq!(inbox.claim("billing", id).await?, Claim::Acquired); // the lease ran out
+    /// # Ok(()) }
+    /// ```
     #[must_use]
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -95,11 +159,41 @@ impl MemoryInbox {
     }
 
     /// How many events are remembered as handled or claimed.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    /// use uuid::Uuid;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new();
+    /// inbox.claim("billing", Uuid::now_v7()).await?;
+    /// inbox.claim("shipping", Uuid::now_v7()).await?;
+    /// assert_eq!(inbox.len(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.lock().entries.len()
     }
 
     /// Whether nothing is remembered.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    /// use uuid::Uuid;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new();
+    /// assert!(inbox.is_empty());
+    /// let id = Uuid::now_v7();
+    /// inbox.claim("billing", id).await?;
+    /// inbox.release("billing", id).await?; // the handler failed: claim given back
+    /// assert!(inbox.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -64,6 +64,18 @@ impl std::fmt::Debug for RedisInbox {
 
 impl RedisInbox {
     /// An inbox over `conn` with key prefix `palisade:inbox`, 30 s leases and a 24 h TTL.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::inbox::RedisInbox;
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Share the service's reconnecting connection.
+    /// let conn = redis::aio::ConnectionManager::new(redis::Client::open("redis://127.0.0.1:6379")?).await?;
+    /// let inbox = RedisInbox::new(conn);
+    /// assert!(format!("{inbox:?}").contains("palisade:inbox"));
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn new(conn: ConnectionManager) -> Self {
         Self {
             conn,
@@ -74,6 +86,17 @@ impl RedisInbox {
     }
 
     /// Connects to `url` (`redis://host:port/db`) with a reconnecting connection.
+    ///
+    /// ```rust,no_run
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::RedisInbox;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let inbox = RedisInbox::connect("redis://127.0.0.1:6379").await?;
+    /// assert!(format!("{inbox:?}").contains("lease: 30s"));
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, Error> {
         let client = redis::Client::open(url).map_err(|e| Error::connection("redis", e))?;
         let conn = ConnectionManager::new(client)
@@ -83,6 +106,17 @@ impl RedisInbox {
     }
 
     /// Sets the key prefix (default `palisade:inbox`).
+    ///
+    /// ```rust,no_run
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::RedisInbox;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let inbox = RedisInbox::connect("redis://127.0.0.1:6379").await?.with_prefix("shop:inbox");
+    /// assert!(format!("{inbox:?}").contains("shop:inbox"));
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -91,6 +125,17 @@ impl RedisInbox {
 
     /// How long a claim lasts without completion (default 30 s): longer than the
     /// slowest handler.
+    ///
+    /// ```rust,no_run
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::RedisInbox;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let inbox = RedisInbox::connect("redis://127.0.0.1:6379").await?.with_lease(Duration::from_secs(120));
+    /// assert!(format!("{inbox:?}").contains("lease: 120s"));
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     #[must_use]
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
@@ -98,6 +143,17 @@ impl RedisInbox {
     }
 
     /// How long a handled event is remembered (default 24 h).
+    ///
+    /// ```rust,no_run
+    /// use std::time::Duration;
+    /// use palisade_events::inbox::RedisInbox;
+    ///
+    /// # async fn run() -> Result<(), palisade_events::Error> {
+    /// let inbox = RedisInbox::connect("redis://127.0.0.1:6379").await?.with_ttl(Duration::from_secs(7 * 24 * 3600));
+    /// assert!(format!("{inbox:?}").contains("ttl: 604800s"));
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     #[must_use]
     pub fn with_ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;

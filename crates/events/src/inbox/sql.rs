@@ -84,12 +84,27 @@ impl SqlInbox {
     pub const DEFAULT_TABLE: &'static str = "palisade_inbox";
 
     /// The inbox in table `palisade_inbox`.
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::SqlInbox;
+    ///
+    /// assert_eq!(SqlInbox::new().table(), SqlInbox::DEFAULT_TABLE);
+    /// ```
     pub fn new() -> Self {
         Self::build(Self::DEFAULT_TABLE)
     }
 
     /// The inbox in another table (`name` or `schema.name`: ASCII letters, digits and
     /// `_` only, since it is written into SQL).
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::SqlInbox;
+    ///
+    /// assert_eq!(SqlInbox::with_table("billing.inbox")?.table(), "billing.inbox");
+    /// // Written into SQL, so only plain names are accepted.
+    /// assert!(SqlInbox::with_table("inbox; DROP TABLE orders").is_err());
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     pub fn with_table(table: impl Into<String>) -> Result<Self, Error> {
         let table = table.into();
         let valid = !table.is_empty()
@@ -125,6 +140,13 @@ impl SqlInbox {
     }
 
     /// The table name.
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::SqlInbox;
+    ///
+    /// assert_eq!(SqlInbox::with_table("shop_inbox")?.table(), "shop_inbox");
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     pub fn table(&self) -> &str {
         &self.inner.table
     }
@@ -135,6 +157,25 @@ impl SqlInbox {
     /// Pass `&mut *tx` for a `sqlx::Transaction`. On PostgreSQL a concurrent duplicate
     /// waits here until the first transaction commits (then `false`) or rolls back
     /// (then `true`).
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::consumer::{Context, HandlerError};
+    /// use palisade_events::inbox::SqlInbox;
+    ///
+    /// // Inside a handler: the business write and the inbox row in one transaction.
+    /// async fn handle(pool: &sqlx::PgPool, inbox: &SqlInbox, ctx: &Context) -> Result<(), HandlerError> {
+    ///     let mut tx = pool.begin().await?;
+    ///     if !inbox.record(&mut *tx, ctx).await? {
+    ///         return Ok(()); // a duplicate: its effect is already committed
+    ///     }
+    ///     sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 7")
+    ///         .execute(&mut *tx)
+    ///         .await?;
+    ///     tx.commit().await?;
+    ///     Ok(())
+    /// }
+    /// # fn main() {}
+    /// ```
     pub async fn record<C: InboxConnection + ?Sized>(
         &self,
         conn: &mut C,
@@ -144,6 +185,22 @@ impl SqlInbox {
     }
 
     /// [`record`](Self::record) with an explicit consumer name and event id.
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::SqlInbox;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// let inbox = SqlInbox::new();
+    /// inbox.migrate(&pool).await?;
+    /// let id = uuid::Uuid::now_v7();
+    /// let mut tx = pool.begin().await?;
+    /// assert!(inbox.record_id(&mut *tx, "billing", id).await?); // first time
+    /// assert!(!inbox.record_id(&mut *tx, "billing", id).await?); // a duplicate
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn record_id<C: InboxConnection + ?Sized>(
         &self,
         conn: &mut C,
@@ -159,6 +216,22 @@ impl SqlInbox {
 
     /// Deletes rows recorded more than `age` ago; returns how many. Keep `age` longer
     /// than any redelivery can come late (broker retention, outbox retries).
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::SqlInbox;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// let inbox = SqlInbox::new();
+    /// inbox.migrate(&pool).await?;
+    /// let mut conn = pool.acquire().await?;
+    /// inbox.record_id(&mut *conn, "billing", uuid::Uuid::now_v7()).await?;
+    /// // Nothing is a week old yet.
+    /// let deleted = inbox.delete_older_than(&mut *conn, std::time::Duration::from_secs(7 * 86_400)).await?;
+    /// assert_eq!(deleted, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_older_than<C: InboxConnection + ?Sized>(
         &self,
         conn: &mut C,
@@ -180,6 +253,20 @@ impl SqlInbox {
     /// `_sqlx_migrations` with the application's; set `ignore_missing` on the
     /// application's migrator as well, or fold these in with
     /// [`migrations`](Self::migrations).
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::SqlInbox;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let pool = sqlx::SqlitePool::connect("sqlite::memory:").await?;
+    /// let inbox = SqlInbox::new();
+    /// inbox.migrate(&pool).await?;
+    /// inbox.migrate(&pool).await?; // idempotent
+    /// let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM palisade_inbox").fetch_one(&pool).await?;
+    /// assert_eq!(rows, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn migrate<'a, A>(&self, conn: A) -> Result<(), Error>
     where
         A: sqlx::Acquire<'a>,
@@ -198,6 +285,14 @@ impl SqlInbox {
 
     /// The migrations for connection type `C` (`PgConnection` or `SqliteConnection`)
     /// rendered for this table, as `(version, description, sql)`.
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::SqlInbox;
+    ///
+    /// let migrations = SqlInbox::new().migrations::<sqlx::PgConnection>();
+    /// assert!(!migrations.is_empty());
+    /// assert!(migrations.iter().any(|(_, _, sql)| sql.contains("palisade_inbox")));
+    /// ```
     pub fn migrations<C: InboxConnection + ?Sized>(&self) -> Vec<(i64, String, String)> {
         self.render(C::MIGRATIONS)
     }

@@ -72,6 +72,16 @@ impl Default for Outbox {
 impl Outbox {
     /// An outbox on the table [`DEFAULT_TABLE`] with a [`DEFAULT_MAX_PAYLOAD`] limit
     /// and LISTEN/NOTIFY wake-ups on PostgreSQL.
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let outbox = Outbox::new();
+    /// assert_eq!(outbox.table(), palisade_outbox::DEFAULT_TABLE);
+    /// assert_eq!(outbox.max_payload(), palisade_outbox::DEFAULT_MAX_PAYLOAD);
+    /// assert!(outbox.notifies());
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -87,6 +97,15 @@ impl Outbox {
     /// Uses another table: `name` or `schema.name`, lowercase ASCII letters, digits and
     /// underscores, each part at most 48 characters (so derived index names fit
     /// PostgreSQL's 63). The notification channel becomes the name with `.` → `_`.
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let outbox = Outbox::new().with_table("billing.outbox")?;
+    /// assert_eq!(outbox.channel(), "billing_outbox");
+    /// assert!(Outbox::new().with_table("Outbox; DROP TABLE x").is_err());
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     pub fn with_table(self, table: &str) -> Result<Self, Error> {
         let parts: Vec<&str> = table.split('.').collect();
         let valid_part = |p: &&str| {
@@ -109,6 +128,14 @@ impl Outbox {
 
     /// Sets the largest payload [`enqueue`](Self::enqueue) accepts (default
     /// [`DEFAULT_MAX_PAYLOAD`]).
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let outbox = Outbox::new().with_max_payload(64 * 1024);
+    /// assert_eq!(outbox.max_payload(), 65_536);
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     #[must_use]
     pub fn with_max_payload(self, bytes: usize) -> Self {
         self.map(|inner| inner.max_payload = bytes)
@@ -124,6 +151,14 @@ impl Outbox {
     /// 1 000 commits/s offered, all committed, commit → publish p99 3.6 ms); on slow
     /// disks or CPU-starved hosts it becomes one (about 400/s on the same machine
     /// saturated by compilers). There, turn it off and call `wake` after commit.
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// // Relays poll (or the application calls `wake` after commit) instead.
+    /// assert!(!Outbox::new().with_notify(false).notifies());
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     #[must_use]
     pub fn with_notify(self, notify: bool) -> Self {
         self.map(|inner| inner.notify = notify)
@@ -138,21 +173,49 @@ impl Outbox {
     }
 
     /// The table name, possibly schema-qualified.
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// assert_eq!(Outbox::new().with_table("shop_outbox")?.table(), "shop_outbox");
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     pub fn table(&self) -> &str {
         &self.inner.table
     }
 
     /// The PostgreSQL notification channel relays listen on.
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// assert_eq!(Outbox::new().with_table("shop.outbox")?.channel(), "shop_outbox");
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     pub fn channel(&self) -> &str {
         &self.inner.channel
     }
 
     /// The payload limit in bytes.
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// assert_eq!(Outbox::new().with_max_payload(1024).max_payload(), 1024);
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     pub fn max_payload(&self) -> usize {
         self.inner.max_payload
     }
 
     /// Whether PostgreSQL enqueues notify the channel.
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// assert!(Outbox::new().notifies()); // on by default
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     pub fn notifies(&self) -> bool {
         self.inner.notify
     }
@@ -252,6 +315,15 @@ impl Outbox {
     /// The PostgreSQL migrations rendered for this table, as `(version, description,
     /// sql)`, for applications that fold them into their own migrations instead of
     /// calling [`migrate`](Self::migrate).
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// // To fold the outbox's migrations into the application's own migrator.
+    /// let migrations = Outbox::new().with_table("shop_outbox")?.postgres_migrations();
+    /// assert!(migrations.iter().any(|(_, _, sql)| sql.contains("shop_outbox")));
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     pub fn postgres_migrations(&self) -> Vec<(i64, String, String)> {
         self.migrations(POSTGRES_MIGRATIONS)
     }
@@ -261,6 +333,15 @@ impl Outbox {
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 impl Outbox {
     /// The SQLite migrations rendered for this table, as `(version, description, sql)`.
+    ///
+    /// ```rust
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let migrations = Outbox::new().sqlite_migrations();
+    /// assert!(migrations.iter().all(|(version, _, _)| *version > 0));
+    /// assert!(!migrations.is_empty());
+    /// # Ok::<(), palisade_outbox::Error>(())
+    /// ```
     pub fn sqlite_migrations(&self) -> Vec<(i64, String, String)> {
         self.migrations(SQLITE_MIGRATIONS)
     }

@@ -100,6 +100,23 @@ impl<S: Store, P: Publisher> RelayBuilder<S, P> {
     /// Rows claimed and published per batch (default 500: large enough that the claim
     /// and delete statements cost little per row, small enough that a batch finishes
     /// well within its lease). Must be at least 1.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).batch_size(200).build()?;
+    /// assert!(format!("{relay:?}").contains("batch_size: 200"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn batch_size(mut self, rows: usize) -> Self {
         self.config.batch_size = rows;
         self
@@ -109,6 +126,24 @@ impl<S: Store, P: Publisher> RelayBuilder<S, P> {
     /// database for longer loses its rows to the other relays, which publish them
     /// again (at least once). The relay stops publishing a batch once three quarters of
     /// the lease are gone. Must be at least 100 ms.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).lease(Duration::from_secs(60)).build()?;
+    /// assert!(format!("{relay:?}").contains("lease: 60s"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.config.lease = lease;
         self
@@ -118,6 +153,24 @@ impl<S: Store, P: Publisher> RelayBuilder<S, P> {
     /// LISTEN/NOTIFY wakes the relay within milliseconds and polling is the fallback;
     /// SQLite has no notifications, so set it to the latency you want there. Must not
     /// be zero.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).poll_interval(Duration::from_millis(250)).build()?;
+    /// assert!(format!("{relay:?}").contains("poll_interval: 250ms"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.config.poll_interval = interval;
         self
@@ -127,6 +180,23 @@ impl<S: Store, P: Publisher> RelayBuilder<S, P> {
     /// that will repeat (`!is_transient()`, e.g. a payload the broker refuses) count
     /// toward parking; a broker that is down is waited for, however long, so an outage
     /// parks nothing. Must be at least 1.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).max_attempts(3).build()?;
+    /// assert!(format!("{relay:?}").contains("max_attempts: 3"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.config.max_attempts = attempts;
         self
@@ -135,6 +205,25 @@ impl<S: Store, P: Publisher> RelayBuilder<S, P> {
     /// The delay before a failed row is tried again, by attempt (default exponential
     /// from 1 s, capped at 5 min). Jitter is not applied: rows back off by their nominal
     /// delay.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).backoff(Backoff::constant(Duration::from_secs(2))).build()?;
+    /// assert!(format!("{relay:?}").contains("base: 2s"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.config.backoff = backoff;
         self
@@ -142,6 +231,25 @@ impl<S: Store, P: Publisher> RelayBuilder<S, P> {
 
     /// The delay after a database error before the relay tries again (default
     /// exponential from 100 ms, capped at 5 s).
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).error_backoff(Backoff::constant(Duration::from_millis(700))).build()?;
+    /// assert!(format!("{relay:?}").contains("base: 700ms"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn error_backoff(mut self, backoff: Backoff) -> Self {
         self.config.error_backoff = backoff;
         self
@@ -149,6 +257,24 @@ impl<S: Store, P: Publisher> RelayBuilder<S, P> {
 
     /// How often the running relay counts the backlog for [`Relay::stats`] (default
     /// 5 s; the count reads the whole table's live rows).
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).stats_interval(Duration::from_secs(15)).build()?;
+    /// assert!(format!("{relay:?}").contains("stats_interval: 15s"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn stats_interval(mut self, interval: Duration) -> Self {
         self.config.stats_interval = interval;
         self
@@ -161,6 +287,25 @@ impl<S: Store, P: Publisher> RelayBuilder<S, P> {
     }
 
     /// Checks the settings and builds the relay.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?;
+    /// assert_eq!(relay.stats().published, 0);
+    /// // Settings are checked here: a zero batch is an error, not a relay that never moves.
+    /// assert!(Relay::builder(&outbox, &pool, MemoryBus::new()).batch_size(0).build().is_err());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn build(self) -> Result<Relay<S, P>, Error> {
         let c = &self.config;
         if c.batch_size == 0 {
@@ -302,6 +447,23 @@ pub struct BatchReport {
 impl Relay<(), ()> {
     /// Starts building a relay for `outbox` in `pool` (a `sqlx::PgPool` or
     /// `sqlx::SqlitePool`) that publishes through `publisher`.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?;
+    /// assert!(format!("{relay:?}").contains("palisade_outbox"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn builder<D: OutboxPool, P: Publisher>(
         outbox: &Outbox,
         pool: &D,
@@ -319,6 +481,24 @@ impl Relay<(), ()> {
 
 impl<S: Store, P: Publisher> Relay<S, P> {
     /// A snapshot of what this relay has done and what is waiting.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let mut relay = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?;
+    /// relay.run_once().await?;
+    /// assert_eq!(relay.stats().published, 0);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn stats(&self) -> RelayStats {
         self.stats.snapshot()
     }
@@ -326,6 +506,25 @@ impl<S: Store, P: Publisher> Relay<S, P> {
     /// Runs until `shutdown` is cancelled, then finishes the batch in hand and returns.
     ///
     /// Database errors do not stop it: it logs them, backs off and reconnects.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let relay = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?;
+    /// let shutdown = tokio_util::sync::CancellationToken::new();
+    /// shutdown.cancel(); // cancelled before it starts: returns at once
+    /// relay.run(shutdown).await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
         let mut errors: u32 = 0;
         let mut last_count: Option<Instant> = None;
@@ -370,6 +569,24 @@ impl<S: Store, P: Publisher> Relay<S, P> {
     }
 
     /// Spawns [`run`](Self::run) on the current tokio runtime.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let handle = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?.spawn();
+    /// assert_eq!(handle.stats().errors, 0);
+    /// handle.shutdown().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn spawn(self) -> RelayHandle {
         let shutdown = CancellationToken::new();
         let stats = Arc::clone(&self.stats);
@@ -388,6 +605,24 @@ impl<S: Store, P: Publisher> Relay<S, P> {
     ///
     /// Dropping the future mid-batch loses nothing: the rows' claim is ended by the next
     /// call (or by the server, or the lease) and they are published again.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let mut relay = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?;
+    /// let report = relay.run_once().await?;
+    /// assert_eq!(report.claimed, 0); // an empty outbox
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn run_once(&mut self) -> Result<BatchReport, Error> {
         let started = Instant::now();
         let rows = self
@@ -630,11 +865,48 @@ pub struct RelayHandle {
 
 impl RelayHandle {
     /// A snapshot of what the relay has done and what is waiting.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let handle = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?.spawn();
+    /// let stats = handle.stats();
+    /// assert_eq!((stats.published, stats.failed, stats.parked), (0, 0, 0));
+    /// handle.shutdown().await?;
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn stats(&self) -> RelayStats {
         self.stats.snapshot()
     }
 
     /// Asks the relay to stop, lets it finish the batch in hand, and waits for it.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let handle = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?.spawn();
+    /// // Finishes the batch in hand, then returns what the relay returned.
+    /// assert!(handle.shutdown().await.is_ok());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.shutdown.cancel();
         match self.task.take() {
@@ -645,6 +917,25 @@ impl RelayHandle {
 
     /// Kills the relay task where it stands (as a crash would): its claimed rows are
     /// published again by another relay once its claim ends.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::MemoryBus;
+    /// use palisade_outbox::{Outbox, Relay};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let handle = Relay::builder(&outbox, &pool, MemoryBus::new()).build()?.spawn();
+    /// // Stops at once, mid-batch if need be: claimed rows go to another relay, none is lost.
+    /// handle.abort();
+    /// assert_eq!(outbox.backlog(&pool).await?.pending, 0);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn abort(mut self) {
         if let Some(task) = self.task.take() {
             task.abort();

@@ -207,6 +207,16 @@ pub struct Backlog {
 
 impl Backlog {
     /// How long the oldest pending row has been waiting, as of `now`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_outbox::Backlog;
+    ///
+    /// let now = chrono::Utc::now();
+    /// let backlog = Backlog { pending: 3, dead: 0, oldest: Some(now - chrono::Duration::seconds(90)) };
+    /// assert_eq!(backlog.oldest_age(now), Some(Duration::from_secs(90)));
+    /// assert_eq!(Backlog::default().oldest_age(now), None);
+    /// ```
     pub fn oldest_age(&self, now: DateTime<Utc>) -> Option<Duration> {
         self.oldest
             .map(|t| (now - t).to_std().unwrap_or(Duration::ZERO))
@@ -286,6 +296,26 @@ impl Outbox {
     ///
     /// Dropping the future may or may not have written the row; the caller's
     /// transaction decides, as for any statement it issued.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::Envelope;
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let mut tx = pool.begin().await?;
+    /// // ... the business write, then its event, in the same transaction:
+    /// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}").with_key("7")).await?;
+    /// tx.commit().await?;
+    /// assert_eq!(outbox.backlog(&pool).await?.pending, 1);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn enqueue<C>(
         &self,
         conn: &mut C,
@@ -303,6 +333,31 @@ impl Outbox {
     /// Encodes a typed event (JSON, key from [`Event::key`](palisade_events::Event::key))
     /// and enqueues it like [`enqueue`](Self::enqueue). Returns the envelope written, so
     /// the caller knows its id.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::Envelope;
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Placed { id: u64 }
+    /// impl palisade_events::Event for Placed {
+    ///     const TYPE: &'static str = "order.placed";
+    ///     fn key(&self) -> Option<String> { Some(self.id.to_string()) }
+    /// }
+    /// let mut tx = pool.begin().await?;
+    /// let envelope = outbox.enqueue_event(&mut tx, "orders", "shop", &Placed { id: 7 }).await?;
+    /// tx.commit().await?;
+    /// assert_eq!(envelope.key.as_deref(), Some("7"));
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn enqueue_event<C, E>(
         &self,
         conn: &mut C,
@@ -323,6 +378,28 @@ impl Outbox {
     /// one statement whatever the count; SQLite: one statement per 500 rows). Every
     /// envelope is checked before anything is written; per key, they are published in
     /// slice order.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::Envelope;
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let events: Vec<Envelope> = (0..3)
+    ///     .map(|n| Envelope::new("order.placed", "shop", "{}").with_key(n.to_string()))
+    ///     .collect();
+    /// let mut tx = pool.begin().await?;
+    /// outbox.enqueue_batch(&mut tx, "orders", &events).await?; // one statement
+    /// tx.commit().await?;
+    /// assert_eq!(outbox.backlog(&pool).await?.pending, 3);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn enqueue_batch<C>(
         &self,
         conn: &mut C,
@@ -350,16 +427,71 @@ impl Outbox {
     /// fold them into your own migrator instead). The migrator ignores versions it does
     /// not know; if your own migrator shares the database, set
     /// `set_ignore_missing(true)` on it too.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::Envelope;
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// outbox.migrate(&pool).await?; // idempotent: already done above
+    /// assert_eq!(outbox.backlog(&pool).await?.pending, 0);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn migrate<P: OutboxPool>(&self, pool: &P) -> Result<(), Error> {
         pool.migrate_outbox(self).await
     }
 
     /// Counts pending and dead rows and finds the oldest pending one.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::Envelope;
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// let mut tx = pool.begin().await?;
+    /// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}")).await?;
+    /// tx.commit().await?;
+    /// let backlog = outbox.backlog(&pool).await?;
+    /// assert_eq!((backlog.pending, backlog.dead), (1, 0));
+    /// assert!(backlog.oldest.is_some());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn backlog<P: OutboxPool>(&self, pool: &P) -> Result<Backlog, Error> {
         pool.backlog(self).await
     }
 
     /// The rows parked as dead, oldest first, at most `limit`.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::Envelope;
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// // Rows parked after `max_attempts` failed publishes, oldest first, for inspection.
+    /// assert!(outbox.dead_rows(&pool, 100).await?.is_empty());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn dead_rows<P: OutboxPool>(
         &self,
         pool: &P,
@@ -376,6 +508,22 @@ impl Outbox {
     /// hold it until the commit is on disk, so notifying transactions commit one at a
     /// time. Build the outbox [`with_notify(false)`](Self::with_notify) and call `wake`
     /// after your commit instead: same wake-up, no serialized commits.
+    ///
+    /// ```rust,no_run
+    /// use palisade_events::Envelope;
+    /// use palisade_outbox::Outbox;
+    ///
+    /// # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// // Notify relays after the commit instead of inside the transaction.
+    /// let outbox = Outbox::new().with_notify(false);
+    /// let mut tx = pool.begin().await?;
+    /// outbox.enqueue(&mut tx, "orders", &Envelope::new("order.placed", "shop", "{}")).await?;
+    /// tx.commit().await?;
+    /// outbox.wake(&pool).await?;
+    /// assert!(!outbox.notifies());
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn wake<P: OutboxPool>(&self, pool: &P) -> Result<(), Error> {
         pool.wake(self).await
     }
@@ -383,6 +531,25 @@ impl Outbox {
     /// Re-drives dead rows by event id: they become pending again with their attempt
     /// count reset, and the relay publishes them (before later rows of their key).
     /// Returns how many rows were re-driven.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use palisade_events::Envelope;
+    /// use palisade_outbox::Outbox;
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let outbox = Outbox::new();
+    /// outbox.migrate(&pool).await?;
+    /// // After fixing what made them fail: put parked rows back in line.
+    /// let dead = outbox.dead_rows(&pool, 100).await?;
+    /// let ids: Vec<uuid::Uuid> = dead.iter().map(|row| row.envelope.id).collect();
+    /// assert_eq!(outbox.redrive(&pool, &ids).await?, 0); // none parked here
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn redrive<P: OutboxPool>(&self, pool: &P, ids: &[uuid::Uuid]) -> Result<u64, Error> {
         if ids.is_empty() {
             return Ok(0);

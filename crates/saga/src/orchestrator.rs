@@ -160,6 +160,20 @@ impl<S> std::fmt::Debug for OrchestratorBuilder<S> {
 
 impl<S: SagaStore> OrchestratorBuilder<S> {
     /// Registers a definition; sagas of its `(name, version)` can be started and resumed.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// assert!(format!("{orchestrator:?}").contains("order"));
+    /// orchestrator.start(&saga, &1).await?; // only registered definitions can be started
+    /// # Ok(()) }
+    /// ```
     pub fn register<C>(mut self, definition: &SagaDefinition<C>) -> Self {
         self.definitions.insert(
             definition.erased.key.clone(),
@@ -170,6 +184,20 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
 
     /// The maximum number of sagas this orchestrator drives at once (default 64).
     /// [`start`](Orchestrator::start) waits for a free slot, so callers feel the bound.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let builder = Orchestrator::builder(MemoryStore::new()).register(&saga).concurrency(8);
+    /// assert!(format!("{builder:?}").contains("concurrency: 8"));
+    /// let _orchestrator = builder.build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
         self
@@ -178,6 +206,21 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
     /// How long a saga stays with this orchestrator without a write or a renewal
     /// (default 30 s). Shorter: faster takeover after a crash; longer: fewer renewals
     /// during slow steps. Renewals happen every third of it while a step runs.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let builder = Orchestrator::builder(MemoryStore::new()).register(&saga).lease(Duration::from_secs(120));
+    /// assert!(format!("{builder:?}").contains("lease: 120s"));
+    /// let _orchestrator = builder.build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
@@ -185,12 +228,43 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
 
     /// This instance's name in the `owner` column (default: a fresh UUID). Two live
     /// instances must not share one.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let builder = Orchestrator::builder(MemoryStore::new()).register(&saga).owner("orders-7f9c");
+    /// assert!(format!("{builder:?}").contains("orders-7f9c"));
+    /// let _orchestrator = builder.build()?;
+    /// # Ok(()) }
+    /// ```
     pub fn owner(mut self, owner: impl Into<String>) -> Self {
         self.owner = Some(owner.into());
         self
     }
 
     /// The wall clock for leases and deadlines (default [`Clock::system`]).
+    ///
+    /// ```rust
+    /// use palisade_saga::Clock;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let clock = Clock::manual(chrono::Utc::now());
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).clock(clock.clone()).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// // Records are stamped by the orchestrator's clock.
+    /// assert_eq!(orchestrator.outcome(id).await?.created_at, clock.now());
+    /// # Ok(()) }
+    /// ```
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self
@@ -198,6 +272,24 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
 
     /// How often [`outcome`](Orchestrator::outcome) reads the store for a saga another
     /// instance drives (default 100 ms).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new())
+    ///     .register(&saga)
+    ///     .poll_interval(Duration::from_millis(200))
+    ///     .build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// assert_eq!(orchestrator.outcome(id).await?.context, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
@@ -205,6 +297,25 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
 
     /// How a failing store write is retried before the saga is abandoned to a later
     /// recovery (default 8 attempts, exponential from 50 ms capped at 2 s, full jitter).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new())
+    ///     .register(&saga)
+    ///     .store_retry(5, Backoff::constant(Duration::from_millis(50)))
+    ///     .build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// assert_eq!(orchestrator.outcome(id).await?.context, 2);
+    /// # Ok(()) }
+    /// ```
     pub fn store_retry(mut self, attempts: u32, backoff: Backoff) -> Self {
         self.store_attempts = attempts;
         self.store_backoff = backoff;
@@ -212,6 +323,19 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
     }
 
     /// Checks the configuration and builds the orchestrator.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// // A zero bound is a configuration error, not an orchestrator that never runs.
+    /// assert!(Orchestrator::builder(MemoryStore::new()).register(&saga).concurrency(0).build().is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<Orchestrator<S>, ConfigError> {
         if self.concurrency == 0 {
             return Err(ConfigError::Zero {
@@ -254,6 +378,20 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
 
 impl<S: SagaStore> Orchestrator<S> {
     /// Starts building an orchestrator over `store`.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &41).await?;
+    /// assert_eq!(orchestrator.outcome(id).await?.context, 42);
+    /// # Ok(()) }
+    /// ```
     pub fn builder(store: S) -> OrchestratorBuilder<S> {
         OrchestratorBuilder {
             store,
@@ -271,22 +409,82 @@ impl<S: SagaStore> Orchestrator<S> {
     }
 
     /// The store.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// orchestrator.outcome(id).await?;
+    /// assert!(!orchestrator.store().is_empty()); // finished sagas are kept (bounded)
+    /// # Ok(()) }
+    /// ```
     pub fn store(&self) -> &S {
         &self.inner.store
     }
 
     /// This instance's owner name.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).owner("node-a").build()?;
+    /// assert_eq!(orchestrator.owner(), "node-a");
+    /// # Ok(()) }
+    /// ```
     pub fn owner(&self) -> &str {
         &self.inner.owner
     }
 
     /// Store writes made by this orchestrator so far (inserts, transitions, lease
     /// renewals, operator actions; recovery claims count one per call).
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// orchestrator.outcome(id).await?;
+    /// assert!(orchestrator.store_writes() >= 2); // created, then completed
+    /// # Ok(()) }
+    /// ```
     pub fn store_writes(&self) -> u64 {
         self.inner.writes.load(Ordering::Relaxed)
     }
 
     /// The number of sagas this instance is driving now.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// assert_eq!(orchestrator.in_flight(), 0);
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// orchestrator.outcome(id).await?;
+    /// orchestrator.idle().await;
+    /// assert_eq!(orchestrator.in_flight(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> usize {
         *self.inner.running_count.borrow()
     }
@@ -294,6 +492,21 @@ impl<S: SagaStore> Orchestrator<S> {
     /// Starts a saga with a fresh id and returns the id once it is persisted.
     ///
     /// Waits for a free concurrency slot first.
+    ///
+    /// ```rust
+    /// use palisade_saga::SagaState;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// assert_eq!(orchestrator.outcome(id).await?.state, SagaState::Completed);
+    /// # Ok(()) }
+    /// ```
     pub async fn start<C: Serialize>(
         &self,
         definition: &SagaDefinition<C>,
@@ -305,6 +518,24 @@ impl<S: SagaStore> Orchestrator<S> {
     /// Starts a saga with the caller's id. Starting again with an id that exists does
     /// nothing and returns the id (the first context wins); an id used by another saga
     /// type is [`Error::IdInUse`].
+    ///
+    /// ```rust
+    /// use palisade_saga::{ListFilter, SagaId};
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// // The id from the request: a retried request starts nothing new.
+    /// let id = SagaId::new();
+    /// orchestrator.start_with_id(&saga, id, &1).await?;
+    /// orchestrator.start_with_id(&saga, id, &1).await?;
+    /// assert_eq!(orchestrator.list(&ListFilter::default()).await?.len(), 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn start_with_id<C: Serialize>(
         &self,
         definition: &SagaDefinition<C>,
@@ -351,6 +582,21 @@ impl<S: SagaStore> Orchestrator<S> {
     /// Waits until the saga is finished (completed, compensated, resolved) or parked
     /// (`Failed`) and returns its record. A saga driven by another instance is polled in
     /// the store; wrap the call in a timeout if nobody may be driving it.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// let done = orchestrator.outcome(id).await?; // waits for the end
+    /// assert!(!done.state.is_active());
+    /// # Ok(()) }
+    /// ```
     pub async fn outcome(&self, id: SagaId) -> Result<SagaRecord, Error> {
         let receiver = self.inner.lock_running().get(&id).map(|s| s.subscribe());
         if let Some(mut receiver) = receiver {
@@ -376,16 +622,67 @@ impl<S: SagaStore> Orchestrator<S> {
     }
 
     /// The saga's current record.
+    ///
+    /// ```rust
+    /// use palisade_saga::SagaId;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// assert!(orchestrator.status(SagaId::new()).await?.is_none());
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// assert!(orchestrator.status(id).await?.is_some());
+    /// # Ok(()) }
+    /// ```
     pub async fn status(&self, id: SagaId) -> Result<Option<SagaRecord>, Error> {
         Ok(self.inner.store.get(id).await?)
     }
 
     /// Sagas by state and age (operator API).
+    ///
+    /// ```rust
+    /// use palisade_saga::{ListFilter, SagaState};
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let parked = orchestrator.list(&ListFilter::default().state(SagaState::Failed)).await?;
+    /// assert!(parked.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub async fn list(&self, filter: &ListFilter) -> Result<Vec<SagaRecord>, Error> {
         Ok(self.inner.store.list(filter).await?)
     }
 
     /// A saga's full history, oldest first (operator API).
+    ///
+    /// ```rust
+    /// use palisade_saga::HistoryEvent;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let events: Vec<HistoryEvent> = orchestrator.history(id).await?.iter().map(|h| h.event).collect();
+    /// assert_eq!(events.first(), Some(&HistoryEvent::Created));
+    /// assert_eq!(events.last(), Some(&HistoryEvent::Completed));
+    /// # Ok(()) }
+    /// ```
     pub async fn history(&self, id: SagaId) -> Result<Vec<HistoryEntry>, Error> {
         Ok(self.inner.store.history(id).await?)
     }
@@ -393,6 +690,23 @@ impl<S: SagaStore> Orchestrator<S> {
     /// Retries a parked (`Failed`) saga where it stopped: its compensation if it was
     /// compensating, its forward step otherwise (operator API). Returns once the saga is
     /// taken back; await [`outcome`](Self::outcome) for the result.
+    ///
+    /// ```rust
+    /// use palisade_saga::Error;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// orchestrator.outcome(id).await?;
+    /// // Only a parked (failed) saga can be retried.
+    /// assert!(matches!(orchestrator.retry(id).await, Err(Error::WrongState { .. })));
+    /// # Ok(()) }
+    /// ```
     pub async fn retry(&self, id: SagaId) -> Result<(), Error> {
         let record = self.get_existing(id).await?;
         if record.state != SagaState::Failed {
@@ -428,6 +742,22 @@ impl<S: SagaStore> Orchestrator<S> {
 
     /// Marks a parked (`Failed`) saga as resolved by hand, with a note for the history
     /// (operator API).
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// orchestrator.outcome(id).await?;
+    /// // Resolving is for parked sagas an operator fixed by hand.
+    /// assert!(orchestrator.resolve(id, "refunded by hand, ticket 4711").await.is_err());
+    /// # Ok(()) }
+    /// ```
     pub async fn resolve(&self, id: SagaId, note: &str) -> Result<SagaRecord, Error> {
         let mut record = self.get_existing(id).await?;
         if record.state != SagaState::Failed {
@@ -458,6 +788,22 @@ impl<S: SagaStore> Orchestrator<S> {
     /// it. A saga of a type this orchestrator does not know is
     /// [`Error::UnknownDefinition`]; one still leased by a live owner is
     /// [`Error::WrongState`].
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &1).await?;
+    /// orchestrator.outcome(id).await?;
+    /// // A finished saga has nothing to resume.
+    /// assert!(orchestrator.resume(id).await.is_err());
+    /// # Ok(()) }
+    /// ```
     pub async fn resume(&self, id: SagaId) -> Result<(), Error> {
         let mut record = self.get_existing(id).await?;
         if !record.state.is_active() {
@@ -497,6 +843,20 @@ impl<S: SagaStore> Orchestrator<S> {
     /// Sagas of unregistered types are left alone for an instance that knows them; they
     /// show up in [`list`](Self::list) as running with an expired lease, and
     /// [`resume`](Self::resume) names the missing definition.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// // At startup: take over the sagas of dead instances whose leases ran out.
+    /// assert_eq!(orchestrator.recover().await?, 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn recover(&self) -> Result<usize, Error> {
         const BATCH: usize = 256;
         let mut total = 0;
@@ -544,6 +904,22 @@ impl<S: SagaStore> Orchestrator<S> {
 
     /// Runs [`recover`](Self::recover) every `interval` in a background task until
     /// [`shutdown`](Self::shutdown). Errors are logged and the sweep goes on.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let recovery = orchestrator.spawn_recovery(Duration::from_secs(30));
+    /// orchestrator.shutdown(); // ends the recovery loop too
+    /// recovery.await?;
+    /// # Ok(()) }
+    /// ```
     pub fn spawn_recovery(&self, interval: Duration) -> JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
@@ -561,12 +937,42 @@ impl<S: SagaStore> Orchestrator<S> {
 
     /// Stops the recovery task and refuses new sagas; sagas in flight finish their
     /// current run (await [`idle`](Self::idle)).
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// orchestrator.shutdown();
+    /// // No new sagas after shutdown.
+    /// assert!(orchestrator.start(&saga, &1).await.is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.permits.close();
     }
 
     /// Waits until this instance drives no saga.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// orchestrator.start(&saga, &1).await?;
+    /// orchestrator.idle().await; // every saga of this instance settled
+    /// assert_eq!(orchestrator.in_flight(), 0);
+    /// # Ok(()) }
+    /// ```
     pub async fn idle(&self) {
         let mut receiver = self.inner.running_count.subscribe();
         // The sender lives in `inner`, which `self` keeps alive: this cannot fail.

@@ -28,11 +28,26 @@ pub struct Clock {
 
 impl Clock {
     /// The system's wall clock (the default).
+    ///
+    /// ```rust
+    /// use palisade_saga::Clock;
+    ///
+    /// let before = chrono::Utc::now();
+    /// assert!(Clock::system().now() >= before);
+    /// ```
     pub fn system() -> Self {
         Self { manual: None }
     }
 
     /// A clock that stands still until [`advance`](Self::advance)d; clones share it.
+    ///
+    /// ```rust
+    /// use palisade_saga::Clock;
+    ///
+    /// let start = chrono::Utc::now();
+    /// let clock = Clock::manual(start);
+    /// assert_eq!(clock.now(), start); // stands still
+    /// ```
     pub fn manual(start: DateTime<Utc>) -> Self {
         Self {
             manual: Some(Arc::new(Mutex::new(start))),
@@ -40,6 +55,13 @@ impl Clock {
     }
 
     /// Now.
+    ///
+    /// ```rust
+    /// use palisade_saga::Clock;
+    ///
+    /// let start = chrono::Utc::now();
+    /// assert_eq!(Clock::manual(start).now(), start);
+    /// ```
     pub fn now(&self) -> DateTime<Utc> {
         match &self.manual {
             None => Utc::now(),
@@ -48,6 +70,17 @@ impl Clock {
     }
 
     /// Moves a manual clock forward; does nothing to the system clock.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_saga::Clock;
+    ///
+    /// let start = chrono::Utc::now();
+    /// let clock = Clock::manual(start);
+    /// let shared = clock.clone(); // clones share the time
+    /// clock.advance(Duration::from_secs(90));
+    /// assert_eq!(shared.now() - start, chrono::Duration::seconds(90));
+    /// ```
     pub fn advance(&self, by: Duration) {
         if let Some(t) = &self.manual {
             let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);

@@ -37,6 +37,12 @@ pub enum StepKind {
 
 impl StepKind {
     /// `"action"` or `"compensation"`, as it appears in the idempotency key.
+    ///
+    /// ```rust
+    /// use palisade_saga::StepKind;
+    /// assert_eq!(StepKind::Action.as_str(), "action");
+    /// assert_eq!(StepKind::Compensation.as_str(), "compensation");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Action => "action",
@@ -64,11 +70,27 @@ pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     /// The key of `step` of saga `id`.
+    ///
+    /// ```rust
+    /// use palisade_saga::{IdempotencyKey, SagaId, StepKind};
+    /// let id = SagaId::new();
+    /// let key = IdempotencyKey::new(id, "charge", StepKind::Action);
+    /// assert_eq!(key.to_string(), format!("{id}/charge/action"));
+    /// // The same on every attempt and after a crash: what the payment service deduplicates on.
+    /// assert_eq!(key, IdempotencyKey::new(id, "charge", StepKind::Action));
+    /// ```
     pub fn new(id: SagaId, step: &str, kind: StepKind) -> Self {
         Self(format!("{id}/{step}/{}", kind.as_str()))
     }
 
     /// The key as text.
+    ///
+    /// ```rust
+    /// use palisade_saga::{IdempotencyKey, SagaId, StepKind};
+    ///
+    /// let key = IdempotencyKey::new(SagaId::new(), "refund", StepKind::Compensation);
+    /// assert!(key.as_str().ends_with("/refund/compensation"));
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -147,6 +169,12 @@ impl Default for StepPolicy {
 impl StepPolicy {
     /// The default compensation policy: like the default but 10 attempts, because a
     /// compensation that gives up parks the saga for a human.
+    ///
+    /// ```rust
+    /// use palisade_saga::StepPolicy;
+    /// assert_eq!(StepPolicy::compensation_default().attempts(), 10);
+    /// assert_eq!(StepPolicy::default().attempts(), 3);
+    /// ```
     pub fn compensation_default() -> Self {
         Self {
             max_attempts: 10,
@@ -155,30 +183,61 @@ impl StepPolicy {
     }
 
     /// Total attempts, first included (must be at least 1).
+    ///
+    /// ```rust
+    /// use palisade_saga::StepPolicy;
+    /// assert_eq!(StepPolicy::default().max_attempts(5).attempts(), 5);
+    /// ```
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
     }
 
     /// The delays between attempts.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_saga::StepPolicy;
+    /// let policy = StepPolicy::default().backoff(Backoff::constant(Duration::from_millis(200)));
+    /// assert!(format!("{policy:?}").contains("200ms"));
+    /// ```
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self
     }
 
     /// The limit on each attempt.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_saga::StepPolicy;
+    /// let policy = StepPolicy::default().timeout(Duration::from_secs(5));
+    /// assert!(format!("{policy:?}").contains("Some(5s)"));
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
     /// No limit on an attempt (the saga deadline still applies before the pivot).
+    ///
+    /// ```rust
+    /// use palisade_saga::StepPolicy;
+    /// let policy = StepPolicy::default().no_timeout();
+    /// assert!(format!("{policy:?}").contains("timeout: None"));
+    /// ```
     pub fn no_timeout(mut self) -> Self {
         self.timeout = None;
         self
     }
 
     /// The configured attempt count.
+    ///
+    /// ```rust
+    /// use palisade_saga::StepPolicy;
+    /// assert_eq!(StepPolicy::default().attempts(), 3);
+    /// ```
     pub fn attempts(&self) -> u32 {
         self.max_attempts
     }
@@ -263,6 +322,16 @@ where
     C: Serialize + DeserializeOwned + Send + 'static,
 {
     /// A step named `name` (unique within the saga) running `action`.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    /// let step = Step::new("reserve", |stock: u32, info| async move {
+    ///     // inventory.reserve(info.key) — the key makes a re-run harmless
+    ///     let _ = info.key;
+    ///     Ok::<_, StepError>(stock - 1)
+    /// });
+    /// assert_eq!(step.name(), "reserve");
+    /// ```
     pub fn new<F, Fut>(name: impl Into<String>, action: F) -> Self
     where
         F: Fn(C, StepInfo) -> Fut + Send + Sync + 'static,
@@ -292,6 +361,13 @@ where
     /// It may be called for an action that never took effect (the orchestrator died while
     /// the action ran and the saga deadline passed before it resumed), so it must treat
     /// "nothing to undo" as success; use the key in [`StepInfo`] to find what to undo.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    /// let step = Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) })
+    ///     .compensate(|_n: u32, _| async move { Ok(()) }); // release the reservation
+    /// assert!(format!("{step:?}").contains("compensable: true"));
+    /// ```
     pub fn compensate<F, Fut>(mut self, compensation: F) -> Self
     where
         F: Fn(C, StepInfo) -> Fut + Send + Sync + 'static,
@@ -312,18 +388,39 @@ where
 
 impl<C> Step<C> {
     /// The policy of the action (default [`StepPolicy::default`]).
+    ///
+    /// ```rust
+    /// use palisade_saga::{Step, StepError, StepPolicy};
+    /// let step = Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) })
+    ///     .policy(StepPolicy::default().max_attempts(5));
+    /// assert_eq!(step.name(), "charge");
+    /// ```
     pub fn policy(mut self, policy: StepPolicy) -> Self {
         self.policy = policy;
         self
     }
 
     /// The policy of the compensation (default [`StepPolicy::compensation_default`]).
+    ///
+    /// ```rust
+    /// use palisade_saga::{Step, StepError, StepPolicy};
+    /// let step = Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) })
+    ///     .compensate(|_: u32, _| async move { Ok(()) })
+    ///     .compensation_policy(StepPolicy::compensation_default().max_attempts(20));
+    /// assert_eq!(step.name(), "charge");
+    /// ```
     pub fn compensation_policy(mut self, policy: StepPolicy) -> Self {
         self.compensation_policy = policy;
         self
     }
 
     /// The step's name.
+    ///
+    /// ```rust
+    /// use palisade_saga::{Step, StepError};
+    ///
+    /// assert_eq!(Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) }).name(), "charge");
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -368,12 +465,22 @@ impl<C> fmt::Debug for SagaDefinition<C> {
             .field("version", &self.erased.version)
             .field("steps", &self.erased.steps.len())
             .field("pivot", &self.erased.pivot)
+            .field("deadline", &self.erased.deadline)
             .finish()
     }
 }
 
 impl<C> SagaDefinition<C> {
     /// Starts a definition of saga type `name`, version `version`.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    /// let saga = SagaDefinition::<u32>::builder("order", 2)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// assert_eq!((saga.name(), saga.version(), saga.steps()), ("order", 2, 1));
+    /// # Ok::<(), palisade_saga::DefinitionError>(())
+    /// ```
     pub fn builder(name: impl Into<String>, version: u32) -> SagaBuilder<C> {
         SagaBuilder {
             name: name.into(),
@@ -386,16 +493,46 @@ impl<C> SagaDefinition<C> {
     }
 
     /// The type name.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    ///
+    /// let saga = SagaDefinition::<u32>::builder("order", 3)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// assert_eq!(saga.name(), "order");
+    /// # Ok::<(), palisade_saga::DefinitionError>(())
+    /// ```
     pub fn name(&self) -> &str {
         &self.erased.name
     }
 
     /// The version.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    ///
+    /// let saga = SagaDefinition::<u32>::builder("order", 3)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// assert_eq!(saga.version(), 3); // started sagas keep running on the version they began with
+    /// # Ok::<(), palisade_saga::DefinitionError>(())
+    /// ```
     pub fn version(&self) -> u32 {
         self.erased.version
     }
 
     /// The number of steps.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    ///
+    /// let saga = SagaDefinition::<u32>::builder("order", 3)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// assert_eq!(saga.steps(), 1);
+    /// # Ok::<(), palisade_saga::DefinitionError>(())
+    /// ```
     pub fn steps(&self) -> usize {
         self.erased.steps.len()
     }
@@ -437,6 +574,16 @@ impl<C> fmt::Debug for SagaBuilder<C> {
 
 impl<C> SagaBuilder<C> {
     /// Appends a step.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .step(Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// assert_eq!(saga.steps(), 2);
+    /// # Ok::<(), palisade_saga::DefinitionError>(())
+    /// ```
     pub fn step(mut self, step: Step<C>) -> Self {
         self.steps.push(step);
         self
@@ -446,6 +593,21 @@ impl<C> SagaBuilder<C> {
     /// succeeded the saga only goes forward: later failures are retried, and a step that
     /// keeps failing parks the saga instead of compensating. If the pivot itself fails
     /// for good, the steps before it are compensated.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    /// let builder = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .pivot(Step::new("ship", |n: u32, _| async move { Ok::<_, StepError>(n) }));
+    /// assert_eq!(builder.build()?.steps(), 2);
+    /// // A step after the pivot cannot be undone, so it may not have a compensation.
+    /// let invalid = SagaDefinition::<u32>::builder("order", 1)
+    ///     .pivot(Step::new("ship", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .step(Step::new("notify", |n: u32, _| async move { Ok::<_, StepError>(n) })
+    ///         .compensate(|_: u32, _| async move { Ok(()) }));
+    /// assert!(invalid.build().is_err());
+    /// # Ok::<(), palisade_saga::DefinitionError>(())
+    /// ```
     pub fn pivot(mut self, step: Step<C>) -> Self {
         if self.pivot.is_some() {
             self.second_pivot = true;
@@ -458,12 +620,35 @@ impl<C> SagaBuilder<C> {
     /// The time a saga of this type has to reach its pivot (or finish, without a pivot).
     /// Past it, it compensates; the step running at that moment is treated as possibly
     /// done and compensated too. Default: none.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_saga::{SagaDefinition, Step, StepError};
+    /// // Reach the pivot within 15 minutes or compensate.
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .deadline(Duration::from_secs(15 * 60))
+    ///     .build()?;
+    /// assert!(format!("{saga:?}").contains("900s"));
+    /// # Ok::<(), palisade_saga::DefinitionError>(())
+    /// ```
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
     }
 
     /// Checks and builds the definition.
+    ///
+    /// ```rust
+    /// use palisade_saga::{DefinitionError, SagaDefinition, Step, StepError};
+    /// let empty = SagaDefinition::<u32>::builder("order", 1).build();
+    /// assert!(matches!(empty, Err(DefinitionError::NoSteps(_))));
+    /// let twice = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .step(Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build();
+    /// assert!(matches!(twice, Err(DefinitionError::DuplicateStep { .. })));
+    /// ```
     pub fn build(self) -> Result<SagaDefinition<C>, DefinitionError> {
         let name = self.name;
         if self.steps.is_empty() {

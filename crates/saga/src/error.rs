@@ -40,16 +40,37 @@ pub enum StepError {
 
 impl StepError {
     /// A failure worth retrying.
+    ///
+    /// ```rust
+    /// use palisade_saga::StepError;
+    ///
+    /// let error = StepError::retryable(std::io::Error::other("payment service timed out"));
+    /// assert!(error.is_retryable());
+    /// ```
     pub fn retryable(error: impl Into<BoxError>) -> Self {
         Self::Retryable(error.into())
     }
 
     /// A failure that retrying will not fix.
+    ///
+    /// ```rust
+    /// use palisade_saga::StepError;
+    ///
+    /// // Retrying cannot help: the saga compensates at once.
+    /// assert!(!StepError::permanent("card declined").is_retryable());
+    /// ```
     pub fn permanent(error: impl Into<BoxError>) -> Self {
         Self::Permanent(error.into())
     }
 
     /// Whether the orchestrator may retry the call.
+    ///
+    /// ```rust
+    /// use palisade_saga::StepError;
+    ///
+    /// assert!(StepError::retryable("busy").is_retryable());
+    /// assert!(!StepError::permanent("out of stock").is_retryable());
+    /// ```
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Retryable(_))
     }
@@ -109,6 +130,14 @@ pub enum StoreError {
 impl StoreError {
     /// Whether the same write may succeed if tried again (connection trouble), as opposed
     /// to a conflict or a missing row, which retrying cannot fix.
+    ///
+    /// ```rust
+    /// use palisade_saga::{SagaId, StoreError};
+    ///
+    /// let lost = StoreError::Unavailable("connection reset".into());
+    /// assert!(lost.is_transient());
+    /// assert!(!StoreError::NotFound(SagaId::new()).is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Conflict { .. } | Self::NotFound(_) | Self::Corrupt(_) => false,

@@ -21,6 +21,14 @@ pub struct SagaId(pub Uuid);
 
 impl SagaId {
     /// A fresh, time-ordered id (UUID v7).
+    ///
+    /// ```rust
+    /// use palisade_saga::SagaId;
+    ///
+    /// let (a, b) = (SagaId::new(), SagaId::new());
+    /// assert_ne!(a, b);
+    /// assert_eq!(a.0.get_version_num(), 7); // UUID v7: ids sort by creation time
+    /// ```
     pub fn new() -> Self {
         Self(Uuid::now_v7())
     }
@@ -106,6 +114,12 @@ impl SagaState {
     ];
 
     /// The name stored in the database.
+    ///
+    /// ```rust
+    /// use palisade_saga::SagaState;
+    ///
+    /// assert_eq!(SagaState::Compensated.as_str(), "compensated");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
@@ -118,11 +132,25 @@ impl SagaState {
     }
 
     /// Whether an orchestrator is (or should be) driving the saga.
+    ///
+    /// ```rust
+    /// use palisade_saga::SagaState;
+    ///
+    /// assert!(SagaState::Running.is_active() && SagaState::Compensating.is_active());
+    /// assert!(!SagaState::Completed.is_active() && !SagaState::Failed.is_active());
+    /// ```
     pub fn is_active(self) -> bool {
         matches!(self, Self::Running | Self::Compensating)
     }
 
     /// Parses a stored name.
+    ///
+    /// ```rust
+    /// use palisade_saga::SagaState;
+    ///
+    /// assert_eq!(SagaState::parse("failed"), Some(SagaState::Failed));
+    /// assert_eq!(SagaState::parse("FAILED"), None);
+    /// ```
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
@@ -193,6 +221,20 @@ pub struct SagaRecord {
 
 impl SagaRecord {
     /// The `type@version` key used to match records with registered definitions.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 2)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let record = orchestrator.outcome(orchestrator.start(&saga, &1).await?).await?;
+    /// assert_eq!(record.definition_key(), "order@2");
+    /// # Ok(()) }
+    /// ```
     pub fn definition_key(&self) -> String {
         definition_key(&self.saga_type, self.definition_version)
     }
@@ -279,6 +321,12 @@ impl HistoryEvent {
     ];
 
     /// The name stored in the database.
+    ///
+    /// ```rust
+    /// use palisade_saga::HistoryEvent;
+    ///
+    /// assert_eq!(HistoryEvent::ActionRetry.as_str(), "action_retry");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "created",
@@ -300,6 +348,14 @@ impl HistoryEvent {
     }
 
     /// Parses a stored name.
+    ///
+    /// ```rust
+    /// use palisade_saga::HistoryEvent;
+    ///
+    /// for event in [HistoryEvent::Created, HistoryEvent::CompensationRetry, HistoryEvent::Resolved] {
+    ///     assert_eq!(HistoryEvent::parse(event.as_str()), Some(event));
+    /// }
+    /// ```
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|e| e.as_str() == s)
     }
@@ -397,18 +453,40 @@ impl Default for ListFilter {
 
 impl ListFilter {
     /// Adds a state to the filter.
+    ///
+    /// ```rust
+    /// use palisade_saga::{ListFilter, SagaState};
+    ///
+    /// let filter = ListFilter::default().state(SagaState::Failed).state(SagaState::Compensating);
+    /// assert_eq!(filter.states, [SagaState::Failed, SagaState::Compensating]);
+    /// ```
     pub fn state(mut self, state: SagaState) -> Self {
         self.states.push(state);
         self
     }
 
     /// Only sagas not written since `instant`.
+    ///
+    /// ```rust
+    /// use palisade_saga::ListFilter;
+    ///
+    /// // Sagas no instance has touched for an hour: stuck, or their owner died.
+    /// let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    /// assert_eq!(ListFilter::default().updated_before(hour_ago).updated_before, Some(hour_ago));
+    /// ```
     pub fn updated_before(mut self, instant: DateTime<Utc>) -> Self {
         self.updated_before = Some(instant);
         self
     }
 
     /// Caps the number of rows.
+    ///
+    /// ```rust
+    /// use palisade_saga::ListFilter;
+    ///
+    /// assert_eq!(ListFilter::default().limit, 100);
+    /// assert_eq!(ListFilter::default().limit(10).limit, 10);
+    /// ```
     pub fn limit(mut self, limit: u32) -> Self {
         self.limit = limit;
         self

@@ -48,6 +48,21 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     /// An empty store keeping the 10 000 most recently finished sagas.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let store = MemoryStore::new();
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// orchestrator.outcome(orchestrator.start(&saga, &1).await?).await?;
+    /// assert_eq!(store.len(), 1); // clones share the sagas
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Self {
         Self {
             inner: Arc::default(),
@@ -56,17 +71,65 @@ impl MemoryStore {
     }
 
     /// Keeps at most `capacity` finished sagas (0: drop them as soon as they finish).
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let store = MemoryStore::new().with_finished_capacity(2);
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// for n in 0..5 {
+    ///     orchestrator.outcome(orchestrator.start(&saga, &n).await?).await?;
+    /// }
+    /// assert_eq!(store.len(), 2); // memory bounded by the sagas in flight plus two
+    /// # Ok(()) }
+    /// ```
     pub fn with_finished_capacity(mut self, capacity: usize) -> Self {
         self.finished_capacity = capacity;
         self
     }
 
     /// The number of sagas held (in flight, parked and retained finished ones).
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let store = MemoryStore::new();
+    /// assert_eq!(store.len(), 0);
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// orchestrator.outcome(orchestrator.start(&saga, &1).await?).await?;
+    /// assert_eq!(store.len(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.lock().sagas.len()
     }
 
     /// Whether the store holds no saga.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let store = MemoryStore::new().with_finished_capacity(0);
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// orchestrator.outcome(orchestrator.start(&saga, &1).await?).await?;
+    /// assert!(store.is_empty()); // finished sagas are not kept
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -72,6 +72,17 @@ const INSERT_HISTORY: &str = "INSERT INTO palisade_saga_history (saga_id, event,
 impl PostgresStore {
     /// Connects with a pool of up to 16 connections. Does not migrate: call
     /// [`migrate`](Self::migrate).
+    ///
+    /// ```rust,no_run
+    /// use palisade_saga::{ListFilter, PostgresStore, SagaStore};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PostgresStore::connect("postgres://127.0.0.1/orders").await?;
+    /// store.migrate().await?;
+    /// assert!(store.list(&ListFilter::default().limit(10)).await?.len() <= 10);
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(16)
@@ -81,6 +92,19 @@ impl PostgresStore {
     }
 
     /// Uses an existing pool.
+    ///
+    /// ```rust,no_run
+    /// use palisade_saga::{ListFilter, PostgresStore, SagaStore};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Share the service's pool.
+    /// let pool = sqlx::PgPool::connect("postgres://127.0.0.1/orders").await?;
+    /// let store = PostgresStore::from_pool(pool.clone());
+    /// store.migrate().await?;
+    /// assert_eq!(store.pool().size(), pool.size());
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn from_pool(pool: PgPool) -> Self {
         Self {
             pool,
@@ -129,12 +153,36 @@ impl PostgresStore {
     }
 
     /// The pool.
+    ///
+    /// ```rust,no_run
+    /// use palisade_saga::{ListFilter, PostgresStore, SagaStore};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PostgresStore::connect("postgres://127.0.0.1/orders").await?;
+    /// let stuck: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM palisade_saga WHERE state = 'failed'")
+    ///     .fetch_one(store.pool())
+    ///     .await?;
+    /// assert!(stuck >= 0);
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
     /// Creates or upgrades the saga tables, under an advisory lock so that instances
     /// starting together migrate once.
+    ///
+    /// ```rust,no_run
+    /// use palisade_saga::{ListFilter, PostgresStore, SagaStore};
+    ///
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PostgresStore::connect("postgres://127.0.0.1/orders").await?;
+    /// store.migrate().await?; // instances starting together migrate once
+    /// assert!(store.list(&ListFilter::default()).await.is_ok());
+    /// # Ok(()) }
+    /// # fn main() {}
+    /// ```
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         // An arbitrary constant naming this crate's migration lock.

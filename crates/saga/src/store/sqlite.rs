@@ -40,6 +40,20 @@ impl SqliteStore {
     /// Opens `url` (`sqlite://path/to/file.db`, `sqlite::memory:`), creating the file if
     /// missing, in WAL mode with a 5 s busy timeout and a single connection. Does not
     /// migrate: call [`migrate`](Self::migrate).
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use palisade_saga::{ListFilter, SagaStore, SqliteStore};
+    ///
+    /// let store = SqliteStore::connect("sqlite::memory:").await?;
+    /// store.migrate().await?;
+    /// assert!(store.list(&ListFilter::default()).await?.is_empty());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
@@ -57,17 +71,63 @@ impl SqliteStore {
     }
 
     /// Uses an existing pool (keep it at one connection unless you know better).
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use palisade_saga::{ListFilter, SagaStore, SqliteStore};
+    ///
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let store = SqliteStore::from_pool(pool);
+    /// store.migrate().await?;
+    /// assert!(store.list(&ListFilter::default()).await?.is_empty());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn from_pool(pool: SqlitePool) -> Self {
         Self { pool }
     }
 
     /// The pool.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use palisade_saga::{ListFilter, SagaStore, SqliteStore};
+    ///
+    /// let store = SqliteStore::connect("sqlite::memory:").await?;
+    /// store.migrate().await?;
+    /// // The same database for the application's own tables.
+    /// let sagas: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM palisade_saga").fetch_one(store.pool()).await?;
+    /// assert_eq!(sagas, 0);
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
     /// Creates or upgrades the saga tables (`palisade_saga`, `palisade_saga_history`).
     /// Safe to call on every start.
+    ///
+    /// ```rust
+    /// # #[cfg(feature = "sqlite")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use palisade_saga::{ListFilter, SagaStore, SqliteStore};
+    ///
+    /// let store = SqliteStore::connect("sqlite::memory:").await?;
+    /// store.migrate().await?;
+    /// store.migrate().await?; // safe on every start
+    /// assert!(store.list(&ListFilter::default()).await?.is_empty());
+    /// # Ok(()) }
+    /// # #[cfg(not(feature = "sqlite"))]
+    /// # fn main() {}
+    /// ```
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(CREATE_TABLE).execute(&mut *tx).await?;

@@ -172,11 +172,27 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The same delay before every retry.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let backoff = Backoff::constant(Duration::from_millis(50));
+    /// assert_eq!(backoff.iter().take(3).collect::<Vec<_>>(), [50, 50, 50].map(Duration::from_millis));
+    /// ```
     pub const fn constant(delay: Duration) -> Self {
         Self::new(BackoffKind::Constant, delay, Duration::ZERO)
     }
 
     /// `base` before the first retry, then `step` more before each next one.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let backoff = Backoff::linear(Duration::from_millis(100), Duration::from_millis(50));
+    /// assert_eq!(backoff.iter().take(3).collect::<Vec<_>>(), [100, 150, 200].map(Duration::from_millis));
+    /// ```
     pub const fn linear(base: Duration, step: Duration) -> Self {
         Self::new(BackoffKind::Linear, base, step)
     }
@@ -184,6 +200,15 @@ impl Backoff {
     /// `base` before the first retry, multiplied by the factor (2 unless
     /// [`with_factor`](Self::with_factor)) before each next one. Cap it with
     /// [`with_max_delay`](Self::with_max_delay).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let backoff = Backoff::exponential(Duration::from_millis(100)).with_max_delay(Duration::from_secs(1));
+    /// let delays: Vec<_> = backoff.iter().take(5).collect();
+    /// assert_eq!(delays, [100, 200, 400, 800, 1000].map(Duration::from_millis));
+    /// ```
     pub const fn exponential(base: Duration) -> Self {
         Self::new(BackoffKind::Exponential, base, Duration::ZERO)
     }
@@ -200,45 +225,110 @@ impl Backoff {
     }
 
     /// Sets the growth factor of an exponential backoff (default 2; must be in `[1, 1000]`).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let backoff = Backoff::exponential(Duration::from_millis(10)).with_factor(3.0);
+    /// assert_eq!(backoff.iter().take(3).collect::<Vec<_>>(), [10, 30, 90].map(Duration::from_millis));
+    /// assert!(Backoff::exponential(Duration::from_millis(10)).with_factor(0.5).validate().is_err());
+    /// ```
     pub const fn with_factor(mut self, factor: f64) -> Self {
         self.factor = factor;
         self
     }
 
     /// Caps every delay at `max` (default: no cap). Must not be below the base.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let backoff = Backoff::exponential(Duration::from_millis(100)).with_max_delay(Duration::from_millis(250));
+    /// assert_eq!(backoff.nominal_delay(10), Duration::from_millis(250));
+    /// assert_eq!(backoff.max_delay(), Some(Duration::from_millis(250)));
+    /// ```
     pub const fn with_max_delay(mut self, max: Duration) -> Self {
         self.max_delay = Some(max);
         self
     }
 
     /// Sets the jitter (default [`Jitter::None`]).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let backoff = Backoff::constant(Duration::from_millis(100)).with_jitter(Jitter::Full);
+    /// // Full jitter: each delay uniform in [0, nominal].
+    /// assert!(backoff.iter().take(100).all(|d| d <= Duration::from_millis(100)));
+    /// ```
     pub const fn with_jitter(mut self, jitter: Jitter) -> Self {
         self.jitter = jitter;
         self
     }
 
     /// The shape.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// assert_eq!(Backoff::linear(Duration::from_millis(1), Duration::from_millis(1)).kind(), BackoffKind::Linear);
+    /// ```
     pub const fn kind(&self) -> BackoffKind {
         self.kind
     }
 
     /// The delay before the first retry.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// assert_eq!(Backoff::exponential(Duration::from_millis(20)).base(), Duration::from_millis(20));
+    /// ```
     pub const fn base(&self) -> Duration {
         self.base
     }
 
     /// The cap, if any.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// assert_eq!(Backoff::exponential(Duration::from_millis(20)).max_delay(), None);
+    /// ```
     pub const fn max_delay(&self) -> Option<Duration> {
         self.max_delay
     }
 
     /// The jitter.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// assert_eq!(Backoff::constant(Duration::from_millis(5)).jitter(), Jitter::None);
+    /// assert_eq!(Backoff::default().jitter(), Jitter::Full);
+    /// ```
     pub const fn jitter(&self) -> Jitter {
         self.jitter
     }
 
     /// Checks the configuration: the factor is finite and in `[1, 1000]`, an exponential
     /// base is not zero, and the cap is not below the base.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// assert!(Backoff::default().validate().is_ok());
+    /// // A cap below the base is a configuration error, reported when the layer is built.
+    /// assert!(Backoff::exponential(Duration::from_millis(100)).with_max_delay(Duration::from_millis(10)).validate().is_err());
+    /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.kind == BackoffKind::Exponential {
             if !self.factor.is_finite() || !(1.0..=1000.0).contains(&self.factor) {
@@ -267,6 +357,14 @@ impl Backoff {
     }
 
     /// The nominal (jitter-free, capped) delay before retry `n` (1-based; 0 is treated as 1).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let backoff = Backoff::exponential(Duration::from_millis(100)).with_jitter(Jitter::Full);
+    /// assert_eq!(backoff.nominal_delay(3), Duration::from_millis(400)); // before jitter
+    /// ```
     pub fn nominal_delay(&self, n: u32) -> Duration {
         let k = n.max(1) - 1;
         let raw = match self.kind {
@@ -298,11 +396,30 @@ impl Backoff {
     }
 
     /// The delays before retry 1, 2, … forever, jittered with a freshly seeded generator.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let mut delays = Backoff::linear(Duration::from_millis(10), Duration::from_millis(10)).iter();
+    /// assert_eq!(delays.next(), Some(Duration::from_millis(10)));
+    /// assert_eq!(delays.next(), Some(Duration::from_millis(20)));
+    /// ```
     pub fn iter(&self) -> BackoffIter {
         BackoffIter::new(*self, SplitMix64::from_entropy())
     }
 
     /// Like [`iter`](Self::iter) but reproducible: the same seed yields the same delays.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let backoff = Backoff::exponential(Duration::from_millis(10)).with_jitter(Jitter::Decorrelated);
+    /// let a: Vec<_> = backoff.iter_seeded(42).take(5).collect();
+    /// let b: Vec<_> = backoff.iter_seeded(42).take(5).collect();
+    /// assert_eq!(a, b); // reproducible, for tests
+    /// ```
     pub fn iter_seeded(&self, seed: u64) -> BackoffIter {
         BackoffIter::new(*self, SplitMix64::new(seed))
     }
@@ -359,6 +476,16 @@ impl BackoffIter {
     }
 
     /// How many delays have been yielded so far.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
+    ///
+    /// let mut delays = Backoff::constant(Duration::from_millis(1)).iter();
+    /// delays.next();
+    /// delays.next();
+    /// assert_eq!(delays.retries(), 2);
+    /// ```
     pub fn retries(&self) -> u32 {
         self.retry
     }

@@ -46,6 +46,23 @@ impl CircuitOpen {
     }
 
     /// The name of the breaker that rejected the call.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitOpen, CircuitState};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let breaker = CircuitBreakerLayer::builder("payments").build()?;
+    /// breaker.handle().force_open();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(breaker)
+    ///     .service(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let error = svc.oneshot(1).await.expect_err("rejected");
+    /// let open = error.downcast_ref::<CircuitOpen>().expect("a CircuitOpen");
+    /// assert_eq!(open.name(), "payments");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -53,12 +70,46 @@ impl CircuitOpen {
     /// The state it was in: [`Open`](CircuitState::Open),
     /// [`ForcedOpen`](CircuitState::ForcedOpen) or [`HalfOpen`](CircuitState::HalfOpen)
     /// (all probe places taken).
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitOpen, CircuitState};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let breaker = CircuitBreakerLayer::builder("payments").build()?;
+    /// breaker.handle().force_open();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(breaker)
+    ///     .service(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let error = svc.oneshot(1).await.expect_err("rejected");
+    /// let open = error.downcast_ref::<CircuitOpen>().expect("a CircuitOpen");
+    /// assert_eq!(open.state(), CircuitState::ForcedOpen);
+    /// # Ok(()) }
+    /// ```
     pub fn state(&self) -> CircuitState {
         self.state
     }
 
     /// How long until the breaker lets a probe through, when it is open and that is known
     /// (`None` when forced open or half-open). A good `Retry-After`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitOpen, CircuitState};
+    /// use tower::{ServiceBuilder, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let breaker = CircuitBreakerLayer::builder("payments").build()?;
+    /// breaker.handle().force_open();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(breaker)
+    ///     .service(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let error = svc.oneshot(1).await.expect_err("rejected");
+    /// let open = error.downcast_ref::<CircuitOpen>().expect("a CircuitOpen");
+    /// assert_eq!(open.remaining_wait(), None); // forced open: no set end
+    /// # Ok(()) }
+    /// ```
     pub fn remaining_wait(&self) -> Option<Duration> {
         self.remaining
     }

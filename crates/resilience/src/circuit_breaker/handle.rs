@@ -35,11 +35,24 @@ pub enum CircuitState {
 
 impl CircuitState {
     /// Whether calls (all of them, or probes) can pass in this state.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitState;
+    ///
+    /// assert!(CircuitState::HalfOpen.admits_calls());
+    /// assert!(!CircuitState::ForcedOpen.admits_calls());
+    /// ```
     pub fn admits_calls(self) -> bool {
         !matches!(self, CircuitState::Open | CircuitState::ForcedOpen)
     }
 
     /// A stable lower-case name, as used in logs and metric labels.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitState;
+    ///
+    /// assert_eq!(CircuitState::HalfOpen.as_str(), "half-open"); // the metrics label
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             CircuitState::Closed => "closed",
@@ -157,43 +170,115 @@ impl CircuitBreakerHandle {
     }
 
     /// The breaker's name, as carried by its errors, events and metrics.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
+    /// assert_eq!(handle.name(), "orders");
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn name(&self) -> &str {
         self.core.name()
     }
 
     /// The settings it was built with.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
+    /// assert_eq!(handle.config().half_open_probes, 3); // the default
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn config(&self) -> &CircuitBreakerConfig {
         self.core.config()
     }
 
     /// The current state. An open breaker whose wait has passed still reads
     /// [`Open`](CircuitState::Open) until the next call turns it half-open.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
+    /// assert_eq!(handle.state(), CircuitState::Closed);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn state(&self) -> CircuitState {
         self.core.state()
     }
 
     /// A snapshot of the window and counters.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
+    /// let metrics = handle.metrics();
+    /// assert_eq!((metrics.state, metrics.calls, metrics.failure_rate), (CircuitState::Closed, 0, None));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn metrics(&self) -> CircuitMetrics {
         self.core.metrics()
     }
 
     /// Rejects every call until [`reset`](Self::reset) (or [`disable`](Self::disable)).
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
+    /// handle.force_open(); // maintenance: reject every call until reset
+    /// assert_eq!(handle.state(), CircuitState::ForcedOpen);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn force_open(&self) {
         self.core.force(CircuitState::ForcedOpen);
     }
 
     /// Lets every call through and records nothing until [`reset`](Self::reset).
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
+    /// handle.disable(); // let everything through, record nothing
+    /// assert_eq!(handle.state(), CircuitState::Disabled);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn disable(&self) {
         self.core.force(CircuitState::Disabled);
     }
 
     /// Closes the breaker with an empty window and forgets past openings.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
+    /// handle.force_open();
+    /// handle.reset();
+    /// assert_eq!(handle.state(), CircuitState::Closed);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn reset(&self) {
         self.core.force(CircuitState::Closed);
     }
 
     /// A receiver of every later state change (a tokio broadcast channel holding the last
     /// 64; a receiver that falls further behind gets `RecvError::Lagged`).
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{CircuitBreakerLayer, CircuitState};
+    ///
+    /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
+    /// let mut transitions = handle.subscribe();
+    /// handle.force_open();
+    /// let change = transitions.try_recv().expect("a transition");
+    /// assert_eq!((change.from, change.to), (CircuitState::Closed, CircuitState::ForcedOpen));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn subscribe(&self) -> broadcast::Receiver<StateTransition> {
         self.core.subscribe()
     }

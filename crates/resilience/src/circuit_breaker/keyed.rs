@@ -99,6 +99,21 @@ impl<K: Hash + Eq + Clone + fmt::Debug> KeyedCircuitBreakerHandle<K> {
     }
 
     /// The breaker of `key`, if a request with that key was seen (and not removed).
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = CircuitBreakerLayer::builder("tenants").build_keyed(|tenant: &u32| *tenant)?;
+    /// let svc = layer.layer(service_fn(|t: u32| async move { Ok::<_, std::io::Error>(t) }));
+    /// svc.clone().oneshot(7).await?;
+    /// let seven = layer.handle().get(&7).expect("seen");
+    /// assert_eq!(seven.name(), "tenants[7]");
+    /// assert!(layer.handle().get(&8).is_none());
+    /// # Ok(()) }
+    /// ```
     pub fn get(&self, key: &K) -> Option<CircuitBreakerHandle> {
         self.inner
             .map
@@ -109,6 +124,22 @@ impl<K: Hash + Eq + Clone + fmt::Debug> KeyedCircuitBreakerHandle<K> {
     }
 
     /// The keys that have a breaker.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = CircuitBreakerLayer::builder("tenants").build_keyed(|tenant: &u32| *tenant)?;
+    /// let svc = layer.layer(service_fn(|t: u32| async move { Ok::<_, std::io::Error>(t) }));
+    /// svc.clone().oneshot(7).await?;
+    /// svc.oneshot(9).await?;
+    /// let mut keys = layer.handle().keys();
+    /// keys.sort();
+    /// assert_eq!(keys, [7, 9]);
+    /// # Ok(()) }
+    /// ```
     pub fn keys(&self) -> Vec<K> {
         self.inner
             .map
@@ -121,6 +152,20 @@ impl<K: Hash + Eq + Clone + fmt::Debug> KeyedCircuitBreakerHandle<K> {
 
     /// Forgets the breaker of `key` (the next request with it starts a fresh one). Partitions
     /// are never evicted on their own: remove the keys that will not come back.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = CircuitBreakerLayer::builder("tenants").build_keyed(|tenant: &u32| *tenant)?;
+    /// let svc = layer.layer(service_fn(|t: u32| async move { Ok::<_, std::io::Error>(t) }));
+    /// svc.clone().oneshot(7).await?;
+    /// assert!(layer.handle().remove(&7).is_some()); // e.g. the tenant was deleted
+    /// assert!(layer.handle().keys().is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn remove(&self, key: &K) -> Option<CircuitBreakerHandle> {
         self.inner
             .map
@@ -130,6 +175,22 @@ impl<K: Hash + Eq + Clone + fmt::Debug> KeyedCircuitBreakerHandle<K> {
     }
 
     /// Calls `listener` on every state change of every partition, present and future.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = CircuitBreakerLayer::builder("tenants").build_keyed(|tenant: &u32| *tenant)?;
+    /// let svc = layer.layer(service_fn(|t: u32| async move { Ok::<_, std::io::Error>(t) }));
+    /// svc.clone().oneshot(7).await?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// layer.handle().on_transition(move |t| { let _ = tx.send(t.to); });
+    /// layer.handle().get(&7).expect("seen").force_open();
+    /// assert!(rx.try_recv().is_ok()); // also for breakers created before the listener
+    /// # Ok(()) }
+    /// ```
     pub fn on_transition(&self, listener: impl Fn(&StateTransition) + Send + Sync + 'static) {
         let listener: Listener = Arc::new(listener);
         self.inner
@@ -210,6 +271,19 @@ impl<K, F, C> KeyedCircuitBreakerLayer<K, F, C> {
     }
 
     /// The handle on the partitions.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = CircuitBreakerLayer::builder("tenants").build_keyed(|tenant: &u32| *tenant)?;
+    /// let svc = layer.layer(service_fn(|t: u32| async move { Ok::<_, std::io::Error>(t) }));
+    /// svc.clone().oneshot(7).await?;
+    /// assert_eq!(layer.handle().keys(), [7]);
+    /// # Ok(()) }
+    /// ```
     pub fn handle(&self) -> &KeyedCircuitBreakerHandle<K> {
         &self.partitions
     }
@@ -272,6 +346,19 @@ impl<S: fmt::Debug, K, F, C> fmt::Debug for KeyedCircuitBreaker<S, K, F, C> {
 
 impl<S, K, F, C> KeyedCircuitBreaker<S, K, F, C> {
     /// The handle on the partitions.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = CircuitBreakerLayer::builder("tenants").build_keyed(|tenant: &u32| *tenant)?;
+    /// let svc = layer.layer(service_fn(|t: u32| async move { Ok::<_, std::io::Error>(t) }));
+    /// svc.clone().oneshot(7).await?;
+    /// assert_eq!(svc.handle().keys(), [7]); // the service shares the layer's partitions
+    /// # Ok(()) }
+    /// ```
     pub fn handle(&self) -> &KeyedCircuitBreakerHandle<K> {
         &self.partitions
     }

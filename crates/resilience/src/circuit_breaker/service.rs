@@ -59,16 +59,48 @@ impl<S, C> CircuitBreaker<S, C> {
     }
 
     /// The handle on the breaker this service uses.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let layer = CircuitBreakerLayer::builder("orders").build()?;
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// assert_eq!(svc.handle().name(), "orders"); // the breaker of the layer
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn handle(&self) -> &CircuitBreakerHandle {
         &self.breaker
     }
 
     /// The inner service.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let layer = CircuitBreakerLayer::builder("orders").build()?;
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let _inner = svc.get_ref();
+    /// assert_eq!(svc.handle().metrics().calls, 0);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// Consumes the breaker, returning the inner service.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let layer = CircuitBreakerLayer::builder("orders").build()?;
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let _inner = svc.into_inner(); // unwrapped: calls bypass the breaker
+    /// assert_eq!(layer.handle().metrics().calls, 0);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -70,24 +70,62 @@ pub struct RetryBudgetBuilder {
 impl RetryBudgetBuilder {
     /// The share of requests that may be retried, in `[0, 1000]` (default 0.2: at most
     /// one retry per five requests, tower's and Finagle's default).
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::builder().min_per_sec(0).retry_ratio(0.5).build()?;
+    /// budget.deposit();
+    /// budget.deposit(); // two requests earn one retry at 0.5
+    /// assert!(budget.try_withdraw());
+    /// assert!(!budget.try_withdraw());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn retry_ratio(mut self, ratio: f64) -> Self {
         self.retry_ratio = ratio;
         self
     }
 
     /// Retries allowed per second whatever the traffic (default 10).
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::builder().min_per_sec(5).build()?;
+    /// assert_eq!(budget.min_per_sec(), 5);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn min_per_sec(mut self, n: u32) -> Self {
         self.min_per_sec = n;
         self
     }
 
     /// The most tokens the bucket banks (default: `max(10 × min_per_sec, 10)`).
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::builder().min_per_sec(0).retry_ratio(1.0).max_balance(2).build()?;
+    /// for _ in 0..10 {
+    ///     budget.deposit();
+    /// }
+    /// assert_eq!(budget.balance(), 2); // banked tokens are capped
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn max_balance(mut self, n: u32) -> Self {
         self.max_balance = Some(n);
         self
     }
 
     /// Validates and builds the shared budget.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// assert!(RetryBudget::builder().build().is_ok());
+    /// assert!(RetryBudget::builder().retry_ratio(-1.0).build().is_err());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn build(self) -> Result<std::sync::Arc<RetryBudget>, ConfigError> {
         if !self.retry_ratio.is_finite() || !(0.0..=1000.0).contains(&self.retry_ratio) {
             return Err(ConfigError::OutOfRange {
@@ -120,6 +158,14 @@ impl RetryBudgetBuilder {
 
 impl RetryBudget {
     /// A builder with the defaults: ratio 0.2, 10 per second.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::builder().build()?; // ratio 0.2, 10 per second
+    /// assert_eq!(budget.min_per_sec(), 10);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn builder() -> RetryBudgetBuilder {
         RetryBudgetBuilder {
             retry_ratio: 0.2,
@@ -129,6 +175,16 @@ impl RetryBudget {
     }
 
     /// Records an original request (not a retry): adds `retry_ratio` of a token.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::builder().min_per_sec(0).retry_ratio(1.0).build()?;
+    /// assert_eq!(budget.balance(), 0);
+    /// budget.deposit();
+    /// assert_eq!(budget.balance(), 1);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     #[inline]
     pub fn deposit(&self) {
         if self.deposit == 0 {
@@ -141,6 +197,16 @@ impl RetryBudget {
     }
 
     /// Takes one token for a retry; `false` when the budget is spent.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::builder().min_per_sec(0).retry_ratio(1.0).build()?;
+    /// assert!(!budget.try_withdraw()); // nothing earned yet
+    /// budget.deposit();
+    /// assert!(budget.try_withdraw());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn try_withdraw(&self) -> bool {
         self.credit_floor();
         self.tokens
@@ -151,6 +217,14 @@ impl RetryBudget {
     }
 
     /// Whole tokens available now (retries the budget would allow right away).
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// let budget = RetryBudget::builder().min_per_sec(3).build()?;
+    /// assert_eq!(budget.balance(), 3); // the floor is available from the start
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn balance(&self) -> u64 {
         self.credit_floor();
         u64::try_from(self.tokens.load(Ordering::Relaxed) / SCALE).unwrap_or(0)
@@ -187,6 +261,13 @@ impl RetryBudget {
     }
 
     /// The floor credited per second, in tokens.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::RetryBudget;
+    ///
+    /// assert_eq!(RetryBudget::builder().min_per_sec(7).build()?.min_per_sec(), 7);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn min_per_sec(&self) -> u64 {
         (self.floor_per_sec / SCALE) as u64
     }

@@ -142,21 +142,94 @@ impl RetriesExhausted {
     }
 
     /// Attempts made, the first call included.
+    ///
+    /// ```rust
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_resilience::retry::{GiveUpReason, RetriesExhausted, RetryLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let retry = RetryLayer::builder()
+    ///     .max_attempts(2)
+    ///     .backoff(Backoff::constant(std::time::Duration::from_millis(5)))
+    ///     .build()?;
+    /// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("refused")) });
+    /// let error = retry.layer(down).oneshot(()).await.expect_err("always fails");
+    /// let exhausted = error.downcast::<RetriesExhausted>().map_err(|_| "not exhausted")?;
+    /// assert_eq!(exhausted.attempts(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn attempts(&self) -> u32 {
         self.attempts
     }
 
     /// Why no further attempt was made.
+    ///
+    /// ```rust
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_resilience::retry::{GiveUpReason, RetriesExhausted, RetryLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let retry = RetryLayer::builder()
+    ///     .max_attempts(2)
+    ///     .backoff(Backoff::constant(std::time::Duration::from_millis(5)))
+    ///     .build()?;
+    /// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("refused")) });
+    /// let error = retry.layer(down).oneshot(()).await.expect_err("always fails");
+    /// let exhausted = error.downcast::<RetriesExhausted>().map_err(|_| "not exhausted")?;
+    /// assert_eq!(exhausted.reason(), GiveUpReason::MaxAttempts);
+    /// # Ok(()) }
+    /// ```
     pub fn reason(&self) -> GiveUpReason {
         self.reason
     }
 
     /// The last attempt's error.
+    ///
+    /// ```rust
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_resilience::retry::{GiveUpReason, RetriesExhausted, RetryLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let retry = RetryLayer::builder()
+    ///     .max_attempts(2)
+    ///     .backoff(Backoff::constant(std::time::Duration::from_millis(5)))
+    ///     .build()?;
+    /// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("refused")) });
+    /// let error = retry.layer(down).oneshot(()).await.expect_err("always fails");
+    /// let exhausted = error.downcast::<RetriesExhausted>().map_err(|_| "not exhausted")?;
+    /// assert_eq!(exhausted.last_error().to_string(), "refused");
+    /// # Ok(()) }
+    /// ```
     pub fn last_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.last
     }
 
     /// Takes the last attempt's error.
+    ///
+    /// ```rust
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_resilience::retry::{GiveUpReason, RetriesExhausted, RetryLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let retry = RetryLayer::builder()
+    ///     .max_attempts(2)
+    ///     .backoff(Backoff::constant(std::time::Duration::from_millis(5)))
+    ///     .build()?;
+    /// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("refused")) });
+    /// let error = retry.layer(down).oneshot(()).await.expect_err("always fails");
+    /// let exhausted = error.downcast::<RetriesExhausted>().map_err(|_| "not exhausted")?;
+    /// let last = exhausted.into_last_error();
+    /// assert!(last.downcast_ref::<std::io::Error>().is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn into_last_error(self) -> BoxError {
         self.last
     }

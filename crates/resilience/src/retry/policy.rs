@@ -220,6 +220,12 @@ pub enum GiveUpReason {
 
 impl GiveUpReason {
     /// A short snake_case label, as used in telemetry.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::GiveUpReason;
+    ///
+    /// assert_eq!(GiveUpReason::BudgetExhausted.as_str(), "budget_exhausted");
+    /// ```
     pub const fn as_str(self) -> &'static str {
         match self {
             GiveUpReason::MaxAttempts => "max_attempts",

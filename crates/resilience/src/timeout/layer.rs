@@ -22,6 +22,22 @@ pub struct TimeoutLayer<D = Duration> {
 impl TimeoutLayer<Duration> {
     /// Every call gets `timeout`. A zero timeout fails every call that is not complete on
     /// its first poll.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::{TimeoutLayer, Elapsed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let slow = service_fn(|_: ()| async {
+    ///     tokio::time::sleep(Duration::from_secs(5)).await;
+    ///     Ok::<_, std::io::Error>("late")
+    /// });
+    /// let error = TimeoutLayer::new(Duration::from_secs(1)).layer(slow).oneshot(()).await.expect_err("too slow");
+    /// assert!(error.is::<Elapsed>());
+    /// # Ok(()) }
+    /// ```
     pub const fn new(timeout: Duration) -> Self {
         Self { timeout }
     }
@@ -29,6 +45,24 @@ impl TimeoutLayer<Duration> {
 
 impl<F> TimeoutLayer<PerRequest<F>> {
     /// Each call gets the timeout `f(&request)` returns.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::{TimeoutLayer, Elapsed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let slow = service_fn(|_: ()| async {
+    ///     tokio::time::sleep(Duration::from_secs(5)).await;
+    ///     Ok::<_, std::io::Error>("late")
+    /// });
+    /// // The limit from the request itself (here: none given, so 2 s).
+    /// let layer = TimeoutLayer::per_request(|_: &()| Duration::from_secs(2));
+    /// let error = layer.layer(slow).oneshot(()).await.expect_err("too slow");
+    /// assert_eq!(error.downcast_ref::<Elapsed>().map(Elapsed::duration), Some(Duration::from_secs(2)));
+    /// # Ok(()) }
+    /// ```
     pub const fn per_request(f: F) -> Self {
         Self {
             timeout: PerRequest(f),

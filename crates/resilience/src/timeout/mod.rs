@@ -83,11 +83,27 @@ pub struct Elapsed {
 
 impl Elapsed {
     /// An `Elapsed` for a timeout of `after`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::Elapsed;
+    ///
+    /// // For a test double or a service of your own that times out the same way.
+    /// let elapsed = Elapsed::new(Duration::from_millis(250));
+    /// assert_eq!(elapsed.to_string(), "call timed out after 250ms");
+    /// ```
     pub const fn new(after: Duration) -> Self {
         Self { after }
     }
 
     /// The timeout that fired.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::Elapsed;
+    ///
+    /// assert_eq!(Elapsed::new(Duration::from_secs(2)).duration(), Duration::from_secs(2));
+    /// ```
     pub const fn duration(&self) -> Duration {
         self.after
     }

@@ -85,16 +85,56 @@ pub struct Timeout<S, D = Duration> {
 
 impl<S, D> Timeout<S, D> {
     /// Wraps `inner`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::Timeout;
+    /// use tower::{ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let echo = service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) });
+    /// let svc = Timeout::new(echo, Duration::from_millis(100));
+    /// assert_eq!(svc.oneshot(7).await?, 7);
+    /// # Ok(()) }
+    /// ```
     pub const fn new(inner: S, timeout: D) -> Self {
         Self { inner, timeout }
     }
 
     /// The wrapped service.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::Timeout;
+    /// use tower::{ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let echo = service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) });
+    /// let svc = Timeout::new(echo, Duration::from_millis(100));
+    /// let inner = svc.get_ref().clone();
+    /// assert_eq!(inner.oneshot(7).await?, 7); // without the timeout
+    /// # Ok(()) }
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// Unwraps the inner service.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::Timeout;
+    /// use tower::{ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let echo = service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) });
+    /// let inner = Timeout::new(echo, Duration::from_millis(100)).into_inner();
+    /// assert_eq!(inner.oneshot(7).await?, 7);
+    /// # Ok(()) }
+    /// ```
     pub fn into_inner(self) -> S {
         self.inner
     }

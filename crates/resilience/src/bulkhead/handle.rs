@@ -76,6 +76,17 @@ pub struct BulkheadBuilder {
 
 impl BulkheadBuilder {
     /// Calls allowed in flight at once (default 25, resilience4j's default). Must be ≥ 1.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(2).build()?;
+    /// assert_eq!(bulkhead.max_concurrent(), 2);
+    /// assert!(Bulkhead::builder("none").max_concurrent(0).build().is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = n;
         self
@@ -84,12 +95,37 @@ impl BulkheadBuilder {
     /// How long `poll_ready` waits for a permit before the call is rejected with
     /// [`BulkheadFull`](super::BulkheadFull) (default zero: fail fast, which is what a
     /// bulkhead is for — a queue in front of a saturated dependency only adds latency).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(1).max_wait(Duration::from_millis(50)).build()?;
+    /// let held = bulkhead.try_acquire().expect("free");
+    /// let started = tokio::time::Instant::now();
+    /// assert!(bulkhead.acquire().await.is_none()); // waited 50 ms, then gave up
+    /// assert_eq!(started.elapsed(), Duration::from_millis(50));
+    /// drop(held);
+    /// # Ok(()) }
+    /// ```
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.max_wait = d;
         self
     }
 
     /// Validates and builds the shared handle.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").build()?;
+    /// assert_eq!(bulkhead.max_concurrent(), 25); // the default
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<Bulkhead, ConfigError> {
         if self.max_concurrent == 0 {
             return Err(ConfigError::Zero {
@@ -111,6 +147,16 @@ impl BulkheadBuilder {
 
 impl Bulkhead {
     /// A builder for a bulkhead called `name` (the name appears in errors and events).
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(4).build()?;
+    /// assert_eq!((bulkhead.name(), bulkhead.available()), ("reports", 4));
+    /// # Ok(()) }
+    /// ```
     pub fn builder(name: impl Into<Arc<str>>) -> BulkheadBuilder {
         BulkheadBuilder {
             name: name.into(),
@@ -120,32 +166,97 @@ impl Bulkhead {
     }
 
     /// The bulkhead's name.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// assert_eq!(Bulkhead::builder("reports").build()?.name(), "reports");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.state.name
     }
 
     /// The most calls in flight at once.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// assert_eq!(Bulkhead::builder("reports").max_concurrent(3).build()?.max_concurrent(), 3);
+    /// # Ok(()) }
+    /// ```
     pub fn max_concurrent(&self) -> usize {
         self.state.max_concurrent
     }
 
     /// How long a call may wait for a permit.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// assert_eq!(Bulkhead::builder("reports").build()?.max_wait(), Duration::ZERO); // fail fast
+    /// # Ok(()) }
+    /// ```
     pub fn max_wait(&self) -> Duration {
         self.state.max_wait
     }
 
     /// Calls in flight now (permits taken).
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").build()?;
+    /// let _permit = bulkhead.try_acquire();
+    /// assert_eq!(bulkhead.in_flight(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> usize {
         self.state.in_use.load(Ordering::Relaxed)
     }
 
     /// Permits free now.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(2).build()?;
+    /// let permit = bulkhead.try_acquire();
+    /// assert_eq!(bulkhead.available(), 1);
+    /// drop(permit);
+    /// assert_eq!(bulkhead.available(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn available(&self) -> usize {
         self.state.max_concurrent.saturating_sub(self.in_flight())
     }
 
     /// Takes a permit if one is free, without waiting. The permit is returned when
     /// dropped.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(1).build()?;
+    /// let permit = bulkhead.try_acquire().expect("free");
+    /// assert!(bulkhead.try_acquire().is_none()); // full: fail fast
+    /// drop(permit);
+    /// assert!(bulkhead.try_acquire().is_some());
+    /// # Ok(()) }
+    /// ```
     pub fn try_acquire(&self) -> Option<Permit> {
         State::try_acquire(&self.state)
     }
@@ -153,6 +264,19 @@ impl Bulkhead {
     /// Takes a permit, waiting up to `max_wait` for one; `None` when none came in time.
     ///
     /// Cancellation safe: dropping the future gives up the wait and takes no permit.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// // Guard work that is not a tower service with the same bulkhead.
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(1).build()?;
+    /// let permit = bulkhead.acquire().await.expect("free");
+    /// assert_eq!(bulkhead.in_flight(), 1);
+    /// drop(permit);
+    /// # Ok(()) }
+    /// ```
     pub fn acquire(&self) -> impl Future<Output = Option<Permit>> + Send + Sync + 'static {
         wait_for_permit(self.state.clone())
     }

@@ -106,11 +106,41 @@ impl BulkheadFull {
     }
 
     /// The bulkhead's name.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::{Bulkhead, BulkheadFull, BulkheadLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(1).build()?;
+    /// let _busy = bulkhead.try_acquire(); // the one slot is taken
+    /// let svc = BulkheadLayer::new(bulkhead).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let error = svc.oneshot(()).await.expect_err("full");
+    /// let full = error.downcast_ref::<BulkheadFull>().expect("a BulkheadFull");
+    /// assert_eq!(full.name(), "reports");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// Its limit.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::{Bulkhead, BulkheadFull, BulkheadLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(1).build()?;
+    /// let _busy = bulkhead.try_acquire(); // the one slot is taken
+    /// let svc = BulkheadLayer::new(bulkhead).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let error = svc.oneshot(()).await.expect_err("full");
+    /// let full = error.downcast_ref::<BulkheadFull>().expect("a BulkheadFull");
+    /// assert_eq!(full.max_concurrent(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn max_concurrent(&self) -> usize {
         self.max_concurrent
     }

@@ -58,6 +58,16 @@ impl<S: Clone> Clone for BulkheadService<S> {
 
 impl<S> BulkheadService<S> {
     /// Wraps `inner` with `bulkhead`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::{Bulkhead, BulkheadService};
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(8).build()?;
+    /// let svc = BulkheadService::new(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }), bulkhead);
+    /// assert_eq!(svc.bulkhead().max_concurrent(), 8);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn new(inner: S, bulkhead: Bulkhead) -> Self {
         Self {
             inner,
@@ -69,11 +79,32 @@ impl<S> BulkheadService<S> {
     }
 
     /// The shared handle.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::{Bulkhead, BulkheadLayer};
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(8).build()?;
+    /// let svc = BulkheadLayer::new(bulkhead).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// assert_eq!(svc.bulkhead().in_flight(), 0);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn bulkhead(&self) -> &Bulkhead {
         &self.bulkhead
     }
 
     /// The wrapped service.
+    ///
+    /// ```rust
+    /// use palisade_resilience::bulkhead::{Bulkhead, BulkheadLayer};
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(8).build()?;
+    /// let svc = BulkheadLayer::new(bulkhead).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let _inner = svc.get_ref();
+    /// assert_eq!(svc.bulkhead().name(), "reports");
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

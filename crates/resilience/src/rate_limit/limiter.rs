@@ -122,6 +122,18 @@ pub struct RateLimiterBuilder {
 
 impl RateLimiterBuilder {
     /// `rate` calls per `period` sustained (default 100 per second).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// let limiter = RateLimiter::builder("sms").rate(2, Duration::from_secs(1)).burst(1).build()?;
+    /// assert!(limiter.try_acquire().is_ok());
+    /// assert_eq!(limiter.try_acquire(), Err(Duration::from_millis(500)));
+    /// # Ok(()) }
+    /// ```
     pub fn rate(mut self, rate: u32, period: Duration) -> Self {
         self.rate = rate;
         self.period = period;
@@ -130,6 +142,20 @@ impl RateLimiterBuilder {
 
     /// Calls allowed back to back after a quiet spell (default: `rate`, one period's
     /// worth). Must be ≥ 1.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// let limiter = RateLimiter::builder("sms").rate(1, Duration::from_secs(1)).burst(3).build()?;
+    /// for _ in 0..3 {
+    ///     assert!(limiter.try_acquire().is_ok()); // three back to back
+    /// }
+    /// assert!(limiter.try_acquire().is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn burst(mut self, burst: u32) -> Self {
         self.burst = Some(burst);
         self
@@ -137,6 +163,17 @@ impl RateLimiterBuilder {
 
     /// How long a call may wait for its slot before it is rejected with
     /// [`RateLimited`](super::RateLimited) (default zero: reject at once).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// let limiter = RateLimiter::builder("sms").max_wait(Duration::from_millis(250)).build()?;
+    /// assert_eq!(limiter.max_wait(), Duration::from_millis(250));
+    /// # Ok(()) }
+    /// ```
     pub fn max_wait(mut self, d: Duration) -> Self {
         self.max_wait = d;
         self
@@ -167,6 +204,17 @@ impl RateLimiterBuilder {
     }
 
     /// Validates and builds the shared limiter.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// assert!(RateLimiter::builder("sms").build().is_ok()); // 100 per second
+    /// assert!(RateLimiter::builder("sms").burst(0).build().is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<RateLimiter, ConfigError> {
         if self.rate == 0 {
             return Err(ConfigError::Zero { field: "rate" });
@@ -207,6 +255,17 @@ impl RateLimiterBuilder {
 
 impl RateLimiter {
     /// A builder for a limiter called `name` (the name appears in errors and events).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// let limiter = RateLimiter::builder("sms").rate(5, Duration::from_secs(1)).build()?;
+    /// assert_eq!(limiter.name(), "sms");
+    /// # Ok(()) }
+    /// ```
     pub fn builder(name: impl Into<Arc<str>>) -> RateLimiterBuilder {
         RateLimiterBuilder {
             name: name.into(),
@@ -220,16 +279,50 @@ impl RateLimiter {
     }
 
     /// The limiter's name.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// assert_eq!(RateLimiter::builder("sms").build()?.name(), "sms");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.state.name
     }
 
     /// How long a call may wait for its slot.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// assert_eq!(RateLimiter::builder("sms").build()?.max_wait(), Duration::ZERO); // reject at once
+    /// # Ok(()) }
+    /// ```
     pub fn max_wait(&self) -> Duration {
         self.state.max_wait
     }
 
     /// Takes a slot now, or says how long until one opens (nothing is reserved then).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// let limiter = RateLimiter::builder("sms").rate(10, Duration::from_secs(1)).burst(1).build()?;
+    /// assert!(limiter.try_acquire().is_ok());
+    /// let wait = limiter.try_acquire().expect_err("spent");
+    /// tokio::time::advance(wait).await;
+    /// assert!(limiter.try_acquire().is_ok());
+    /// # Ok(()) }
+    /// ```
     #[inline]
     pub fn try_acquire(&self) -> Result<(), Duration> {
         self.state.reserve_nanos(0).map(|_| ())
@@ -238,6 +331,20 @@ impl RateLimiter {
     /// Reserves the next slot if it opens within `max_wait` and returns the wait until
     /// it (zero: go now); otherwise reserves nothing and returns the time until a slot
     /// would open.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
+    /// let limiter = RateLimiter::builder("sms").rate(10, Duration::from_secs(1)).burst(1).build()?;
+    /// assert_eq!(limiter.reserve(Duration::ZERO), Ok(Duration::ZERO)); // go now
+    /// // The next slot is 100 ms away: reserved if we may wait that long.
+    /// assert_eq!(limiter.reserve(Duration::from_millis(150)), Ok(Duration::from_millis(100)));
+    /// assert!(limiter.reserve(Duration::ZERO).is_err());
+    /// # Ok(()) }
+    /// ```
     #[inline]
     pub fn reserve(&self, max_wait: Duration) -> Result<Duration, Duration> {
         self.state.reserve_nanos(nanos(max_wait))

@@ -104,11 +104,43 @@ impl RateLimited {
     }
 
     /// The limiter's name.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::{RateLimitLayer, RateLimited, RateLimiter};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let limiter = RateLimiter::builder("sms").rate(1, Duration::from_secs(2)).burst(1).build()?;
+    /// let svc = RateLimitLayer::new(limiter).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// svc.clone().oneshot(()).await?;
+    /// let error = svc.oneshot(()).await.expect_err("limited");
+    /// let limited = error.downcast_ref::<RateLimited>().expect("a RateLimited");
+    /// assert_eq!(limited.name(), "sms");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// How long until a slot opens: a good `Retry-After`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::{RateLimitLayer, RateLimited, RateLimiter};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let limiter = RateLimiter::builder("sms").rate(1, Duration::from_secs(2)).burst(1).build()?;
+    /// let svc = RateLimitLayer::new(limiter).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// svc.clone().oneshot(()).await?;
+    /// let error = svc.oneshot(()).await.expect_err("limited");
+    /// let limited = error.downcast_ref::<RateLimited>().expect("a RateLimited");
+    /// assert_eq!(limited.retry_after(), Duration::from_secs(2)); // for a Retry-After header
+    /// # Ok(()) }
+    /// ```
     pub fn retry_after(&self) -> Duration {
         self.retry_after
     }

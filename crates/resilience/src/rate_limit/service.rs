@@ -68,6 +68,17 @@ impl<S: Clone> Clone for RateLimit<S> {
 
 impl<S> RateLimit<S> {
     /// Wraps `inner` with `limiter`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let limiter = RateLimiter::builder("sms").rate(5, Duration::from_secs(1)).build()?;
+    /// let svc = RateLimit::new(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }), limiter);
+    /// assert_eq!(svc.limiter().name(), "sms");
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn new(inner: S, limiter: RateLimiter) -> Self {
         Self {
             inner,
@@ -77,6 +88,17 @@ impl<S> RateLimit<S> {
     }
 
     /// The shared limiter.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::{RateLimit, RateLimitLayer, RateLimiter};
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let limiter = RateLimiter::builder("sms").rate(5, Duration::from_secs(1)).build()?;
+    /// let svc = RateLimitLayer::new(limiter).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// assert_eq!(svc.limiter().max_wait(), Duration::ZERO);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn limiter(&self) -> &RateLimiter {
         &self.limiter
     }

@@ -73,6 +73,13 @@ pub enum ConfigError {
 
 impl ConfigError {
     /// Wraps this error with the name of the config section it was found in.
+    ///
+    /// ```rust
+    /// use palisade_resilience::ConfigError;
+    ///
+    /// let error = ConfigError::Zero { field: "max_attempts" }.in_section("retry");
+    /// assert!(error.to_string().starts_with("in `retry`: "));
+    /// ```
     pub fn in_section(self, section: &'static str) -> Self {
         ConfigError::InSection {
             section,

@@ -223,6 +223,20 @@ impl<K, Res, F> fmt::Debug for LastGood<K, Res, F> {
 
 impl<K, Res, F> LastGood<K, Res, F> {
     /// A cache of at most `capacity` keys (at least 1), keyed by `key(&request)`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::fallback::{FallbackLayer, LastGood};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let cache = LastGood::new(100, |user: &u64| *user);
+    /// let up = service_fn(|user: u64| async move { Ok::<_, std::io::Error>(user * 10) });
+    /// let svc = FallbackLayer::new(palisade_resilience::fallback::IsErr, cache.clone()).layer(up);
+    /// assert_eq!(svc.oneshot(7).await?, 70); // a good answer, remembered for user 7
+    /// assert_eq!(cache.len(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn new(capacity: usize, key: F) -> Self {
         Self {
             key,
@@ -234,6 +248,18 @@ impl<K, Res, F> LastGood<K, Res, F> {
     }
 
     /// Keys cached now.
+    ///
+    /// ```rust
+    /// use palisade_resilience::fallback::{FallbackLayer, LastGood};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let cache = LastGood::new(100, |user: &u64| *user);
+    /// let _: &LastGood<u64, String, _> = &cache;
+    /// assert_eq!(cache.len(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn len(&self) -> usize {
         self.cache
             .entries
@@ -243,6 +269,18 @@ impl<K, Res, F> LastGood<K, Res, F> {
     }
 
     /// Whether nothing is cached yet.
+    ///
+    /// ```rust
+    /// use palisade_resilience::fallback::{FallbackLayer, LastGood};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let cache = LastGood::new(100, |user: &u64| *user);
+    /// let _: &LastGood<u64, String, _> = &cache;
+    /// assert!(cache.is_empty());
+    /// # Ok(()) }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

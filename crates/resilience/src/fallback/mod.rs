@@ -142,11 +142,41 @@ impl FallbackFailed {
 
     /// The primary call's error (`None` when the primary returned a response that the
     /// predicate rejected, e.g. a `503`).
+    ///
+    /// ```rust
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::fallback::{FallbackFailed, FallbackLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let down = service_fn(|_: ()| async { Err::<u32, _>(std::io::Error::other("primary down")) });
+    /// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into())).layer(down);
+    /// let error = svc.oneshot(()).await.expect_err("both failed");
+    /// let failed = error.downcast_ref::<FallbackFailed>().expect("a FallbackFailed");
+    /// assert_eq!(failed.primary().map(ToString::to_string).as_deref(), Some("primary down"));
+    /// # }
+    /// ```
     pub fn primary(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.primary.as_deref()
     }
 
     /// The fallback's error.
+    ///
+    /// ```rust
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::fallback::{FallbackFailed, FallbackLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let down = service_fn(|_: ()| async { Err::<u32, _>(std::io::Error::other("primary down")) });
+    /// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into())).layer(down);
+    /// let error = svc.oneshot(()).await.expect_err("both failed");
+    /// let failed = error.downcast_ref::<FallbackFailed>().expect("a FallbackFailed");
+    /// assert_eq!(failed.fallback().to_string(), "cache cold");
+    /// # }
+    /// ```
     pub fn fallback(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         &*self.fallback
     }

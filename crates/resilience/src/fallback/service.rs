@@ -53,6 +53,16 @@ impl<S, P, A> Fallback<S, P, A> {
     }
 
     /// The wrapped service.
+    ///
+    /// ```rust
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::fallback::FallbackLayer;
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let primary = service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) });
+    /// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Ok::<u32, BoxError>(0)).layer(primary);
+    /// let _primary = svc.get_ref(); // the wrapped service
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

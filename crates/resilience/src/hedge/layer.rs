@@ -106,12 +106,46 @@ pub struct HedgeLayer {
 
 impl HedgeLayer {
     /// A builder hedging after a fixed delay.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// // The first attempt is slow, the hedge fast.
+    /// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    /// let counter = calls.clone();
+    /// let replicas = service_fn(move |_: ()| {
+    ///     let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+    ///     async move {
+    ///         let took = if first { 1_000 } else { 10 };
+    ///         tokio::time::sleep(Duration::from_millis(took)).await;
+    ///         Ok::<_, std::io::Error>(if first { "slow" } else { "hedge" })
+    ///     }
+    /// });
+    /// let layer = HedgeLayer::fixed(Duration::from_millis(50)).build()?;
+    /// assert_eq!(layer.layer(replicas).oneshot(()).await?, "hedge");
+    /// assert_eq!(layer.hedges_sent(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn fixed(delay: Duration) -> HedgeBuilder {
         HedgeBuilder::new(HedgeDelay::Fixed(delay))
     }
 
     /// A builder hedging after the `percentile` latency of recent successful calls
     /// (after `until_known` until 100 calls were seen; see [`HedgeBuilder::min_samples`]).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    ///
+    /// // Hedge at the p99 of recent calls; 200 ms until enough calls were seen.
+    /// let layer = HedgeLayer::percentile(99.0, Duration::from_millis(200)).build()?;
+    /// assert_eq!(layer.current_delay(), Duration::from_millis(200));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn percentile(percentile: f64, until_known: Duration) -> HedgeBuilder {
         HedgeBuilder::new(HedgeDelay::Percentile {
             percentile,
@@ -121,16 +155,72 @@ impl HedgeLayer {
     }
 
     /// The delay after which a hedge would be sent now.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    ///
+    /// assert_eq!(HedgeLayer::fixed(Duration::from_millis(30)).build()?.current_delay(), Duration::from_millis(30));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn current_delay(&self) -> Duration {
         self.shared.current_delay()
     }
 
     /// Hedges sent so far (by every service built from this layer).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// // The first attempt is slow, the hedge fast.
+    /// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    /// let counter = calls.clone();
+    /// let replicas = service_fn(move |_: ()| {
+    ///     let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+    ///     async move {
+    ///         let took = if first { 1_000 } else { 10 };
+    ///         tokio::time::sleep(Duration::from_millis(took)).await;
+    ///         Ok::<_, std::io::Error>(if first { "slow" } else { "hedge" })
+    ///     }
+    /// });
+    /// let layer = HedgeLayer::fixed(Duration::from_millis(50)).build()?;
+    /// assert_eq!(layer.layer(replicas).oneshot(()).await?, "hedge");
+    /// assert_eq!(layer.hedges_sent(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn hedges_sent(&self) -> u64 {
         self.shared.hedges_sent.load(Ordering::Relaxed)
     }
 
     /// Calls whose answer came from a hedge rather than the original attempt.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// // The first attempt is slow, the hedge fast.
+    /// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    /// let counter = calls.clone();
+    /// let replicas = service_fn(move |_: ()| {
+    ///     let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+    ///     async move {
+    ///         let took = if first { 1_000 } else { 10 };
+    ///         tokio::time::sleep(Duration::from_millis(took)).await;
+    ///         Ok::<_, std::io::Error>(if first { "slow" } else { "hedge" })
+    ///     }
+    /// });
+    /// let layer = HedgeLayer::fixed(Duration::from_millis(50)).build()?;
+    /// assert_eq!(layer.layer(replicas).oneshot(()).await?, "hedge");
+    /// assert_eq!(layer.hedges_won(), 1); // the answer came from the hedge
+    /// # Ok(()) }
+    /// ```
     pub fn hedges_won(&self) -> u64 {
         self.shared.hedges_won.load(Ordering::Relaxed)
     }
@@ -176,12 +266,31 @@ impl HedgeBuilder {
     }
 
     /// Extra attempts per request, at most (default 1; each one `delay` after the last).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    ///
+    /// let layer = HedgeLayer::fixed(Duration::from_millis(20)).max_hedges(2).build()?;
+    /// assert_eq!(layer.hedges_sent(), 0);
+    /// assert!(HedgeLayer::fixed(Duration::from_millis(20)).max_hedges(0).build().is_err());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn max_hedges(mut self, hedges: u32) -> Self {
         self.max_hedges = hedges;
         self
     }
 
     /// Calls observed before the percentile is trusted (default 100).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    ///
+    /// let layer = HedgeLayer::percentile(95.0, Duration::from_millis(100)).min_samples(20).build()?;
+    /// assert_eq!(layer.current_delay(), Duration::from_millis(100)); // fewer than 20 calls seen
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn min_samples(mut self, samples: u32) -> Self {
         if let HedgeDelay::Percentile { min_samples, .. } = &mut self.delay {
             *min_samples = samples;
@@ -191,6 +300,17 @@ impl HedgeBuilder {
 
     /// Draws one token per hedge from `budget` (and deposits per request), so hedging
     /// and retries together stay within one share of traffic. Default: no budget.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    ///
+    /// // Hedges and retries can share one budget: extra load stays below 10 %.
+    /// let budget = palisade_resilience::retry::RetryBudget::builder().retry_ratio(0.1).build()?;
+    /// let layer = HedgeLayer::fixed(Duration::from_millis(20)).budget(budget).build()?;
+    /// assert_eq!(layer.hedges_sent(), 0);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
         self.budget = Some(budget);
         self
@@ -198,6 +318,15 @@ impl HedgeBuilder {
 
     /// Validates and builds: at least one hedge, a percentile in `(0, 100)`, a non-zero
     /// `min_samples`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    ///
+    /// assert!(HedgeLayer::fixed(Duration::from_millis(20)).build().is_ok());
+    /// assert!(HedgeLayer::percentile(0.0, Duration::from_millis(20)).build().is_err());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn build(self) -> Result<HedgeLayer, ConfigError> {
         if self.max_hedges == 0 {
             return Err(ConfigError::Zero {

@@ -40,6 +40,18 @@ impl<S> Hedge<S> {
     }
 
     /// The inner service.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::hedge::HedgeLayer;
+    ///
+    /// use tower::{Layer, service_fn};
+    /// let layer = HedgeLayer::fixed(Duration::from_millis(20)).build()?;
+    /// let svc = layer.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let _inner = svc.get_ref(); // the wrapped service
+    /// assert_eq!(layer.hedges_sent(), 0);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }

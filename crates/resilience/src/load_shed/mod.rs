@@ -100,6 +100,12 @@ pub enum Capacity {
 
 impl Capacity {
     /// The capacity now.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::Capacity;
+    ///
+    /// assert_eq!(Capacity::Fixed(64).current(), 64);
+    /// ```
     pub fn current(&self) -> u32 {
         match self {
             Capacity::Fixed(n) => *n,
@@ -127,21 +133,109 @@ pub struct Shed {
 
 impl Shed {
     /// The shedder's name.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer, Shed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(2))
+    ///     .shares(vec![1.0, 0.5])
+    ///     .build(|priority: &u8| *priority)?;
+    /// let svc = layer.layer(service_fn(|_: u8| async {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// }));
+    /// let busy = tokio::spawn(svc.clone().oneshot(0)); // one call in flight: half the capacity
+    /// tokio::task::yield_now().await;
+    /// let error = svc.clone().oneshot(1).await.expect_err("priority 1 is shed");
+    /// let shed = error.downcast_ref::<Shed>().expect("a Shed");
+    /// assert_eq!(shed.name(), "edge");
+    /// busy.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The refused request's priority (0 is the most important).
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer, Shed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(2))
+    ///     .shares(vec![1.0, 0.5])
+    ///     .build(|priority: &u8| *priority)?;
+    /// let svc = layer.layer(service_fn(|_: u8| async {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// }));
+    /// let busy = tokio::spawn(svc.clone().oneshot(0)); // one call in flight: half the capacity
+    /// tokio::task::yield_now().await;
+    /// let error = svc.clone().oneshot(1).await.expect_err("priority 1 is shed");
+    /// let shed = error.downcast_ref::<Shed>().expect("a Shed");
+    /// assert_eq!(shed.priority(), 1);
+    /// busy.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn priority(&self) -> u8 {
         self.priority
     }
 
     /// Calls in flight when it was refused.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer, Shed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(2))
+    ///     .shares(vec![1.0, 0.5])
+    ///     .build(|priority: &u8| *priority)?;
+    /// let svc = layer.layer(service_fn(|_: u8| async {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// }));
+    /// let busy = tokio::spawn(svc.clone().oneshot(0)); // one call in flight: half the capacity
+    /// tokio::task::yield_now().await;
+    /// let error = svc.clone().oneshot(1).await.expect_err("priority 1 is shed");
+    /// let shed = error.downcast_ref::<Shed>().expect("a Shed");
+    /// assert_eq!(shed.in_flight(), 1); // when it was shed
+    /// busy.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> u32 {
         self.in_flight
     }
 
     /// Calls in flight its priority may fill.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer, Shed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(2))
+    ///     .shares(vec![1.0, 0.5])
+    ///     .build(|priority: &u8| *priority)?;
+    /// let svc = layer.layer(service_fn(|_: u8| async {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// }));
+    /// let busy = tokio::spawn(svc.clone().oneshot(0)); // one call in flight: half the capacity
+    /// tokio::task::yield_now().await;
+    /// let error = svc.clone().oneshot(1).await.expect_err("priority 1 is shed");
+    /// let shed = error.downcast_ref::<Shed>().expect("a Shed");
+    /// assert_eq!(shed.allowed(), 1); // half of 2
+    /// busy.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn allowed(&self) -> u32 {
         self.allowed
     }
@@ -225,16 +319,68 @@ impl fmt::Debug for LoadShedHandle {
 
 impl LoadShedHandle {
     /// Calls in flight now.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer, Shed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(2))
+    ///     .shares(vec![1.0, 0.5])
+    ///     .build(|priority: &u8| *priority)?;
+    /// let svc = layer.layer(service_fn(|_: u8| async {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// }));
+    /// let busy = tokio::spawn(svc.clone().oneshot(0)); // one call in flight: half the capacity
+    /// tokio::task::yield_now().await;
+    /// let error = svc.clone().oneshot(1).await.expect_err("priority 1 is shed");
+    /// let shed = error.downcast_ref::<Shed>().expect("a Shed");
+    /// assert_eq!(layer.handle().in_flight(), 1);
+    /// busy.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> u32 {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
 
     /// Requests of `priority` shed so far (priorities from 7 on are counted together).
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer, Shed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(2))
+    ///     .shares(vec![1.0, 0.5])
+    ///     .build(|priority: &u8| *priority)?;
+    /// let svc = layer.layer(service_fn(|_: u8| async {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// }));
+    /// let busy = tokio::spawn(svc.clone().oneshot(0)); // one call in flight: half the capacity
+    /// tokio::task::yield_now().await;
+    /// let error = svc.clone().oneshot(1).await.expect_err("priority 1 is shed");
+    /// let shed = error.downcast_ref::<Shed>().expect("a Shed");
+    /// assert_eq!((layer.handle().shed(1), layer.handle().shed(0)), (1, 0));
+    /// busy.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn shed(&self, priority: u8) -> u64 {
         self.shared.shed[usize::from(priority).min(COUNTED_PRIORITIES - 1)].load(Ordering::Relaxed)
     }
 
     /// Calls in flight a request of `priority` may fill right now.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+    ///
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// assert_eq!((layer.handle().allowed(0), layer.handle().allowed(2)), (100, 75));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn allowed(&self, priority: u8) -> u32 {
         self.shared.allowed(priority)
     }
@@ -264,6 +410,18 @@ impl LoadShedBuilder {
     /// The share of the capacity each priority may fill: `shares[p]` for priority `p`,
     /// the last share for every priority beyond. Each in `(0, 1]`, non-increasing.
     /// Default `[1.0, 0.9, 0.75, 0.5]`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+    ///
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// let tiers = LoadShedLayer::builder("edge", Capacity::Fixed(100))
+    ///     .shares(vec![1.0, 0.6])
+    ///     .build(|priority: &u8| *priority)?;
+    /// assert_eq!(tiers.handle().allowed(1), 60);
+    /// assert_eq!(layer.handle().allowed(3), 50); // the default shares
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn shares(mut self, shares: Vec<f64>) -> Self {
         self.shares = shares;
         self
@@ -271,6 +429,16 @@ impl LoadShedBuilder {
 
     /// Validates and builds, with `priority` computing each request's priority (0 is the
     /// most important).
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+    ///
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// assert_eq!(layer.handle().allowed(0), 100);
+    /// // Shares must not grow with the priority number.
+    /// assert!(LoadShedLayer::builder("bad", Capacity::Fixed(10)).shares(vec![0.5, 1.0]).build(|_: &u8| 0).is_err());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn build<F>(self, priority: F) -> Result<LoadShedLayer<F>, ConfigError> {
         if self.shares.is_empty() {
             return Err(ConfigError::Zero { field: "shares" });
@@ -326,6 +494,14 @@ pub struct LoadShedLayer<F> {
 
 impl LoadShedLayer<()> {
     /// Starts a builder for a shedder called `name` over `capacity`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+    ///
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// assert_eq!(layer.handle().in_flight(), 0);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn builder(name: impl Into<Arc<str>>, capacity: Capacity) -> LoadShedBuilder {
         LoadShedBuilder {
             name: name.into(),
@@ -337,6 +513,15 @@ impl LoadShedLayer<()> {
 
 impl<F> LoadShedLayer<F> {
     /// The shared handle.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
+    ///
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// let handle = layer.handle().clone(); // for a metrics endpoint
+    /// assert_eq!(handle.shed(0), 0);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn handle(&self) -> &LoadShedHandle {
         &self.handle
     }
@@ -378,6 +563,28 @@ pub struct LoadShed<S, F> {
 
 impl<S, F> LoadShed<S, F> {
     /// The shared handle.
+    ///
+    /// ```rust
+    /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer, Shed};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(2))
+    ///     .shares(vec![1.0, 0.5])
+    ///     .build(|priority: &u8| *priority)?;
+    /// let svc = layer.layer(service_fn(|_: u8| async {
+    ///     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ///     Ok::<_, std::io::Error>(())
+    /// }));
+    /// let busy = tokio::spawn(svc.clone().oneshot(0)); // one call in flight: half the capacity
+    /// tokio::task::yield_now().await;
+    /// let error = svc.clone().oneshot(1).await.expect_err("priority 1 is shed");
+    /// let shed = error.downcast_ref::<Shed>().expect("a Shed");
+    /// assert_eq!(svc.handle().shed(1), 1); // the layer's counters
+    /// busy.await??;
+    /// # Ok(()) }
+    /// ```
     pub fn handle(&self) -> &LoadShedHandle {
         &self.handle
     }

@@ -84,6 +84,19 @@ pub struct InjectedFault {
 
 impl InjectedFault {
     /// The sequence number of the call (0 for the first since the layer was built).
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let error = svc.oneshot(1).await.expect_err("every call fails");
+    /// assert_eq!(error.downcast_ref::<InjectedFault>().map(InjectedFault::call), Some(0));
+    /// # Ok(()) }
+    /// ```
     pub fn call(&self) -> u64 {
         self.call
     }
@@ -205,31 +218,117 @@ pub struct ChaosHandle {
 
 impl ChaosHandle {
     /// Injects from now on (the default).
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// chaos.handle().disable();
+    /// assert_eq!(svc.clone().oneshot(1).await?, 1);
+    /// chaos.handle().enable(); // e.g. from an admin endpoint in a staging environment
+    /// assert!(svc.oneshot(1).await.is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn enable(&self) {
         self.shared.enabled.store(true, Ordering::Relaxed);
     }
 
     /// Lets every call through untouched from now on (no draw, no sequence number).
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// chaos.handle().disable();
+    /// assert_eq!(svc.oneshot(1).await?, 1); // untouched
+    /// assert_eq!(chaos.handle().faults(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn disable(&self) {
         self.shared.enabled.store(false, Ordering::Relaxed);
     }
 
     /// Whether it injects.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// assert!(chaos.handle().is_enabled()); // injecting from the start
+    /// chaos.handle().disable();
+    /// assert!(!chaos.handle().is_enabled());
+    /// # Ok(()) }
+    /// ```
     pub fn is_enabled(&self) -> bool {
         self.shared.enabled.load(Ordering::Relaxed)
     }
 
     /// Faults injected so far.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let _ = svc.clone().oneshot(1).await;
+    /// let _ = svc.oneshot(2).await;
+    /// assert_eq!(chaos.handle().faults(), 2);
+    /// # Ok(()) }
+    /// ```
     pub fn faults(&self) -> u64 {
         self.shared.faults.load(Ordering::Relaxed)
     }
 
     /// Outcomes injected so far.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).outcome(1.0, |_: &u32| 0_u32).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// assert_eq!(svc.oneshot(5).await?, 0); // answered by the injected outcome
+    /// assert_eq!(chaos.handle().outcomes(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn outcomes(&self) -> u64 {
         self.shared.outcomes.load(Ordering::Relaxed)
     }
 
     /// Calls delayed so far.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).latency(1.0, Duration::from_millis(300), Duration::from_millis(300)).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let started = tokio::time::Instant::now();
+    /// assert_eq!(svc.oneshot(1).await?, 1);
+    /// assert_eq!(started.elapsed(), Duration::from_millis(300));
+    /// assert_eq!(chaos.handle().delays(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn delays(&self) -> u64 {
         self.shared.delays.load(Ordering::Relaxed)
     }
@@ -260,12 +359,40 @@ pub struct ChaosBuilder<O = NoOutcome> {
 
 impl<O> ChaosBuilder<O> {
     /// Fails this share of calls with [`InjectedFault`], in `[0, 1]`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// assert!(svc.oneshot(1).await.is_err()); // rate 1: every call
+    /// # Ok(()) }
+    /// ```
     pub fn error_rate(mut self, rate: f64) -> Self {
         self.error_rate = rate;
         self
     }
 
     /// Delays this share of calls by a latency uniform in `[min, max]`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).latency(1.0, Duration::from_millis(10), Duration::from_millis(50)).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let started = tokio::time::Instant::now();
+    /// svc.oneshot(1).await?;
+    /// let took = started.elapsed();
+    /// assert!(took >= Duration::from_millis(10) && took <= Duration::from_millis(50));
+    /// # Ok(()) }
+    /// ```
     pub fn latency(mut self, rate: f64, min: Duration, max: Duration) -> Self {
         self.latency_rate = rate;
         self.latency = (min, max);
@@ -298,6 +425,13 @@ impl<O> ChaosBuilder<O> {
     }
 
     /// Validates (rates in `[0, 1]`, faults + outcomes ≤ 1, latency min ≤ max) and builds.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::ChaosLayer;
+    ///
+    /// assert!(ChaosLayer::builder(1).error_rate(0.1).build().is_ok());
+    /// assert!(ChaosLayer::builder(1).error_rate(-0.1).build().is_err());
+    /// ```
     pub fn build(self) -> Result<ChaosLayer<O>, ConfigError> {
         for (field, rate) in [
             ("error_rate", self.error_rate),
@@ -366,6 +500,20 @@ pub struct ChaosLayer<O = NoOutcome> {
 
 impl ChaosLayer {
     /// Starts a builder whose draws are fixed by `seed`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// // The same seed draws the same faults: a failing test run can be replayed.
+    /// let replay = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// assert_eq!(replay.handle().faults(), chaos.handle().faults());
+    /// # Ok(()) }
+    /// ```
     pub fn builder(seed: u64) -> ChaosBuilder {
         ChaosBuilder {
             seed,
@@ -380,6 +528,20 @@ impl ChaosLayer {
 
 impl<O> ChaosLayer<O> {
     /// The shared handle.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let handle = chaos.handle().clone(); // kept to switch chaos on and off at runtime
+    /// handle.disable();
+    /// assert_eq!(svc.oneshot(1).await?, 1);
+    /// # Ok(()) }
+    /// ```
     pub fn handle(&self) -> &ChaosHandle {
         &self.handle
     }
@@ -422,6 +584,19 @@ pub struct Chaos<S, O> {
 
 impl<S, O> Chaos<S, O> {
     /// The shared handle.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::{ChaosLayer, InjectedFault};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let chaos = ChaosLayer::builder(7).error_rate(1.0).build()?;
+    /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// svc.handle().disable(); // the layer's handle, shared
+    /// assert!(!chaos.handle().is_enabled());
+    /// # Ok(()) }
+    /// ```
     pub fn handle(&self) -> &ChaosHandle {
         &self.handle
     }

@@ -186,6 +186,16 @@ impl<C, B: fmt::Debug> fmt::Debug for PipelineLayer<C, B> {
 impl PipelineLayer {
     /// A builder for a pipeline called `name` (the name of its retry policy, breaker,
     /// rate limiter and bulkhead when they are built from config).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// // Nothing configured: a pass-through (every policy is opt-in).
+    /// let pipeline = PipelineLayer::builder("inventory").build()?;
+    /// assert!(pipeline.circuit_breaker().is_none() && pipeline.bulkhead().is_none());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn builder(name: impl Into<Arc<str>>) -> PipelineBuilder {
         PipelineBuilder {
             name: name.into(),
@@ -202,16 +212,51 @@ impl PipelineLayer {
 
 impl<C, B> PipelineLayer<C, B> {
     /// The breaker's handle, when the pipeline has one.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerConfig;
+    /// use palisade_resilience::pipeline::PipelineConfig;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let mut config = PipelineConfig::default();
+    /// config.circuit_breaker = Some(CircuitBreakerConfig::default());
+    /// let pipeline = PipelineLayer::builder("inventory").config(config).build()?;
+    /// assert_eq!(pipeline.circuit_breaker().map(|b| b.handle().name()), Some("inventory"));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn circuit_breaker(&self) -> Option<&CircuitBreakerLayer<B>> {
         self.breaker.as_ref()
     }
 
     /// The bulkhead's handle, when the pipeline has one.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let bulkhead = Bulkhead::builder("inventory").max_concurrent(4).build()?;
+    /// let pipeline = PipelineLayer::builder("inventory").bulkhead(bulkhead).build()?;
+    /// assert_eq!(pipeline.bulkhead().map(Bulkhead::max_concurrent), Some(4));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn bulkhead(&self) -> Option<&Bulkhead> {
         self.bulkhead.as_ref().map(BulkheadLayer::bulkhead)
     }
 
     /// The rate limiter's handle, when the pipeline has one.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let limiter = RateLimiter::builder("inventory").rate(50, Duration::from_secs(1)).build()?;
+    /// let pipeline = PipelineLayer::builder("inventory").rate_limiter(limiter).build()?;
+    /// assert_eq!(pipeline.rate_limiter().map(RateLimiter::name), Some("inventory"));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn rate_limiter(&self) -> Option<&RateLimiter> {
         self.rate_limit.as_ref().map(RateLimitLayer::limiter)
     }
@@ -275,54 +320,176 @@ impl<C, B> fmt::Debug for PipelineBuilder<C, B> {
 
 impl<C, B> PipelineBuilder<C, B> {
     /// Takes every policy from `config` (replacing earlier settings).
+    ///
+    /// ```rust
+    /// use palisade_resilience::pipeline::{PipelineConfig, PipelineLayer};
+    ///
+    /// // Plain data, e.g. from the service's config file.
+    /// let config: PipelineConfig =
+    ///     serde_json::from_str(r#"{ "timeout": "250ms", "retry": { "max_attempts": 2 } }"#)?;
+    /// let pipeline = PipelineLayer::builder("inventory").config(config).build()?;
+    /// assert!(format!("{pipeline:?}").contains("timeout: Some(250ms)"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn config(mut self, config: PipelineConfig) -> Self {
         self.config = config;
         self
     }
 
     /// A deadline on each attempt.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::pipeline::{PipelineError, PipelineLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let pipeline = PipelineLayer::builder("inventory").timeout(Duration::from_millis(100)).build()?;
+    /// let hang = service_fn(|_: ()| std::future::pending::<Result<(), std::io::Error>>());
+    /// let error = pipeline.layer(hang).oneshot(()).await.expect_err("timed out");
+    /// assert!(matches!(error, PipelineError::Timeout(_)));
+    /// # Ok(()) }
+    /// ```
     pub fn timeout(mut self, d: Duration) -> Self {
         self.config.timeout = Some(d);
         self
     }
 
     /// A deadline on the whole call, retries included.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let pipeline = PipelineLayer::builder("inventory").total_timeout(Duration::from_secs(2)).build()?;
+    /// assert!(format!("{pipeline:?}").contains("total_timeout: Some(2s)"));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn total_timeout(mut self, d: Duration) -> Self {
         self.config.total_timeout = Some(d);
         self
     }
 
     /// Retries with these settings.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_resilience::pipeline::RetryConfig;
+    /// use palisade_resilience::pipeline::{PipelineError, PipelineLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let retry = RetryConfig { max_attempts: 2, backoff: Backoff::constant(Duration::from_millis(1)), ..RetryConfig::default() };
+    /// let pipeline = PipelineLayer::builder("inventory").retry(retry).build()?;
+    /// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("down")) });
+    /// let error = pipeline.layer(down).oneshot(()).await.expect_err("gave up");
+    /// assert!(matches!(error, PipelineError::RetriesExhausted(ref e) if e.attempts() == 2));
+    /// # Ok(()) }
+    /// ```
     pub fn retry(mut self, retry: RetryConfig) -> Self {
         self.config.retry = Some(retry);
         self
     }
 
     /// Draws retries from a budget shared with other services (overrides the config's).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::pipeline::RetryConfig;
+    /// use palisade_resilience::retry::RetryBudget;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let budget = RetryBudget::builder().build()?; // one budget for every client of this dependency
+    /// let pipeline = PipelineLayer::builder("inventory")
+    ///     .retry(RetryConfig::default())
+    ///     .retry_budget(budget)
+    ///     .build()?;
+    /// assert!(pipeline.bulkhead().is_none());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn retry_budget(mut self, budget: Arc<RetryBudget>) -> Self {
         self.budget = Some(budget);
         self
     }
 
     /// Calls `listener` on every retry and give-up.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_resilience::pipeline::RetryConfig;
+    /// use palisade_resilience::pipeline::{PipelineError, PipelineLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let pipeline = PipelineLayer::builder("inventory")
+    ///     .retry(RetryConfig { max_attempts: 2, backoff: Backoff::constant(Duration::from_millis(1)), ..RetryConfig::default() })
+    ///     .on_retry(move |event| { let _ = tx.send(format!("{event:?}")); })
+    ///     .build()?;
+    /// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("down")) });
+    /// let _ = pipeline.layer(down).oneshot(()).await;
+    /// assert_eq!(rx.try_iter().count(), 2); // one retry, one give-up
+    /// # Ok(()) }
+    /// ```
     pub fn on_retry(mut self, listener: impl Fn(&RetryEvent<'_>) + Send + Sync + 'static) -> Self {
         self.listeners.push(Arc::new(listener));
         self
     }
 
     /// Uses this bulkhead (a handle shared with other services) instead of one from config.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::bulkhead::Bulkhead;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let shared = Bulkhead::builder("db").max_concurrent(10).build()?;
+    /// // Two pipelines, one pool of 10 calls.
+    /// let reads = PipelineLayer::builder("reads").bulkhead(shared.clone()).build()?;
+    /// let writes = PipelineLayer::builder("writes").bulkhead(shared).build()?;
+    /// assert_eq!(reads.bulkhead().map(Bulkhead::available), writes.bulkhead().map(Bulkhead::available));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
         self.bulkhead = Some(bulkhead);
         self
     }
 
     /// Uses this rate limiter (shared) instead of one from config.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::rate_limit::RateLimiter;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let limiter = RateLimiter::builder("sms").rate(1, Duration::from_secs(1)).build()?;
+    /// let pipeline = PipelineLayer::builder("sms").rate_limiter(limiter).build()?;
+    /// assert!(pipeline.rate_limiter().is_some());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn rate_limiter(mut self, limiter: RateLimiter) -> Self {
         self.rate_limiter = Some(limiter);
         self
     }
 
     /// Uses this circuit breaker (its handle shared) instead of one from config.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let breaker = CircuitBreakerLayer::builder("inventory").consecutive_failures(5).build()?;
+    /// let pipeline = PipelineLayer::builder("inventory").circuit_breaker(breaker.clone()).build_with_breaker()?;
+    /// breaker.handle().force_open(); // the handle is shared with the pipeline
+    /// assert!(pipeline.circuit_breaker().is_some_and(|b| !b.handle().state().admits_calls()));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn circuit_breaker<B2>(self, breaker: CircuitBreakerLayer<B2>) -> PipelineBuilder<C, B2> {
         PipelineBuilder {
             name: self.name,
@@ -339,6 +506,32 @@ impl<C, B> PipelineBuilder<C, B> {
     /// Replaces the retry classification
     /// (default [`RetryErrorsExceptOpenCircuit`]); errors arrive as [`BoxError`] so the
     /// classifier can tell them apart by type.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::pipeline::RetryConfig;
+    /// use palisade_resilience::retry::RetryDecision;
+    /// use palisade_resilience::pipeline::{PipelineError, PipelineLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let calls = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    /// let counter = calls.clone();
+    /// // Never retry (the requests are not idempotent), keep the rest of the stack.
+    /// let pipeline = PipelineLayer::builder("payments")
+    ///     .retry(RetryConfig::default())
+    ///     .classify(|_: &(), _: &Result<(), BoxError>| RetryDecision::DoNotRetry)
+    ///     .build()?;
+    /// let down = service_fn(move |_: ()| {
+    ///     counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    ///     async { Err::<(), _>(std::io::Error::other("down")) }
+    /// });
+    /// assert!(pipeline.layer(down).oneshot(()).await.is_err());
+    /// assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn classify<C2>(self, classify: C2) -> PipelineBuilder<C2, B> {
         PipelineBuilder {
             name: self.name,
@@ -368,6 +561,18 @@ impl<C> PipelineBuilder<C, AllErrorsAreFailures> {
 
     /// Validates every section and builds the layer, with a circuit breaker from the
     /// config (or the one given).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::pipeline::RetryConfig;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// assert!(PipelineLayer::builder("inventory").timeout(Duration::from_secs(1)).build().is_ok());
+    /// let bad = RetryConfig { max_attempts: 0, ..RetryConfig::default() };
+    /// let error = PipelineLayer::builder("inventory").retry(bad).build().expect_err("invalid");
+    /// assert!(error.to_string().contains("retry"));
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn build(mut self) -> Result<PipelineLayer<C, AllErrorsAreFailures>, ConfigError> {
         let breaker = self.breaker_from_config()?;
         self.breaker = breaker;
@@ -379,6 +584,17 @@ impl<C, B> PipelineBuilder<C, B> {
     /// Validates every section and builds the layer with the breaker given by
     /// [`circuit_breaker`](Self::circuit_breaker) (a config section for the breaker is
     /// ignored then).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// let breaker = CircuitBreakerLayer::builder("inventory").build()?;
+    /// let pipeline = PipelineLayer::builder("inventory").circuit_breaker(breaker).build_with_breaker()?;
+    /// assert!(pipeline.circuit_breaker().is_some());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn build_with_breaker(self) -> Result<PipelineLayer<C, B>, ConfigError> {
         let c = &self.config;
         if c.timeout == Some(Duration::ZERO) {

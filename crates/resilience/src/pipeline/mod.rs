@@ -155,6 +155,23 @@ impl PipelineError {
     /// Whether a strategy rejected the call before the inner service saw it
     /// (circuit open, rate limited, bulkhead full): the caller may tell its own client to
     /// back off (`503` / `429`) rather than report a dependency failure.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
+    /// use palisade_resilience::pipeline::{PipelineError, PipelineLayer};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let breaker = CircuitBreakerLayer::builder("inventory").build()?;
+    /// breaker.handle().force_open();
+    /// let pipeline = PipelineLayer::builder("inventory").circuit_breaker(breaker).build_with_breaker()?;
+    /// let svc = pipeline.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let error = svc.oneshot(()).await.expect_err("refused");
+    /// assert!(error.is_rejection()); // answer 503, do not page anyone
+    /// # Ok(()) }
+    /// ```
     pub fn is_rejection(&self) -> bool {
         matches!(
             self,

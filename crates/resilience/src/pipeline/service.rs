@@ -79,6 +79,18 @@ pub struct Pipeline<T> {
 
 impl<T> Pipeline<T> {
     /// The stack of strategies inside.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::pipeline::PipelineLayer;
+    ///
+    /// use tower::{Layer, service_fn};
+    /// let pipeline = PipelineLayer::builder("inventory").timeout(Duration::from_secs(1)).build()?;
+    /// let svc = pipeline.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let _stack = svc.get_ref(); // the composed strategies around the service
+    /// assert!(pipeline.bulkhead().is_none());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn get_ref(&self) -> &T {
         &self.stack
     }

@@ -92,6 +92,16 @@ fn check_bounds(initial: u32, min: u32, max: u32) -> Result<(), ConfigError> {
 
 impl Aimd {
     /// Starts at `initial`, stays within `[min, max]`; backoff 0.9, no latency timeout.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::adaptive::{Aimd, Gradient, LimitAlgorithm, Sample};
+    ///
+    /// let aimd = Aimd::new(20, 2, 200)?;
+    /// assert_eq!(aimd.initial_limit(), 20);
+    /// assert!(Aimd::new(20, 50, 10).is_err()); // min above max
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn new(initial: u32, min: u32, max: u32) -> Result<Self, ConfigError> {
         check_bounds(initial, min, max)?;
         Ok(Self {
@@ -104,6 +114,17 @@ impl Aimd {
     }
 
     /// The factor applied on an overload signal, in `[0.5, 1)` (default 0.9).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::adaptive::{Aimd, Gradient, LimitAlgorithm, Sample};
+    ///
+    /// let mut aimd = Aimd::new(100, 1, 200)?.backoff(0.5)?;
+    /// let dropped = Sample { latency: Duration::from_millis(5), in_flight: 100, dropped: true };
+    /// assert_eq!(aimd.update(100, dropped), 50); // halved on an overload signal
+    /// assert!(Aimd::new(100, 1, 200)?.backoff(1.5).is_err());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn backoff(mut self, factor: f64) -> Result<Self, ConfigError> {
         if !(0.5..1.0).contains(&factor) {
             return Err(ConfigError::OutOfRange {
@@ -118,6 +139,16 @@ impl Aimd {
     }
 
     /// Calls slower than this count as an overload signal too (default: none).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::adaptive::{Aimd, Gradient, LimitAlgorithm, Sample};
+    ///
+    /// let mut aimd = Aimd::new(100, 1, 200)?.timeout(Duration::from_millis(200));
+    /// let slow = Sample { latency: Duration::from_millis(500), in_flight: 100, dropped: false };
+    /// assert!(aimd.update(100, slow) < 100); // too slow counts as overload
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -181,6 +212,16 @@ pub struct Gradient {
 
 impl Gradient {
     /// Starts at `initial`, stays within `[min, max]`, with the defaults above.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::adaptive::{Aimd, Gradient, LimitAlgorithm, Sample};
+    ///
+    /// let gradient = Gradient::new(20, 2, 200)?;
+    /// assert_eq!(gradient.initial_limit(), 20);
+    /// assert!(Gradient::new(0, 0, 10).is_err());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn new(initial: u32, min: u32, max: u32) -> Result<Self, ConfigError> {
         check_bounds(initial, min, max)?;
         Ok(Self {
@@ -197,6 +238,16 @@ impl Gradient {
     }
 
     /// How much latency growth is tolerated before shrinking, in `[1, 10]` (default 1.5).
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::adaptive::{Aimd, Gradient, LimitAlgorithm, Sample};
+    ///
+    /// let gradient = Gradient::new(20, 2, 200)?.tolerance(2.0)?; // accept latency doubling
+    /// assert_eq!(gradient.initial_limit(), 20);
+    /// assert!(Gradient::new(20, 2, 200)?.tolerance(0.5).is_err());
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn tolerance(mut self, tolerance: f64) -> Result<Self, ConfigError> {
         if !(1.0..=10.0).contains(&tolerance) {
             return Err(ConfigError::OutOfRange {

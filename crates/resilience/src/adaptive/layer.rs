@@ -111,21 +111,73 @@ impl fmt::Debug for AdaptiveHandle {
 
 impl AdaptiveHandle {
     /// The limiter's name.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(8, 1, 64)?);
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// svc.oneshot(1).await?;
+    /// assert_eq!(layer.handle().name(), "db");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.shared.name
     }
 
     /// The current concurrency limit.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(8, 1, 64)?);
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// svc.oneshot(1).await?;
+    /// assert_eq!(layer.handle().limit(), 8); // a call far below the limit does not grow it
+    /// # Ok(()) }
+    /// ```
     pub fn limit(&self) -> u32 {
         self.shared.limit()
     }
 
     /// Calls in flight now.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(8, 1, 64)?);
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// svc.oneshot(1).await?;
+    /// assert_eq!(layer.handle().in_flight(), 0); // the call completed
+    /// # Ok(()) }
+    /// ```
     pub fn in_flight(&self) -> u32 {
         self.shared.in_flight()
     }
 
     /// Calls rejected since the limiter was built.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(8, 1, 64)?);
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// svc.oneshot(1).await?;
+    /// assert_eq!(layer.handle().rejected(), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn rejected(&self) -> u64 {
         self.shared.rejected.load(Ordering::Relaxed)
     }
@@ -157,6 +209,19 @@ pub struct AdaptiveConcurrencyLayer<C = AllErrorsAreFailures> {
 impl AdaptiveConcurrencyLayer {
     /// A limiter called `name` driven by `algorithm` (an [`Aimd`](super::Aimd), a
     /// [`Gradient`](super::Gradient) or your own). Errors count as overload signals.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(8, 1, 64)?);
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// svc.oneshot(1).await?;
+    /// assert_eq!(layer.handle().limit(), 8); // the algorithm's initial limit
+    /// # Ok(()) }
+    /// ```
     pub fn new(name: impl Into<Arc<str>>, algorithm: impl LimitAlgorithm) -> Self {
         let limit = algorithm.initial_limit().max(1);
         Self {
@@ -177,6 +242,22 @@ impl AdaptiveConcurrencyLayer {
 impl<C> AdaptiveConcurrencyLayer<C> {
     /// Decides which results are overload signals: [`Outcome::Failure`](crate::circuit_breaker::Outcome)
     /// is one, `Success` is a latency sample, `Ignored` is neither (a 404).
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use palisade_resilience::circuit_breaker::Outcome;
+    ///
+    /// // A 404 says nothing about load; a 503 does.
+    /// let layer = AdaptiveConcurrencyLayer::new("api", Aimd::new(8, 1, 64)?).classify(
+    ///     |r: &Result<u16, std::io::Error>| match r {
+    ///         Ok(404) => Outcome::Ignored,
+    ///         Ok(503) | Err(_) => Outcome::Failure,
+    ///         Ok(_) => Outcome::Success,
+    ///     },
+    /// );
+    /// assert_eq!(layer.handle().limit(), 8);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn classify<C2>(self, classifier: C2) -> AdaptiveConcurrencyLayer<C2> {
         AdaptiveConcurrencyLayer {
             handle: self.handle,
@@ -185,6 +266,20 @@ impl<C> AdaptiveConcurrencyLayer<C> {
     }
 
     /// The shared handle.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use tower::{Layer, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(8, 1, 64)?);
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// svc.oneshot(1).await?;
+    /// let handle = layer.handle().clone(); // e.g. for a load-shedding Capacity
+    /// assert_eq!(handle.limit(), 8);
+    /// # Ok(()) }
+    /// ```
     pub fn handle(&self) -> &AdaptiveHandle {
         &self.handle
     }

@@ -95,11 +95,43 @@ pub struct LimitExceeded {
 
 impl LimitExceeded {
     /// The limiter's name.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd, LimitExceeded};
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(1, 1, 4)?);
+    /// let inner = service_fn(|_: ()| std::future::pending::<Result<(), std::io::Error>>());
+    /// let mut busy = layer.layer(inner);
+    /// let _in_flight = busy.ready().await?.call(()); // holds the only slot
+    /// let error = layer.layer(inner).oneshot(()).await.expect_err("over the limit");
+    /// let exceeded = error.downcast_ref::<LimitExceeded>().expect("a LimitExceeded");
+    /// assert_eq!(exceeded.name(), "db");
+    /// # Ok(()) }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The limit at the time of the rejection.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd, LimitExceeded};
+    /// use tower::{Layer, Service, ServiceExt, service_fn};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(1, 1, 4)?);
+    /// let inner = service_fn(|_: ()| std::future::pending::<Result<(), std::io::Error>>());
+    /// let mut busy = layer.layer(inner);
+    /// let _in_flight = busy.ready().await?.call(()); // holds the only slot
+    /// let error = layer.layer(inner).oneshot(()).await.expect_err("over the limit");
+    /// let exceeded = error.downcast_ref::<LimitExceeded>().expect("a LimitExceeded");
+    /// assert_eq!(exceeded.limit(), 1);
+    /// # Ok(()) }
+    /// ```
     pub fn limit(&self) -> u32 {
         self.limit
     }

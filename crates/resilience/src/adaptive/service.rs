@@ -86,6 +86,16 @@ impl<S, C> AdaptiveConcurrency<S, C> {
     }
 
     /// The shared handle.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{AdaptiveConcurrencyLayer, Aimd};
+    /// use tower::{Layer, service_fn};
+    ///
+    /// let layer = AdaptiveConcurrencyLayer::new("db", Aimd::new(8, 1, 64)?);
+    /// let svc = layer.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// assert_eq!(svc.handle().limit(), layer.handle().limit()); // one shared limit
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     pub fn handle(&self) -> &AdaptiveHandle {
         &self.handle
     }

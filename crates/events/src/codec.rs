@@ -22,17 +22,46 @@ use crate::error::Error;
 /// ```
 pub trait Codec: Send + Sync + 'static {
     /// The content type this codec writes.
+    ///
+    /// ```rust
+    /// use palisade_events::{Codec, JsonCodec};
+    ///
+    /// assert_eq!(JsonCodec.content_type(), "application/json");
+    /// ```
     fn content_type(&self) -> &str;
 
     /// Whether this codec can read a payload of the given content type.
+    ///
+    /// ```rust
+    /// use palisade_events::{Codec, JsonCodec};
+    ///
+    /// assert!(JsonCodec.accepts("application/json; charset=utf-8"));
+    /// assert!(JsonCodec.accepts("application/cloudevents+json"));
+    /// assert!(!JsonCodec.accepts("text/plain"));
+    /// ```
     fn accepts(&self, content_type: &str) -> bool {
         content_type == self.content_type()
     }
 
     /// Encodes a value.
+    ///
+    /// ```rust
+    /// use palisade_events::{Codec, JsonCodec};
+    ///
+    /// assert_eq!(&JsonCodec.encode(&[1, 2])?[..], b"[1,2]");
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     fn encode<T: Serialize>(&self, value: &T) -> Result<Bytes, Error>;
 
     /// Decodes a value.
+    ///
+    /// ```rust
+    /// use palisade_events::{Codec, JsonCodec};
+    ///
+    /// assert_eq!(JsonCodec.decode::<Vec<u8>>(b"[1,2]")?, [1, 2]);
+    /// assert!(JsonCodec.decode::<Vec<u8>>(b"[1,").is_err()); // truncated: an error, not a panic
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Error>;
 }
 

@@ -71,27 +71,103 @@ pub trait Backend: Send + Sync {
 
     /// A new client, as a separate process would have (its own connection). Scenarios
     /// about consumer death drop a client and connect another.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_events::conformance::Backend;
+    ///
+    /// struct Memory(MemoryBus);
+    /// impl Backend for Memory {
+    ///     type Bus = MemoryBus;
+    ///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+    /// }
+    /// let backend = Memory(MemoryBus::new());
+    /// # tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(async {
+    /// let _client = backend.connect().await.expect("connected");
+    /// # });
+    /// ```
     fn connect(&self) -> impl Future<Output = Result<Self::Bus, Error>> + Send;
 
     /// Makes sure `topic` (and its dead-letter topic) exists before a scenario uses it.
     /// Default: nothing, for brokers that create topics on first use.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_events::conformance::Backend;
+    ///
+    /// struct Memory(MemoryBus);
+    /// impl Backend for Memory {
+    ///     type Bus = MemoryBus;
+    ///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+    /// }
+    /// let backend = Memory(MemoryBus::new());
+    /// # tokio::runtime::Builder::new_current_thread().build().expect("runtime").block_on(async {
+    /// // The memory bus creates topics on first use: the default does nothing.
+    /// assert!(backend.prepare_topic("orders").await.is_ok());
+    /// # });
+    /// ```
     fn prepare_topic(&self, topic: &str) -> impl Future<Output = Result<(), Error>> + Send {
         let _ = topic;
         async { Ok(()) }
     }
 
     /// A fresh topic name for one scenario. Default: `conformance-<uuid>`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_events::conformance::Backend;
+    ///
+    /// struct Memory(MemoryBus);
+    /// impl Backend for Memory {
+    ///     type Bus = MemoryBus;
+    ///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+    /// }
+    /// let backend = Memory(MemoryBus::new());
+    /// assert!(backend.topic().starts_with("conformance-"));
+    /// assert_ne!(backend.topic(), backend.topic()); // fresh per scenario
+    /// ```
     fn topic(&self) -> String {
         format!("conformance-{}", Uuid::now_v7().simple())
     }
 
     /// Where dead letters of `topic` go. Default: `<topic>.dlq`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_events::conformance::Backend;
+    ///
+    /// struct Memory(MemoryBus);
+    /// impl Backend for Memory {
+    ///     type Bus = MemoryBus;
+    ///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+    /// }
+    /// let backend = Memory(MemoryBus::new());
+    /// assert_eq!(backend.dead_letter_topic("orders"), "orders.dlq");
+    /// ```
     fn dead_letter_topic(&self, topic: &str) -> String {
         format!("{topic}.dlq")
     }
 
     /// How long a scenario waits for a delivery that must come (including redelivery
     /// of an unacked event after its consumer died). Default: 20 s.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_events::conformance::Backend;
+    ///
+    /// struct Memory(MemoryBus);
+    /// impl Backend for Memory {
+    ///     type Bus = MemoryBus;
+    ///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+    /// }
+    /// let backend = Memory(MemoryBus::new());
+    /// assert_eq!(backend.patience(), Duration::from_secs(20));
+    /// ```
     fn patience(&self) -> Duration {
         Duration::from_secs(20)
     }
@@ -99,11 +175,39 @@ pub trait Backend: Send + Sync {
     /// Whether a redelivery after a consumer's death carries a higher
     /// [`attempt`](Delivery::attempt) (Kafka keeps no delivery count: `false` there).
     /// Default: `true`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_events::conformance::Backend;
+    ///
+    /// struct Memory(MemoryBus);
+    /// impl Backend for Memory {
+    ///     type Bus = MemoryBus;
+    ///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+    /// }
+    /// let backend = Memory(MemoryBus::new());
+    /// assert!(backend.counts_redeliveries()); // Kafka's backend says false
+    /// ```
     fn counts_redeliveries(&self) -> bool {
         true
     }
 
     /// How long a scenario waits to be sure that nothing more arrives. Default: 300 ms.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::MemoryBus;
+    /// use palisade_events::conformance::Backend;
+    ///
+    /// struct Memory(MemoryBus);
+    /// impl Backend for Memory {
+    ///     type Bus = MemoryBus;
+    ///     async fn connect(&self) -> Result<MemoryBus, palisade_events::Error> { Ok(self.0.clone()) }
+    /// }
+    /// let backend = Memory(MemoryBus::new());
+    /// assert_eq!(backend.quiet_period(), Duration::from_millis(300));
+    /// ```
     fn quiet_period(&self) -> Duration {
         Duration::from_millis(300)
     }

@@ -459,6 +459,28 @@ impl fmt::Display for HandlerError {
 /// ```
 pub trait Handler<E: Event>: Send + Sync + 'static {
     /// Handles one event.
+    ///
+    /// ```rust
+    /// use palisade_events::consumer::{Context, Handler, HandlerError};
+    /// use palisade_events::Event;
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Placed { id: u64 }
+    /// impl Event for Placed { const TYPE: &'static str = "order.placed"; }
+    ///
+    /// struct Counter(std::sync::atomic::AtomicU64);
+    /// impl Handler<Placed> for Counter {
+    ///     async fn handle(&self, event: Placed, _ctx: Context) -> Result<(), HandlerError> {
+    ///         if event.id == 0 {
+    ///             return Err(HandlerError::permanent("order 0 does not exist")); // dead-lettered
+    ///         }
+    ///         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let counter = Counter(std::sync::atomic::AtomicU64::new(0));
+    /// assert_eq!(counter.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    /// ```
     fn handle(
         &self,
         event: E,

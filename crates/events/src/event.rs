@@ -27,6 +27,21 @@ pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
     const TYPE: &'static str;
 
     /// The ordering key: events with the same key are delivered in order.
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Event};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct StockChanged { sku: String, delta: i32 }
+    /// impl Event for StockChanged {
+    ///     const TYPE: &'static str = "stock.changed";
+    ///     // One SKU's changes are applied in order; different SKUs in parallel.
+    ///     fn key(&self) -> Option<String> { Some(self.sku.clone()) }
+    /// }
+    /// let event = StockChanged { sku: "A-1".into(), delta: -2 };
+    /// assert_eq!(Envelope::from_event(&event, "inventory")?.key.as_deref(), Some("A-1"));
+    /// # Ok::<(), palisade_events::Error>(())
+    /// ```
     fn key(&self) -> Option<String> {
         None
     }

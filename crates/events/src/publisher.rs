@@ -50,6 +50,19 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// ```
 pub trait Publisher: Send + Sync + 'static {
     /// Publishes one envelope and waits for the broker's confirmation.
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Error, MemoryBus, Publisher};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let bus = MemoryBus::new();
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// bus.close();
+    /// // Not confirmed: an error the caller sees, never a silent loss.
+    /// assert!(matches!(bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await, Err(Error::Closed)));
+    /// # Ok(()) }
+    /// ```
     fn publish(
         &self,
         topic: &str,
@@ -61,6 +74,19 @@ pub trait Publisher: Send + Sync + 'static {
     /// Backends override this to pipeline the batch; the default publishes one at a
     /// time. On error, a prefix of the batch may have been confirmed: retry the whole
     /// batch (consumers deduplicate by event id).
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Error, MemoryBus, Publisher};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let bus = MemoryBus::new();
+    /// let batch = (1..=3).map(|n| Envelope::new("order.placed", "shop", n.to_string())).collect();
+    /// bus.publish_batch("orders", batch).await?; // in order, all confirmed
+    /// bus.close();
+    /// assert!(bus.publish_batch("orders", Vec::new()).await.is_err());
+    /// # Ok(()) }
+    /// ```
     fn publish_batch(
         &self,
         topic: &str,
@@ -99,6 +125,20 @@ pub trait Publisher: Send + Sync + 'static {
 /// ```
 pub trait DynPublisher: Send + Sync + 'static {
     /// [`Publisher::publish`], boxed.
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Error, MemoryBus, DynPublisher};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let bus = MemoryBus::new();
+    /// // The backend chosen at run time (memory in tests, a broker in production).
+    /// let publisher: std::sync::Arc<dyn DynPublisher> = std::sync::Arc::new(bus.clone());
+    /// publisher.publish_dyn("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// bus.close();
+    /// assert!(matches!(publisher.publish_dyn("orders", Envelope::new("order.placed", "shop", "{}")).await, Err(Error::Closed)));
+    /// # Ok(()) }
+    /// ```
     fn publish_dyn<'a>(
         &'a self,
         topic: &'a str,
@@ -106,6 +146,19 @@ pub trait DynPublisher: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// [`Publisher::publish_batch`], boxed.
+    ///
+    /// ```rust
+    /// use palisade_events::{Envelope, Error, MemoryBus, DynPublisher};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// let bus = MemoryBus::new();
+    /// let publisher: std::sync::Arc<dyn DynPublisher> = std::sync::Arc::new(bus.clone());
+    /// let batch = vec![Envelope::new("order.placed", "shop", "1"), Envelope::new("order.placed", "shop", "2")];
+    /// publisher.publish_batch_dyn("orders", batch).await?;
+    /// assert_eq!(bus.pending("orders", "billing"), 2); // kept for the first group
+    /// # Ok(()) }
+    /// ```
     fn publish_batch_dyn<'a>(
         &'a self,
         topic: &'a str,

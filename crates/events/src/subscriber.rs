@@ -110,6 +110,21 @@ pub type DeliveryStream = Pin<Box<dyn Stream<Item = Result<Delivery, Error>> + S
 /// ```
 pub trait Subscriber: Send + Sync + 'static {
     /// Starts consuming `subscription.topic` as a member of `subscription.group`.
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Acknowledge, Delivery, Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut stream = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery: Delivery = stream.next().await.expect("a delivery")?;
+    /// assert_eq!(delivery.attempt(), 1);
+    /// delivery.ack().await?;
+    /// # Ok(()) }
+    /// ```
     fn subscribe(
         &self,
         subscription: &Subscription,
@@ -139,10 +154,56 @@ pub trait Subscriber: Send + Sync + 'static {
 /// ```
 pub trait Acknowledge: Send + 'static {
     /// The event was handled: the broker may forget it.
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Acknowledge, Delivery, Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut stream = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery: Delivery = stream.next().await.expect("a delivery")?;
+    /// delivery.ack().await?; // forwards to the acker
+    /// assert_eq!(bus.pending("orders", "billing"), 0);
+    /// # Ok(()) }
+    /// ```
     fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>>;
     /// Deliver it again after `delay` (to this group).
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Acknowledge, Delivery, Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut stream = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery: Delivery = stream.next().await.expect("a delivery")?;
+    /// delivery.retry(std::time::Duration::from_secs(1)).await?; // forwards to the acker
+    /// assert_eq!(bus.pending("orders", "billing"), 1);
+    /// # Ok(()) }
+    /// ```
     fn retry(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>>;
     /// Move it to the dead-letter destination with the reason in its headers.
+    ///
+    /// ```rust
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Acknowledge, Delivery, Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::new();
+    /// let mut stream = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// let delivery: Delivery = stream.next().await.expect("a delivery")?;
+    /// // Backends implement this; handlers call `Delivery::dead_letter`, which forwards here.
+    /// delivery.dead_letter("unknown customer").await?;
+    /// assert_eq!(bus.pending("orders.dlq", "ops"), 1);
+    /// # Ok(()) }
+    /// ```
     fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>>;
 }
 

@@ -90,6 +90,18 @@ pub enum Claim {
 /// ```
 pub trait Inbox: Send + Sync + 'static {
     /// Claims `(consumer, event_id)` for processing.
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new();
+    /// let id = uuid::Uuid::now_v7();
+    /// assert_eq!(inbox.claim("billing", id).await?, Claim::Acquired); // handle it
+    /// assert_eq!(inbox.claim("billing", id).await?, Claim::InProgress); // another instance has it
+    /// # Ok(()) }
+    /// ```
     fn claim<'a>(
         &'a self,
         consumer: &'a str,
@@ -97,6 +109,19 @@ pub trait Inbox: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Claim, Error>>;
 
     /// Marks a claimed event as handled: later claims answer [`Claim::Processed`].
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new();
+    /// let id = uuid::Uuid::now_v7();
+    /// inbox.claim("billing", id).await?;
+    /// inbox.complete("billing", id).await?;
+    /// assert_eq!(inbox.claim("billing", id).await?, Claim::Processed); // a duplicate: ack it
+    /// # Ok(()) }
+    /// ```
     fn complete<'a>(
         &'a self,
         consumer: &'a str,
@@ -104,6 +129,19 @@ pub trait Inbox: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Gives a claim up after a failed attempt, so the next delivery may claim it.
+    ///
+    /// ```rust
+    /// use palisade_events::inbox::{Claim, Inbox, MemoryInbox};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), palisade_events::Error> {
+    /// let inbox = MemoryInbox::new();
+    /// let id = uuid::Uuid::now_v7();
+    /// inbox.claim("billing", id).await?;
+    /// inbox.release("billing", id).await?; // the handler failed
+    /// assert_eq!(inbox.claim("billing", id).await?, Claim::Acquired); // the retry may run
+    /// # Ok(()) }
+    /// ```
     fn release<'a>(&'a self, consumer: &'a str, event_id: Uuid)
     -> BoxFuture<'a, Result<(), Error>>;
 }

@@ -48,8 +48,25 @@ pub struct Sample {
 /// ```
 pub trait LimitAlgorithm: Send + 'static {
     /// The limit to start with.
+    ///
+    /// ```rust
+    /// use palisade_resilience::adaptive::{Aimd, LimitAlgorithm};
+    ///
+    /// assert_eq!(Aimd::new(16, 1, 100)?.initial_limit(), 16);
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     fn initial_limit(&self) -> u32;
     /// The new limit after `sample`, given the current one.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::adaptive::{Aimd, LimitAlgorithm, Sample};
+    ///
+    /// let mut aimd = Aimd::new(10, 1, 100)?;
+    /// let ok = Sample { latency: Duration::from_millis(3), in_flight: 10, dropped: false };
+    /// assert_eq!(aimd.update(10, ok), 11); // used and healthy: grow by one
+    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// ```
     fn update(&mut self, limit: u32, sample: Sample) -> u32;
 }
 

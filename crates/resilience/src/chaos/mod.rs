@@ -123,6 +123,13 @@ impl std::error::Error for InjectedFault {}
 /// ```
 pub trait InjectOutcome<Request, Response> {
     /// The response to answer with instead of calling the inner service.
+    ///
+    /// ```rust
+    /// use palisade_resilience::chaos::InjectOutcome;
+    ///
+    /// let canned = |path: &&str| format!("stub for {path}");
+    /// assert_eq!(canned.outcome(&"/users"), Some("stub for /users".to_string()));
+    /// ```
     fn outcome(&self, request: &Request) -> Option<Response>;
 }
 

@@ -44,6 +44,20 @@ pub enum Outcome {
 /// ```
 pub trait Classify<Response, Error> {
     /// The outcome of `result`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::circuit_breaker::{Classify, Outcome};
+    ///
+    /// // HTTP-style: 5xx is a failure, 4xx says nothing about the dependency's health.
+    /// let by_status = |r: &Result<u16, ()>| match r {
+    ///     Ok(s) if *s >= 500 => Outcome::Failure,
+    ///     Ok(s) if *s >= 400 => Outcome::Ignored,
+    ///     Ok(_) => Outcome::Success,
+    ///     Err(()) => Outcome::Failure,
+    /// };
+    /// assert_eq!(by_status.classify(&Ok(503)), Outcome::Failure);
+    /// assert_eq!(by_status.classify(&Ok(404)), Outcome::Ignored);
+    /// ```
     fn classify(&self, result: &Result<Response, Error>) -> Outcome;
 }
 

@@ -39,14 +39,46 @@ pub trait Answer<Req, Res> {
     type Future: Future<Output = Result<Res, BoxError>>;
 
     /// Called before the primary call.
+    ///
+    /// ```rust
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::fallback::{Answer, LastGood};
+    ///
+    /// let cache = LastGood::new(10, |sku: &u32| *sku);
+    /// let kept = Answer::<u32, u64>::keep(&cache, &42);
+    /// assert_eq!(kept, 42); // the cache key
+    /// ```
     fn keep(&self, req: &Req) -> Self::Kept;
 
     /// Called with every primary response that is returned as is (to cache it).
+    ///
+    /// ```rust
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::fallback::{Answer, LastGood};
+    ///
+    /// let cache = LastGood::new(10, |sku: &u32| *sku);
+    /// Answer::<u32, u64>::observe(&cache, &42, &990); // a good response, remembered
+    /// assert_eq!(cache.len(), 1);
+    /// ```
     fn observe(&self, kept: &Self::Kept, res: &Res) {
         let _ = (kept, res);
     }
 
     /// Answers instead of the primary, given what was kept and the primary outcome.
+    ///
+    /// ```rust
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::fallback::{Answer, LastGood};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let cache = LastGood::new(10, |sku: &u32| *sku);
+    /// Answer::<u32, u64>::observe(&cache, &42, &990);
+    /// let down: Result<u64, BoxError> = Err("timeout".into());
+    /// assert_eq!(Answer::<u32, u64>::answer(&cache, 42, &down).await?, 990);
+    /// assert!(Answer::<u32, u64>::answer(&cache, 7, &down).await.is_err()); // nothing cached
+    /// # Ok(()) }
+    /// ```
     fn answer(&self, kept: Self::Kept, primary: &Result<Res, BoxError>) -> Self::Future;
 }
 

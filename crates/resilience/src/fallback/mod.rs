@@ -80,6 +80,15 @@ use crate::BoxError;
 /// ```
 pub trait Predicate<Res> {
     /// `true`: answer from the fallback.
+    ///
+    /// ```rust
+    /// use palisade_resilience::BoxError;
+    /// use palisade_resilience::fallback::Predicate;
+    ///
+    /// let server_error = |r: &Result<u16, BoxError>| !matches!(r, Ok(s) if *s < 500);
+    /// assert!(server_error.matches(&Ok(503)));
+    /// assert!(!server_error.matches(&Ok(200)));
+    /// ```
     fn matches(&self, outcome: &Result<Res, BoxError>) -> bool;
 }
 

@@ -46,6 +46,18 @@ pub enum RetryDecision {
 /// ```
 pub trait Classify<Req, Res, E> {
     /// The decision for `outcome`, the result of sending `req`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::{Classify, RetryDecision};
+    ///
+    /// // Retry only idempotent requests.
+    /// let idempotent = |req: &&str, outcome: &Result<(), ()>| match (outcome, req.starts_with("GET")) {
+    ///     (Err(_), true) => RetryDecision::Retry,
+    ///     _ => RetryDecision::DoNotRetry,
+    /// };
+    /// assert_eq!(idempotent.classify(&"GET /a", &Err(())), RetryDecision::Retry);
+    /// assert_eq!(idempotent.classify(&"POST /a", &Err(())), RetryDecision::DoNotRetry);
+    /// ```
     fn classify(&self, req: &Req, outcome: &Result<Res, E>) -> RetryDecision;
 }
 
@@ -111,9 +123,25 @@ impl<Req, Res, E> Classify<Req, Res, E> for RetryOnError {
 /// ```
 pub trait Replay<Req, Res, E> {
     /// A copy of `req` to keep for the next attempt, or `None`.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::{CloneRequest, Replay};
+    ///
+    /// let kept = Replay::<String, (), ()>::keep(&CloneRequest, &"GET /".to_string());
+    /// assert_eq!(kept.as_deref(), Some("GET /"));
+    /// ```
     fn keep(&self, req: &Req) -> Option<Req>;
 
     /// Called when nothing was kept: take the request back out of the outcome.
+    ///
+    /// ```rust
+    /// use palisade_resilience::retry::{Replay, RestoreRequest};
+    ///
+    /// // The failed call handed the request back in its error.
+    /// let restore = RestoreRequest(|outcome: &mut Result<(), Vec<u8>>| outcome.as_mut().err().map(std::mem::take));
+    /// let mut failed: Result<(), Vec<u8>> = Err(b"body".to_vec());
+    /// assert_eq!(Replay::<Vec<u8>, (), Vec<u8>>::restore(&restore, &mut failed), Some(b"body".to_vec()));
+    /// ```
     fn restore(&self, outcome: &mut Result<Res, E>) -> Option<Req> {
         let _ = outcome;
         None

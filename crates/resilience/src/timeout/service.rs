@@ -21,6 +21,15 @@ use crate::BoxError;
 /// ```
 pub trait CallTimeout<Req> {
     /// The timeout for `req`.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_resilience::timeout::{CallTimeout, PerRequest};
+    ///
+    /// // Reports may take longer than lookups.
+    /// let by_path = PerRequest(|path: &&str| if path.starts_with("/reports") { Duration::from_secs(30) } else { Duration::from_secs(2) });
+    /// assert_eq!(by_path.timeout_for(&"/reports/q3"), Duration::from_secs(30));
+    /// ```
     fn timeout_for(&self, req: &Req) -> Duration;
 }
 

@@ -67,6 +67,27 @@ mod migrate;
 pub trait SagaStore: Send + Sync + 'static {
     /// Inserts a new saga with its first history entries. If a saga with this id exists,
     /// writes nothing and returns it (so starting twice with one id is idempotent).
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, SagaStore, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &7).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let record = store.get(id).await?.expect("stored");
+    /// // Creating an existing id writes nothing and returns what is stored.
+    /// let existing = store.create(&record, &[]).await?;
+    /// assert_eq!(existing.map(|r| r.id), Some(id));
+    /// let fresh = palisade_saga::SagaRecord { id: palisade_saga::SagaId::new(), ..record };
+    /// assert!(store.create(&fresh, &[]).await?.is_none()); // inserted
+    /// # Ok(()) }
+    /// ```
     fn create(
         &self,
         record: &SagaRecord,
@@ -76,6 +97,28 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Replaces the saga's row with `record` (whose `version` is the new version) and
     /// appends `history`, if and only if the stored version is `expected_version`;
     /// otherwise fails with [`StoreError::Conflict`] and writes nothing.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, SagaStore, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &7).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let record = store.get(id).await?.expect("stored");
+    /// let mut next = record.clone();
+    /// next.version += 1;
+    /// store.update(&next, record.version, &[]).await?;
+    /// // A writer holding the old version is refused: optimistic concurrency.
+    /// let stale = store.update(&next, record.version, &[]).await;
+    /// assert!(matches!(stale, Err(palisade_saga::StoreError::Conflict { .. })));
+    /// # Ok(()) }
+    /// ```
     fn update(
         &self,
         record: &SagaRecord,
@@ -85,6 +128,25 @@ pub trait SagaStore: Send + Sync + 'static {
 
     /// Extends the lease of `owner` on saga `id` at `version` to `until`; fails with
     /// [`StoreError::Conflict`] if the saga moved on or changed hands.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, SagaStore, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &7).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let record = store.get(id).await?.expect("stored");
+    /// // A finished saga has no owner to renew for.
+    /// let until = chrono::Utc::now() + chrono::Duration::seconds(30);
+    /// assert!(store.renew_lease(id, "someone-else", record.version, until).await.is_err());
+    /// # Ok(()) }
+    /// ```
     fn renew_lease(
         &self,
         id: SagaId,
@@ -96,6 +158,26 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Takes over up to `limit` active sagas (running or compensating) whose lease
     /// expired before `now` (or that have no owner) and whose `type@version` is in
     /// `definitions`: sets `owner` and `lease_until`, bumps the version, returns them.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, SagaStore, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &7).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let record = store.get(id).await?.expect("stored");
+    /// // Nothing left in flight: a recovering instance finds nothing to take over.
+    /// let now = chrono::Utc::now();
+    /// let taken = store.claim("node-b", now, now + chrono::Duration::seconds(30), &[record.definition_key()], 100).await?;
+    /// assert!(taken.is_empty());
+    /// # Ok(()) }
+    /// ```
     fn claim(
         &self,
         owner: &str,
@@ -106,18 +188,72 @@ pub trait SagaStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<SagaRecord>, StoreError>> + Send;
 
     /// Reads one saga.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, SagaStore, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &7).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let record = store.get(id).await?.expect("stored");
+    /// assert_eq!(record.context, 7);
+    /// assert!(store.get(palisade_saga::SagaId::new()).await?.is_none());
+    /// # Ok(()) }
+    /// ```
     fn get(
         &self,
         id: SagaId,
     ) -> impl Future<Output = Result<Option<SagaRecord>, StoreError>> + Send;
 
     /// Lists sagas matching `filter`, least recently written first.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, SagaStore, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &7).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let record = store.get(id).await?.expect("stored");
+    /// let all = store.list(&palisade_saga::ListFilter::default()).await?;
+    /// assert_eq!(all.len(), 1);
+    /// # Ok(()) }
+    /// ```
     fn list(
         &self,
         filter: &ListFilter,
     ) -> impl Future<Output = Result<Vec<SagaRecord>, StoreError>> + Send;
 
     /// A saga's history, oldest first.
+    ///
+    /// ```rust
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, SagaStore, Step, StepError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = MemoryStore::new();
+    /// let saga = SagaDefinition::<u32>::builder("order", 1)
+    ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n) }))
+    ///     .build()?;
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// let id = orchestrator.start(&saga, &7).await?;
+    /// orchestrator.outcome(id).await?;
+    /// let record = store.get(id).await?.expect("stored");
+    /// let history = store.history(id).await?;
+    /// assert!(history.len() >= 2); // created ... completed, oldest first
+    /// # Ok(()) }
+    /// ```
     fn history(
         &self,
         id: SagaId,

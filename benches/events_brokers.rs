@@ -532,9 +532,8 @@ async fn nats_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
 // ---------------------------------------------------------------------------- Kafka (mock)
 
 async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::ClientConfig;
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
     let n = scaled(50_000);
     // Leaked: destroying a mock cluster while consumers are connected blocks.
@@ -582,35 +581,7 @@ async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
         cluster.create_topic(t, 4, 1)?;
         publish_ours(&bus, t, n).await?;
     }
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &servers)
-        // A group of its own: were it shared with ours below, our member's join would wait
-        // for this idle member to rejoin (a rebalance stalled until its poll interval).
-        .set("group.id", "raw")
-        // The commit mode our backend uses by default: offsets stored once handled,
-        // committed by librdkafka every second.
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    consumer.subscribe(&[raw_topic.as_str()])?;
-    let mut started = None;
-    for i in 0..n {
-        let message = tokio::time::timeout(TIMEOUT, consumer.recv())
-            .await
-            .map_err(|_| format!("raw consume: no message within the deadline after {i}"))??;
-        started.get_or_insert_with(Instant::now);
-        // Store each handled offset, as our backend does when records settle in order.
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(
-            message.topic(),
-            message.partition(),
-            Offset::Offset(message.offset() + 1),
-        )?;
-        consumer.store_offsets(&list)?;
-    }
-    let raw = rate(n, started.map(|s| s.elapsed()).unwrap_or_default());
+    let raw = raw_kafka_consume(&servers, &raw_topic, "raw", n, false).await?;
     let ours = consume_ours(
         &bus,
         &Subscription::new(&topic, "ours").with_prefetch(PREFETCH),
@@ -624,8 +595,63 @@ async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
         raw,
         ours,
     });
-    std::mem::forget(consumer);
+    // For context: a raw loop that keeps each record past the `recv` borrow (what handing
+    // it to other code needs), by detaching it (payload and headers copied).
+    let detached_topic = unique_name("bench-raw-detach");
+    cluster.create_topic(&detached_topic, 4, 1)?;
+    publish_ours(&bus, &detached_topic, n).await?;
+    let raw = raw_kafka_consume(&servers, &detached_topic, "raw-detach", n, true).await?;
+    rows.push(Row {
+        backend: "kafka (mock)",
+        op: "consume+ack, raw loop detaches each record",
+        raw,
+        ours,
+    });
     Ok(())
+}
+
+/// A raw rdkafka consume loop over `n` records of `topic`: `recv`, (optionally) detach
+/// the record, store its offset for librdkafka's commit every second — the commit mode
+/// our backend uses by default. Returns records per second from the first record on.
+async fn raw_kafka_consume(
+    servers: &str,
+    topic: &str,
+    group: &str,
+    n: usize,
+    detach: bool,
+) -> Result<f64> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        // A group of its own: were it shared with ours, our member's join would wait for
+        // this idle member to rejoin (a rebalance stalled until its poll interval).
+        .set("group.id", group)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let mut started = None;
+    for i in 0..n {
+        let message = tokio::time::timeout(TIMEOUT, consumer.recv())
+            .await
+            .map_err(|_| format!("raw consume: no message within the deadline after {i}"))??;
+        started.get_or_insert_with(Instant::now);
+        let (partition, offset) = (message.partition(), message.offset());
+        if detach {
+            std::hint::black_box(message.detach());
+        }
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
+        consumer.store_offsets(&list)?;
+    }
+    let rate = rate(n, started.map(|s| s.elapsed()).unwrap_or_default());
+    // Kafka clients of the mock cluster would block on drop; the process exits anyway.
+    std::mem::forget(consumer);
+    Ok(rate)
 }
 
 fn main() -> Result<()> {

@@ -419,7 +419,8 @@ impl<C> Step<C> {
     /// ```rust
     /// use palisade_saga::{Step, StepError};
     ///
-    /// assert_eq!(Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) }).name(), "charge");
+    /// let step = Step::new("charge", |n: u32, _| async move { Ok::<_, StepError>(n) });
+    /// assert_eq!(step.name(), "charge");
     /// ```
     pub fn name(&self) -> &str {
         &self.name

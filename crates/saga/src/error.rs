@@ -223,7 +223,9 @@ pub enum DefinitionError {
 ///     .build()?;
 /// // Not registered with this orchestrator: a clear error, not a panic.
 /// match orchestrator.start(&other, &Order { id: 1 }).await {
-///     Err(Error::UnknownDefinition { name, version }) => assert_eq!((name.as_str(), version), ("refund", 1)),
+///     Err(Error::UnknownDefinition { name, version }) => {
+///         assert_eq!((name.as_str(), version), ("refund", 1));
+///     }
 ///     other => panic!("{other:?}"),
 /// }
 /// # Ok(()) }

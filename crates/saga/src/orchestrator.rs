@@ -216,7 +216,9 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
     /// let saga = SagaDefinition::<u32>::builder("order", 1)
     ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
     ///     .build()?;
-    /// let builder = Orchestrator::builder(MemoryStore::new()).register(&saga).lease(Duration::from_secs(120));
+    /// let builder = Orchestrator::builder(MemoryStore::new())
+    ///     .register(&saga)
+    ///     .lease(Duration::from_secs(120));
     /// assert!(format!("{builder:?}").contains("lease: 120s"));
     /// let _orchestrator = builder.build()?;
     /// # Ok(()) }
@@ -259,7 +261,10 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
     ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
     ///     .build()?;
     /// let clock = Clock::manual(chrono::Utc::now());
-    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).clock(clock.clone()).build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new())
+    ///     .register(&saga)
+    ///     .clock(clock.clone())
+    ///     .build()?;
     /// let id = orchestrator.start(&saga, &1).await?;
     /// // Records are stamped by the orchestrator's clock.
     /// assert_eq!(orchestrator.outcome(id).await?.created_at, clock.now());
@@ -333,7 +338,8 @@ impl<S: SagaStore> OrchestratorBuilder<S> {
     ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
     ///     .build()?;
     /// // A zero bound is a configuration error, not an orchestrator that never runs.
-    /// assert!(Orchestrator::builder(MemoryStore::new()).register(&saga).concurrency(0).build().is_err());
+    /// let builder = Orchestrator::builder(MemoryStore::new()).register(&saga);
+    /// assert!(builder.concurrency(0).build().is_err());
     /// # Ok(()) }
     /// ```
     pub fn build(self) -> Result<Orchestrator<S>, ConfigError> {
@@ -438,7 +444,10 @@ impl<S: SagaStore> Orchestrator<S> {
     /// let saga = SagaDefinition::<u32>::builder("order", 1)
     ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
     ///     .build()?;
-    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).owner("node-a").build()?;
+    /// let orchestrator = Orchestrator::builder(MemoryStore::new())
+    ///     .register(&saga)
+    ///     .owner("node-a")
+    ///     .build()?;
     /// assert_eq!(orchestrator.owner(), "node-a");
     /// # Ok(()) }
     /// ```
@@ -678,7 +687,8 @@ impl<S: SagaStore> Orchestrator<S> {
     /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
     /// let id = orchestrator.start(&saga, &1).await?;
     /// orchestrator.outcome(id).await?;
-    /// let events: Vec<HistoryEvent> = orchestrator.history(id).await?.iter().map(|h| h.event).collect();
+    /// let history = orchestrator.history(id).await?;
+    /// let events: Vec<HistoryEvent> = history.iter().map(|h| h.event).collect();
     /// assert_eq!(events.first(), Some(&HistoryEvent::Created));
     /// assert_eq!(events.last(), Some(&HistoryEvent::Completed));
     /// # Ok(()) }
@@ -907,15 +917,23 @@ impl<S: SagaStore> Orchestrator<S> {
     ///
     /// ```rust
     /// use std::time::Duration;
-    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, Step, StepError};
+    /// use palisade_saga::{MemoryStore, Orchestrator, SagaDefinition, SagaId, SagaRecord};
+    /// use palisade_saga::{SagaState, SagaStore, Step, StepError};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let saga = SagaDefinition::<u32>::builder("order", 1)
     ///     .step(Step::new("reserve", |n: u32, _| async move { Ok::<_, StepError>(n + 1) }))
     ///     .build()?;
-    /// let orchestrator = Orchestrator::builder(MemoryStore::new()).register(&saga).build()?;
+    /// let store = MemoryStore::new();
+    /// let orchestrator = Orchestrator::builder(store.clone()).register(&saga).build()?;
+    /// # let done = orchestrator.outcome(orchestrator.start(&saga, &1).await?).await?;
+    /// // A saga left half-done by a crashed instance, nobody holding it.
+    /// let orphan = SagaRecord { id: SagaId::new(), state: SagaState::Running, cursor: 0,
+    ///     context: 41.into(), owner: None, lease_until: None, ..done };
+    /// store.create(&orphan, &[]).await?;
     /// let recovery = orchestrator.spawn_recovery(Duration::from_secs(30));
+    /// assert_eq!(orchestrator.outcome(orphan.id).await?.context, 42);
     /// orchestrator.shutdown(); // ends the recovery loop too
     /// recovery.await?;
     /// # Ok(()) }

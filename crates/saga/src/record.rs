@@ -261,8 +261,10 @@ pub(crate) fn definition_key(name: &str, version: u32) -> String {
 /// use palisade_saga::HistoryEvent;
 /// let id = orchestrator.start(&saga, &Order { id: 7 }).await?;
 /// orchestrator.outcome(id).await?;
-/// let events: Vec<HistoryEvent> = orchestrator.history(id).await?.iter().map(|h| h.event).collect();
-/// assert_eq!(events, [HistoryEvent::Created, HistoryEvent::ActionSucceeded, HistoryEvent::Completed]);
+/// let history = orchestrator.history(id).await?;
+/// let events: Vec<HistoryEvent> = history.iter().map(|h| h.event).collect();
+/// let expected = [HistoryEvent::Created, HistoryEvent::ActionSucceeded, HistoryEvent::Completed];
+/// assert_eq!(events, expected);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -174,7 +174,8 @@ pub trait SagaStore: Send + Sync + 'static {
     /// let record = store.get(id).await?.expect("stored");
     /// // Nothing left in flight: a recovering instance finds nothing to take over.
     /// let now = chrono::Utc::now();
-    /// let taken = store.claim("node-b", now, now + chrono::Duration::seconds(30), &[record.definition_key()], 100).await?;
+    /// let until = now + chrono::Duration::seconds(30);
+    /// let taken = store.claim("node-b", now, until, &[record.definition_key()], 100).await?;
     /// assert!(taken.is_empty());
     /// # Ok(()) }
     /// ```

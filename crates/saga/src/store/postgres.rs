@@ -159,7 +159,8 @@ impl PostgresStore {
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
     /// let store = PostgresStore::connect("postgres://127.0.0.1/orders").await?;
-    /// let stuck: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM palisade_saga WHERE state = 'failed'")
+    /// let sql = "SELECT COUNT(*) FROM palisade_saga WHERE state = 'failed'";
+    /// let stuck: i64 = sqlx::query_scalar(sql)
     ///     .fetch_one(store.pool())
     ///     .await?;
     /// assert!(stuck >= 0);

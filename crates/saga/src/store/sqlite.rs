@@ -78,7 +78,10 @@ impl SqliteStore {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use palisade_saga::{ListFilter, SagaStore, SqliteStore};
     ///
-    /// let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(1).connect("sqlite::memory:").await?;
+    /// let pool = sqlx::sqlite::SqlitePoolOptions::new()
+    ///     .max_connections(1)
+    ///     .connect("sqlite::memory:")
+    ///     .await?;
     /// let store = SqliteStore::from_pool(pool);
     /// store.migrate().await?;
     /// assert!(store.list(&ListFilter::default()).await?.is_empty());
@@ -101,7 +104,9 @@ impl SqliteStore {
     /// let store = SqliteStore::connect("sqlite::memory:").await?;
     /// store.migrate().await?;
     /// // The same database for the application's own tables.
-    /// let sagas: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM palisade_saga").fetch_one(store.pool()).await?;
+    /// let sagas: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM palisade_saga")
+    ///     .fetch_one(store.pool())
+    ///     .await?;
     /// assert_eq!(sagas, 0);
     /// # Ok(()) }
     /// # #[cfg(not(feature = "sqlite"))]

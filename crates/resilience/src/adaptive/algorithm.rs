@@ -38,7 +38,8 @@ pub struct Sample {
 /// impl LimitAlgorithm for Halving {
 ///     fn initial_limit(&self) -> u32 { 16 }
 ///     fn update(&mut self, limit: u32, s: Sample) -> u32 {
-///         let next = if s.dropped || s.latency > Duration::from_millis(100) { limit / 2 } else { limit + 1 };
+///         let slow = s.dropped || s.latency > Duration::from_millis(100);
+///         let next = if slow { limit / 2 } else { limit + 1 };
 ///         next.clamp(1, 64)
 ///     }
 /// }
@@ -205,11 +206,13 @@ impl LimitAlgorithm for Aimd {
 /// let mut g = Gradient::new(20, 1, 200)?;
 /// let mut limit = g.initial_limit();
 /// for _ in 0..50 {
-///     limit = g.update(limit, Sample { latency: Duration::from_millis(10), in_flight: limit, dropped: false });
+///     let latency = Duration::from_millis(10);
+///     limit = g.update(limit, Sample { latency, in_flight: limit, dropped: false });
 /// }
 /// assert!(limit > 20, "steady latency: the limit grows ({limit})");
 /// for _ in 0..20 {
-///     limit = g.update(limit, Sample { latency: Duration::from_millis(100), in_flight: limit, dropped: false });
+///     let latency = Duration::from_millis(100);
+///     limit = g.update(limit, Sample { latency, in_flight: limit, dropped: false });
 /// }
 /// assert!(limit < 30, "latency ×10: the limit shrinks ({limit})");
 /// # Ok::<(), palisade_resilience::ConfigError>(())

@@ -240,7 +240,8 @@ impl AdaptiveConcurrencyLayer {
 }
 
 impl<C> AdaptiveConcurrencyLayer<C> {
-    /// Decides which results are overload signals: [`Outcome::Failure`](crate::circuit_breaker::Outcome)
+    /// Decides which results are overload signals:
+    /// [`Outcome::Failure`](crate::circuit_breaker::Outcome)
     /// is one, `Success` is a latency sample, `Ignored` is neither (a 404).
     ///
     /// ```rust

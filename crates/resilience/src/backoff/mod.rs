@@ -178,7 +178,8 @@ impl Backoff {
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
     /// let backoff = Backoff::constant(Duration::from_millis(50));
-    /// assert_eq!(backoff.iter().take(3).collect::<Vec<_>>(), [50, 50, 50].map(Duration::from_millis));
+    /// let delays: Vec<_> = backoff.iter().take(3).collect();
+    /// assert_eq!(delays, [50, 50, 50].map(Duration::from_millis));
     /// ```
     pub const fn constant(delay: Duration) -> Self {
         Self::new(BackoffKind::Constant, delay, Duration::ZERO)
@@ -191,7 +192,8 @@ impl Backoff {
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
     /// let backoff = Backoff::linear(Duration::from_millis(100), Duration::from_millis(50));
-    /// assert_eq!(backoff.iter().take(3).collect::<Vec<_>>(), [100, 150, 200].map(Duration::from_millis));
+    /// let delays: Vec<_> = backoff.iter().take(3).collect();
+    /// assert_eq!(delays, [100, 150, 200].map(Duration::from_millis));
     /// ```
     pub const fn linear(base: Duration, step: Duration) -> Self {
         Self::new(BackoffKind::Linear, base, step)
@@ -205,7 +207,8 @@ impl Backoff {
     /// use std::time::Duration;
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
-    /// let backoff = Backoff::exponential(Duration::from_millis(100)).with_max_delay(Duration::from_secs(1));
+    /// let backoff =
+    ///     Backoff::exponential(Duration::from_millis(100)).with_max_delay(Duration::from_secs(1));
     /// let delays: Vec<_> = backoff.iter().take(5).collect();
     /// assert_eq!(delays, [100, 200, 400, 800, 1000].map(Duration::from_millis));
     /// ```
@@ -231,8 +234,10 @@ impl Backoff {
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
     /// let backoff = Backoff::exponential(Duration::from_millis(10)).with_factor(3.0);
-    /// assert_eq!(backoff.iter().take(3).collect::<Vec<_>>(), [10, 30, 90].map(Duration::from_millis));
-    /// assert!(Backoff::exponential(Duration::from_millis(10)).with_factor(0.5).validate().is_err());
+    /// let delays: Vec<_> = backoff.iter().take(3).collect();
+    /// assert_eq!(delays, [10, 30, 90].map(Duration::from_millis));
+    /// let shrinking = Backoff::exponential(Duration::from_millis(10)).with_factor(0.5);
+    /// assert!(shrinking.validate().is_err());
     /// ```
     pub const fn with_factor(mut self, factor: f64) -> Self {
         self.factor = factor;
@@ -245,7 +250,8 @@ impl Backoff {
     /// use std::time::Duration;
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
-    /// let backoff = Backoff::exponential(Duration::from_millis(100)).with_max_delay(Duration::from_millis(250));
+    /// let backoff = Backoff::exponential(Duration::from_millis(100))
+    ///     .with_max_delay(Duration::from_millis(250));
     /// assert_eq!(backoff.nominal_delay(10), Duration::from_millis(250));
     /// assert_eq!(backoff.max_delay(), Some(Duration::from_millis(250)));
     /// ```
@@ -275,7 +281,8 @@ impl Backoff {
     /// use std::time::Duration;
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
-    /// assert_eq!(Backoff::linear(Duration::from_millis(1), Duration::from_millis(1)).kind(), BackoffKind::Linear);
+    /// let linear = Backoff::linear(Duration::from_millis(1), Duration::from_millis(1));
+    /// assert_eq!(linear.kind(), BackoffKind::Linear);
     /// ```
     pub const fn kind(&self) -> BackoffKind {
         self.kind
@@ -287,7 +294,8 @@ impl Backoff {
     /// use std::time::Duration;
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
-    /// assert_eq!(Backoff::exponential(Duration::from_millis(20)).base(), Duration::from_millis(20));
+    /// let backoff = Backoff::exponential(Duration::from_millis(20));
+    /// assert_eq!(backoff.base(), Duration::from_millis(20));
     /// ```
     pub const fn base(&self) -> Duration {
         self.base
@@ -327,7 +335,9 @@ impl Backoff {
     ///
     /// assert!(Backoff::default().validate().is_ok());
     /// // A cap below the base is a configuration error, reported when the layer is built.
-    /// assert!(Backoff::exponential(Duration::from_millis(100)).with_max_delay(Duration::from_millis(10)).validate().is_err());
+    /// let capped_below_base = Backoff::exponential(Duration::from_millis(100))
+    ///     .with_max_delay(Duration::from_millis(10));
+    /// assert!(capped_below_base.validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.kind == BackoffKind::Exponential {
@@ -401,7 +411,8 @@ impl Backoff {
     /// use std::time::Duration;
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
-    /// let mut delays = Backoff::linear(Duration::from_millis(10), Duration::from_millis(10)).iter();
+    /// let backoff = Backoff::linear(Duration::from_millis(10), Duration::from_millis(10));
+    /// let mut delays = backoff.iter();
     /// assert_eq!(delays.next(), Some(Duration::from_millis(10)));
     /// assert_eq!(delays.next(), Some(Duration::from_millis(20)));
     /// ```
@@ -415,7 +426,8 @@ impl Backoff {
     /// use std::time::Duration;
     /// use palisade_resilience::backoff::{Backoff, BackoffKind, Jitter};
     ///
-    /// let backoff = Backoff::exponential(Duration::from_millis(10)).with_jitter(Jitter::Decorrelated);
+    /// let backoff =
+    ///     Backoff::exponential(Duration::from_millis(10)).with_jitter(Jitter::Decorrelated);
     /// let a: Vec<_> = backoff.iter_seeded(42).take(5).collect();
     /// let b: Vec<_> = backoff.iter_seeded(42).take(5).collect();
     /// assert_eq!(a, b); // reproducible, for tests
@@ -440,7 +452,8 @@ impl IntoIterator for &Backoff {
 /// use std::time::Duration;
 /// use palisade_resilience::backoff::Backoff;
 ///
-/// let delays: Vec<Duration> = Backoff::exponential(Duration::from_millis(10)).iter().take(3).collect();
+/// let delays: Vec<Duration> =
+///     Backoff::exponential(Duration::from_millis(10)).iter().take(3).collect();
 /// assert_eq!(delays, [10, 20, 40].map(Duration::from_millis));
 /// ```
 #[derive(Clone, Debug)]

@@ -102,7 +102,10 @@ impl BulkheadBuilder {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
-    /// let bulkhead = Bulkhead::builder("reports").max_concurrent(1).max_wait(Duration::from_millis(50)).build()?;
+    /// let bulkhead = Bulkhead::builder("reports")
+    ///     .max_concurrent(1)
+    ///     .max_wait(Duration::from_millis(50))
+    ///     .build()?;
     /// let held = bulkhead.try_acquire().expect("free");
     /// let started = tokio::time::Instant::now();
     /// assert!(bulkhead.acquire().await.is_none()); // waited 50 ms, then gave up

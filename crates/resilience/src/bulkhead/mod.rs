@@ -115,7 +115,8 @@ impl BulkheadFull {
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
     /// let bulkhead = Bulkhead::builder("reports").max_concurrent(1).build()?;
     /// let _busy = bulkhead.try_acquire(); // the one slot is taken
-    /// let svc = BulkheadLayer::new(bulkhead).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = BulkheadLayer::new(bulkhead).layer(ok);
     /// let error = svc.oneshot(()).await.expect_err("full");
     /// let full = error.downcast_ref::<BulkheadFull>().expect("a BulkheadFull");
     /// assert_eq!(full.name(), "reports");
@@ -135,7 +136,8 @@ impl BulkheadFull {
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
     /// let bulkhead = Bulkhead::builder("reports").max_concurrent(1).build()?;
     /// let _busy = bulkhead.try_acquire(); // the one slot is taken
-    /// let svc = BulkheadLayer::new(bulkhead).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = BulkheadLayer::new(bulkhead).layer(ok);
     /// let error = svc.oneshot(()).await.expect_err("full");
     /// let full = error.downcast_ref::<BulkheadFull>().expect("a BulkheadFull");
     /// assert_eq!(full.max_concurrent(), 1);

@@ -27,7 +27,8 @@ type Waiting = Pin<Box<dyn Future<Output = Option<Permit>> + Send + Sync>>;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
 /// let pool = Bulkhead::builder("db").max_concurrent(8).build()?;
-/// let svc = BulkheadLayer::new(pool).layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+/// let echo = service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+/// let svc = BulkheadLayer::new(pool).layer(echo);
 /// assert_eq!(svc.oneshot(3).await?, 3);
 /// # Ok(()) }
 /// ```
@@ -64,7 +65,8 @@ impl<S> BulkheadService<S> {
     /// use tower::{Layer, service_fn};
     ///
     /// let bulkhead = Bulkhead::builder("reports").max_concurrent(8).build()?;
-    /// let svc = BulkheadService::new(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }), bulkhead);
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = BulkheadService::new(ok, bulkhead);
     /// assert_eq!(svc.bulkhead().max_concurrent(), 8);
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -85,7 +87,8 @@ impl<S> BulkheadService<S> {
     /// use tower::{Layer, service_fn};
     ///
     /// let bulkhead = Bulkhead::builder("reports").max_concurrent(8).build()?;
-    /// let svc = BulkheadLayer::new(bulkhead).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = BulkheadLayer::new(bulkhead).layer(ok);
     /// assert_eq!(svc.bulkhead().in_flight(), 0);
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -100,7 +103,8 @@ impl<S> BulkheadService<S> {
     /// use tower::{Layer, service_fn};
     ///
     /// let bulkhead = Bulkhead::builder("reports").max_concurrent(8).build()?;
-    /// let svc = BulkheadLayer::new(bulkhead).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = BulkheadLayer::new(bulkhead).layer(ok);
     /// let _inner = svc.get_ref();
     /// assert_eq!(svc.bulkhead().name(), "reports");
     /// # Ok::<(), palisade_resilience::ConfigError>(())

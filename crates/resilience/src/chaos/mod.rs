@@ -328,7 +328,8 @@ impl ChaosHandle {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
-    /// let chaos = ChaosLayer::builder(7).latency(1.0, Duration::from_millis(300), Duration::from_millis(300)).build()?;
+    /// let delay = Duration::from_millis(300);
+    /// let chaos = ChaosLayer::builder(7).latency(1.0, delay, delay).build()?;
     /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
     /// let started = tokio::time::Instant::now();
     /// assert_eq!(svc.oneshot(1).await?, 1);
@@ -392,7 +393,9 @@ impl<O> ChaosBuilder<O> {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
-    /// let chaos = ChaosLayer::builder(7).latency(1.0, Duration::from_millis(10), Duration::from_millis(50)).build()?;
+    /// let chaos = ChaosLayer::builder(7)
+    ///     .latency(1.0, Duration::from_millis(10), Duration::from_millis(50))
+    ///     .build()?;
     /// let svc = chaos.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
     /// let started = tokio::time::Instant::now();
     /// svc.oneshot(1).await?;
@@ -411,14 +414,20 @@ impl<O> ChaosBuilder<O> {
     ///
     /// ```rust
     /// use palisade_resilience::chaos::ChaosLayer;
+    /// use tower::{Layer, ServiceExt, service_fn};
     ///
-    /// // Every tenth call gets a canned 503.
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
+    /// // Every call gets a canned 503 (use e.g. 0.1 for every tenth).
     /// let chaos = ChaosLayer::builder(1)
-    ///     .outcome(0.1, |_: &http::Request<()>| {
+    ///     .outcome(1.0, |_: &http::Request<()>| {
     ///         http::Response::builder().status(503).body(()).unwrap_or_default()
     ///     })
     ///     .build()?;
-    /// # Ok::<(), palisade_resilience::ConfigError>(())
+    /// let ok = service_fn(|_| async { Ok::<_, std::io::Error>(http::Response::new(())) });
+    /// let res = chaos.layer(ok).oneshot(http::Request::new(())).await?;
+    /// assert_eq!(res.status(), 503);
+    /// # Ok(()) }
     /// ```
     pub fn outcome<O2>(self, rate: f64, outcome: O2) -> ChaosBuilder<O2> {
         ChaosBuilder {

@@ -80,7 +80,10 @@ impl fmt::Display for CircuitState {
 /// let mut events = layer.handle().subscribe();
 /// layer.handle().force_open();
 /// let t = events.try_recv().expect("one transition");
-/// assert_eq!((t.name.as_ref(), t.from, t.to), ("search", CircuitState::Closed, CircuitState::ForcedOpen));
+/// assert_eq!(
+///     (t.name.as_ref(), t.from, t.to),
+///     ("search", CircuitState::Closed, CircuitState::ForcedOpen)
+/// );
 /// # Ok::<(), palisade_resilience::ConfigError>(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -216,7 +219,8 @@ impl CircuitBreakerHandle {
     ///
     /// let handle = CircuitBreakerLayer::builder("orders").build()?.handle().clone();
     /// let metrics = handle.metrics();
-    /// assert_eq!((metrics.state, metrics.calls, metrics.failure_rate), (CircuitState::Closed, 0, None));
+    /// let seen = (metrics.state, metrics.calls, metrics.failure_rate);
+    /// assert_eq!(seen, (CircuitState::Closed, 0, None));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
     pub fn metrics(&self) -> CircuitMetrics {

@@ -212,7 +212,8 @@ impl<K: Hash + Eq + Clone + fmt::Debug> KeyedCircuitBreakerHandle<K> {
 
 /// Applies a partitioned breaker: requests are grouped by a key computed from them, and
 /// each key gets its own breaker (created on first sight, with the same settings, named
-/// `name[key]`). Built by [`CircuitBreakerBuilder::build_keyed`](super::CircuitBreakerBuilder::build_keyed).
+/// `name[key]`). Built by
+/// [`CircuitBreakerBuilder::build_keyed`](super::CircuitBreakerBuilder::build_keyed).
 ///
 /// The key is only known in `call`, so unlike [`CircuitBreaker`](super::CircuitBreaker)
 /// this service asks the breaker there, and `poll_ready` reflects the inner service only.
@@ -311,7 +312,9 @@ impl<S, K, F: Clone, C: Clone> Layer<S> for KeyedCircuitBreakerLayer<K, F, C> {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
 /// let layer = CircuitBreakerLayer::builder("hosts").build_keyed(|host: &&str| host.to_string())?;
-/// let svc = layer.layer(service_fn(|host: &'static str| async move { Ok::<_, std::io::Error>(host.len()) }));
+/// let svc = layer.layer(service_fn(|host: &'static str| async move {
+///     Ok::<_, std::io::Error>(host.len())
+/// }));
 /// assert_eq!(svc.clone().oneshot("a.example").await?, 9);
 /// assert_eq!(svc.handle().keys(), ["a.example".to_string()]);
 /// # Ok(())

@@ -198,7 +198,8 @@ impl<C> CircuitBreakerBuilder<C> {
     /// use palisade_resilience::circuit_breaker::SlidingWindow;
     /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
     ///
-    /// let layer = CircuitBreakerLayer::builder("orders").time_window(Duration::from_secs(60)).build()?;
+    /// let layer =
+    ///     CircuitBreakerLayer::builder("orders").time_window(Duration::from_secs(60)).build()?;
     /// assert!(matches!(layer.handle().config().window, SlidingWindow::Time { .. }));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -228,7 +229,9 @@ impl<C> CircuitBreakerBuilder<C> {
     /// use std::time::Duration;
     /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
     ///
-    /// let layer = CircuitBreakerLayer::builder("orders").slow_call_duration(Duration::from_millis(800)).build()?;
+    /// let layer = CircuitBreakerLayer::builder("orders")
+    ///     .slow_call_duration(Duration::from_millis(800))
+    ///     .build()?;
     /// assert_eq!(layer.handle().config().slow_call_duration, Some(Duration::from_millis(800)));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -243,7 +246,10 @@ impl<C> CircuitBreakerBuilder<C> {
     /// use std::time::Duration;
     /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
     ///
-    /// let layer = CircuitBreakerLayer::builder("orders").slow_call_duration(Duration::from_secs(1)).slow_call_rate_threshold(60.0).build()?;
+    /// let layer = CircuitBreakerLayer::builder("orders")
+    ///     .slow_call_duration(Duration::from_secs(1))
+    ///     .slow_call_rate_threshold(60.0)
+    ///     .build()?;
     /// assert_eq!(layer.handle().config().slow_call_rate_threshold, 60.0);
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -286,7 +292,8 @@ impl<C> CircuitBreakerBuilder<C> {
     /// use std::time::Duration;
     /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
     ///
-    /// let layer = CircuitBreakerLayer::builder("orders").wait_in_open(Duration::from_secs(15)).build()?;
+    /// let layer =
+    ///     CircuitBreakerLayer::builder("orders").wait_in_open(Duration::from_secs(15)).build()?;
     /// assert_eq!(layer.handle().config().wait_in_open.base(), Duration::from_secs(15));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -303,8 +310,11 @@ impl<C> CircuitBreakerBuilder<C> {
     /// use palisade_resilience::backoff::Backoff;
     /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;
     ///
-    /// let layer = CircuitBreakerLayer::builder("orders").wait_in_open_backoff(Backoff::exponential(Duration::from_secs(5)).with_max_delay(Duration::from_secs(300))).build()?;
-    /// assert_eq!(layer.handle().config().wait_in_open.max_delay(), Some(Duration::from_secs(300)));
+    /// let backoff =
+    ///     Backoff::exponential(Duration::from_secs(5)).with_max_delay(Duration::from_secs(300));
+    /// let layer = CircuitBreakerLayer::builder("orders").wait_in_open_backoff(backoff).build()?;
+    /// let wait = &layer.handle().config().wait_in_open;
+    /// assert_eq!(wait.max_delay(), Some(Duration::from_secs(300)));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
     pub fn wait_in_open_backoff(mut self, backoff: Backoff) -> Self {
@@ -370,7 +380,8 @@ impl<C> CircuitBreakerBuilder<C> {
     }
 
     /// Validates the settings and builds a partitioned breaker: one breaker per key, the
-    /// key computed from each request by `key`. See [`KeyedCircuitBreakerLayer`](super::KeyedCircuitBreakerLayer).
+    /// key computed from each request by `key`. See
+    /// [`KeyedCircuitBreakerLayer`](super::KeyedCircuitBreakerLayer).
     ///
     /// ```rust
     /// use palisade_resilience::circuit_breaker::CircuitBreakerLayer;

@@ -8,7 +8,8 @@ use super::state::Permit;
 use super::{CircuitBreakerHandle, CircuitOpen, Classify, ResponseFuture};
 use crate::BoxError;
 
-/// A service guarded by a circuit breaker; built by [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
+/// A service guarded by a circuit breaker; built by
+/// [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
 ///
 /// `poll_ready` asks the breaker first: while it is open it returns ready at once
 /// (without waiting for the inner service) and the following `call` fails with

@@ -59,7 +59,8 @@ impl<F> FallbackLayer<IsErr, FromFn<F>> {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), BoxError> {
-    /// let down = service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
+    /// let down =
+    ///     service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
     /// let svc = FallbackLayer::from_fn(|_: &Result<&'static str, BoxError>| Ok("[]")).layer(down);
     /// assert_eq!(svc.oneshot(7).await?, "[]"); // degraded, not failed
     /// # Ok(()) }
@@ -79,7 +80,8 @@ impl<S> FallbackLayer<IsErr, Secondary<S>> {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), BoxError> {
-    /// let down = service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
+    /// let down =
+    ///     service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
     /// let replica = service_fn(|_: u64| async { Ok::<_, std::io::Error>("from the replica") });
     /// let svc = FallbackLayer::secondary(replica).layer(down);
     /// assert_eq!(svc.oneshot(7).await?, "from the replica");
@@ -101,7 +103,8 @@ impl<K, Res, F> FallbackLayer<IsErr, LastGood<K, Res, F>> {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), BoxError> {
-    /// let down = service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
+    /// let down =
+    ///     service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
     /// let layer = FallbackLayer::last_good(100, |user: &u64| *user);
     /// // Nothing cached for user 7 yet: the fallback has no answer either.
     /// let error = layer.layer(down).oneshot(7).await.expect_err("no cached answer");
@@ -123,8 +126,10 @@ impl<P, A> FallbackLayer<P, A> {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), BoxError> {
-    /// let down = service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
-    /// let layer = FallbackLayer::new(IsErr, FromFn(|_: &Result<&'static str, BoxError>| Ok("cached")));
+    /// let down =
+    ///     service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
+    /// let cached = FromFn(|_: &Result<&'static str, BoxError>| Ok("cached"));
+    /// let layer = FallbackLayer::new(IsErr, cached);
     /// assert_eq!(layer.layer(down).oneshot(7).await?, "cached");
     /// # Ok(()) }
     /// ```
@@ -146,7 +151,8 @@ impl<P, A> FallbackLayer<P, A> {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), BoxError> {
-    /// let down = service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
+    /// let down =
+    ///     service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
     /// // Only timeouts fall back; other errors go through.
     /// let svc = FallbackLayer::from_fn(|_: &Result<&'static str, BoxError>| Ok("[]"))
     ///     .when(|outcome: &Result<&'static str, BoxError>| {
@@ -173,8 +179,10 @@ impl<P, A> FallbackLayer<P, A> {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), BoxError> {
-    /// let down = service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
-    /// let layer = FallbackLayer::from_fn(|_: &Result<&'static str, BoxError>| Ok("[]")).named("recommendations");
+    /// let down =
+    ///     service_fn(|_: u64| async { Err::<&'static str, _>(std::io::Error::other("down")) });
+    /// let layer = FallbackLayer::from_fn(|_: &Result<&'static str, BoxError>| Ok("[]"))
+    ///     .named("recommendations");
     /// assert!(format!("{layer:?}").contains("recommendations"));
     /// assert_eq!(layer.layer(down).oneshot(7).await?, "[]");
     /// # Ok(()) }

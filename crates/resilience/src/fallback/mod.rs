@@ -129,7 +129,8 @@ impl<Res> Predicate<Res> for IsErr {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let down = service_fn(|_: ()| async { Err::<u32, _>(std::io::Error::other("primary down")) });
-/// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into())).layer(down);
+/// let cold = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into()));
+/// let svc = cold.layer(down);
 /// let err = svc.oneshot(()).await.unwrap_err();
 /// let failed = err.downcast_ref::<FallbackFailed>().expect("both failed");
 /// assert_eq!(failed.fallback().to_string(), "cache cold");
@@ -159,8 +160,10 @@ impl FallbackFailed {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let down = service_fn(|_: ()| async { Err::<u32, _>(std::io::Error::other("primary down")) });
-    /// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into())).layer(down);
+    /// let down =
+    ///     service_fn(|_: ()| async { Err::<u32, _>(std::io::Error::other("primary down")) });
+    /// let cold = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into()));
+    /// let svc = cold.layer(down);
     /// let error = svc.oneshot(()).await.expect_err("both failed");
     /// let failed = error.downcast_ref::<FallbackFailed>().expect("a FallbackFailed");
     /// assert_eq!(failed.primary().map(ToString::to_string).as_deref(), Some("primary down"));
@@ -179,8 +182,10 @@ impl FallbackFailed {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let down = service_fn(|_: ()| async { Err::<u32, _>(std::io::Error::other("primary down")) });
-    /// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into())).layer(down);
+    /// let down =
+    ///     service_fn(|_: ()| async { Err::<u32, _>(std::io::Error::other("primary down")) });
+    /// let cold = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Err("cache cold".into()));
+    /// let svc = cold.layer(down);
     /// let error = svc.oneshot(()).await.expect_err("both failed");
     /// let failed = error.downcast_ref::<FallbackFailed>().expect("a FallbackFailed");
     /// assert_eq!(failed.fallback().to_string(), "cache cold");

@@ -57,11 +57,16 @@ impl<S, P, A> Fallback<S, P, A> {
     /// ```rust
     /// use palisade_resilience::BoxError;
     /// use palisade_resilience::fallback::FallbackLayer;
-    /// use tower::{Layer, service_fn};
+    /// use tower::{Layer, ServiceExt, service_fn};
     ///
-    /// let primary = service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) });
-    /// let svc = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Ok::<u32, BoxError>(0)).layer(primary);
-    /// let _primary = svc.get_ref(); // the wrapped service
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let primary = service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n * 2) });
+    /// let layer = FallbackLayer::from_fn(|_: &Result<u32, BoxError>| Ok::<u32, BoxError>(0));
+    /// let svc = layer.layer(primary);
+    /// // The wrapped service, reached directly (no fallback in between).
+    /// assert_eq!(svc.get_ref().clone().oneshot(21).await?, 42);
+    /// # Ok(()) }
     /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner

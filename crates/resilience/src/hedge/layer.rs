@@ -18,7 +18,11 @@ use crate::retry::RetryBudget;
 /// use palisade_resilience::hedge::HedgeDelay;
 ///
 /// let fixed = HedgeDelay::Fixed(Duration::from_millis(50));
-/// let p95 = HedgeDelay::Percentile { percentile: 95.0, min_samples: 100, until_known: Duration::from_millis(50) };
+/// let p95 = HedgeDelay::Percentile {
+///     percentile: 95.0,
+///     min_samples: 100,
+///     until_known: Duration::from_millis(50),
+/// };
 /// assert_ne!(fixed, p95);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -160,7 +164,8 @@ impl HedgeLayer {
     /// use std::time::Duration;
     /// use palisade_resilience::hedge::HedgeLayer;
     ///
-    /// assert_eq!(HedgeLayer::fixed(Duration::from_millis(30)).build()?.current_delay(), Duration::from_millis(30));
+    /// let hedge = HedgeLayer::fixed(Duration::from_millis(30)).build()?;
+    /// assert_eq!(hedge.current_delay(), Duration::from_millis(30));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
     pub fn current_delay(&self) -> Duration {
@@ -287,7 +292,8 @@ impl HedgeBuilder {
     /// use std::time::Duration;
     /// use palisade_resilience::hedge::HedgeLayer;
     ///
-    /// let layer = HedgeLayer::percentile(95.0, Duration::from_millis(100)).min_samples(20).build()?;
+    /// let layer =
+    ///     HedgeLayer::percentile(95.0, Duration::from_millis(100)).min_samples(20).build()?;
     /// assert_eq!(layer.current_delay(), Duration::from_millis(100)); // fewer than 20 calls seen
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```

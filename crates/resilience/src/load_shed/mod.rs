@@ -377,7 +377,8 @@ impl LoadShedHandle {
     /// ```rust
     /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
     ///
-    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// let layer =
+    ///     LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
     /// assert_eq!((layer.handle().allowed(0), layer.handle().allowed(2)), (100, 75));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -394,9 +395,14 @@ impl LoadShedHandle {
 /// // Health checks (0) always pass; batch jobs (2) get a quarter of the capacity.
 /// let layer = LoadShedLayer::builder("api", Capacity::Fixed(200))
 ///     .shares(vec![1.0, 0.8, 0.25])
-///     .build(|path: &&str| match *path { "/health" => 0, p if p.starts_with("/batch") => 2, _ => 1 })?;
+///     .build(|path: &&str| match *path {
+///         "/health" => 0,
+///         p if p.starts_with("/batch") => 2,
+///         _ => 1,
+///     })?;
 /// assert_eq!((layer.handle().allowed(0), layer.handle().allowed(2)), (200, 50));
-/// assert!(LoadShedLayer::builder("bad", Capacity::Fixed(1)).shares(vec![0.5, 0.9]).build(|_: &()| 0).is_err());
+/// let growing = LoadShedLayer::builder("bad", Capacity::Fixed(1)).shares(vec![0.5, 0.9]);
+/// assert!(growing.build(|_: &()| 0).is_err());
 /// # Ok::<(), palisade_resilience::ConfigError>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -414,7 +420,8 @@ impl LoadShedBuilder {
     /// ```rust
     /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
     ///
-    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// let layer =
+    ///     LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
     /// let tiers = LoadShedLayer::builder("edge", Capacity::Fixed(100))
     ///     .shares(vec![1.0, 0.6])
     ///     .build(|priority: &u8| *priority)?;
@@ -433,10 +440,12 @@ impl LoadShedBuilder {
     /// ```rust
     /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
     ///
-    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// let layer =
+    ///     LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
     /// assert_eq!(layer.handle().allowed(0), 100);
     /// // Shares must not grow with the priority number.
-    /// assert!(LoadShedLayer::builder("bad", Capacity::Fixed(10)).shares(vec![0.5, 1.0]).build(|_: &u8| 0).is_err());
+    /// let growing = LoadShedLayer::builder("bad", Capacity::Fixed(10)).shares(vec![0.5, 1.0]);
+    /// assert!(growing.build(|_: &u8| 0).is_err());
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
     pub fn build<F>(self, priority: F) -> Result<LoadShedLayer<F>, ConfigError> {
@@ -498,7 +507,8 @@ impl LoadShedLayer<()> {
     /// ```rust
     /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
     ///
-    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// let layer =
+    ///     LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
     /// assert_eq!(layer.handle().in_flight(), 0);
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -517,7 +527,8 @@ impl<F> LoadShedLayer<F> {
     /// ```rust
     /// use palisade_resilience::load_shed::{Capacity, LoadShedLayer};
     ///
-    /// let layer = LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
+    /// let layer =
+    ///     LoadShedLayer::builder("edge", Capacity::Fixed(100)).build(|priority: &u8| *priority)?;
     /// let handle = layer.handle().clone(); // for a metrics endpoint
     /// assert_eq!(handle.shed(0), 0);
     /// # Ok::<(), palisade_resilience::ConfigError>(())

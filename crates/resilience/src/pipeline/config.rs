@@ -15,7 +15,12 @@ use crate::duration_serde;
 /// let config: PipelineConfig = serde_json::from_str(r#"{
 ///     "timeout": "2s",
 ///     "total_timeout": "10s",
-///     "retry": { "max_attempts": 4, "backoff": { "kind": "exponential", "base": "100ms", "max_delay": "2s", "jitter": "full" } },
+///     "retry": {
+///         "max_attempts": 4,
+///         "backoff": {
+///             "kind": "exponential", "base": "100ms", "max_delay": "2s", "jitter": "full"
+///         }
+///     },
 ///     "circuit_breaker": { "failure_rate_threshold": 50.0 },
 ///     "bulkhead": { "max_concurrent": 64 },
 ///     "rate_limit": { "rate": 500, "period": "1s" }

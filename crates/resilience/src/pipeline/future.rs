@@ -67,7 +67,8 @@ pin_project! {
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     /// let pipeline = PipelineLayer::builder("inventory").timeout(Duration::from_secs(1)).build()?;
-    /// let mut svc = pipeline.layer(service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) }));
+    /// let echo = service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
+    /// let mut svc = pipeline.layer(echo);
     /// let future = svc.ready().await?.call(7); // this future
     /// assert_eq!(future.await?, 7);
     /// # Ok(()) }

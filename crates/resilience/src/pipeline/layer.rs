@@ -29,7 +29,8 @@ use crate::timeout::{Timeout, TimeoutLayer};
 ///
 /// let reset: Result<(), BoxError> = Err(std::io::Error::other("reset").into());
 /// assert_eq!(RetryErrorsExceptOpenCircuit.classify(&(), &reset), RetryDecision::Retry);
-/// assert_eq!(RetryErrorsExceptOpenCircuit.classify(&(), &Ok::<(), BoxError>(())), RetryDecision::DoNotRetry);
+/// let ok = Ok::<(), BoxError>(());
+/// assert_eq!(RetryErrorsExceptOpenCircuit.classify(&(), &ok), RetryDecision::DoNotRetry);
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RetryErrorsExceptOpenCircuit;
@@ -87,7 +88,8 @@ pub type WithRateLimit<S> = Optional<RateLimit<WithBulkhead<S>>, WithBulkhead<S>
 ///
 /// // A pipeline left this strategy out: the alias names the unwrapped service as well.
 /// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
-/// let off: WithBreaker<_, palisade_resilience::circuit_breaker::AllErrorsAreFailures> = Optional::Off(Optional::Off(Optional::Off(Optional::Off(echo))));
+/// let off: WithBreaker<_, palisade_resilience::circuit_breaker::AllErrorsAreFailures> =
+///     Optional::Off(Optional::Off(Optional::Off(Optional::Off(echo))));
 /// # let _ = off;
 /// ```
 pub type WithBreaker<S, B> = Optional<CircuitBreaker<WithRateLimit<S>, B>, WithRateLimit<S>>;
@@ -98,7 +100,11 @@ pub type WithBreaker<S, B> = Optional<CircuitBreaker<WithRateLimit<S>, B>, WithR
 ///
 /// // A pipeline left this strategy out: the alias names the unwrapped service as well.
 /// let echo = tower::service_fn(|x: u32| async move { Ok::<_, std::io::Error>(x) });
-/// let off: WithRetry<_, palisade_resilience::pipeline::RetryErrorsExceptOpenCircuit, palisade_resilience::circuit_breaker::AllErrorsAreFailures> = Optional::Off(Optional::Off(Optional::Off(Optional::Off(Optional::Off(echo)))));
+/// let off: WithRetry<
+///     _,
+///     palisade_resilience::pipeline::RetryErrorsExceptOpenCircuit,
+///     palisade_resilience::circuit_breaker::AllErrorsAreFailures,
+/// > = Optional::Off(Optional::Off(Optional::Off(Optional::Off(Optional::Off(echo)))));
 /// # let _ = off;
 /// ```
 pub type WithRetry<S, C, B> =
@@ -345,7 +351,8 @@ impl<C, B> PipelineBuilder<C, B> {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
-    /// let pipeline = PipelineLayer::builder("inventory").timeout(Duration::from_millis(100)).build()?;
+    /// let pipeline =
+    ///     PipelineLayer::builder("inventory").timeout(Duration::from_millis(100)).build()?;
     /// let hang = service_fn(|_: ()| std::future::pending::<Result<(), std::io::Error>>());
     /// let error = pipeline.layer(hang).oneshot(()).await.expect_err("timed out");
     /// assert!(matches!(error, PipelineError::Timeout(_)));
@@ -362,7 +369,8 @@ impl<C, B> PipelineBuilder<C, B> {
     /// use std::time::Duration;
     /// use palisade_resilience::pipeline::PipelineLayer;
     ///
-    /// let pipeline = PipelineLayer::builder("inventory").total_timeout(Duration::from_secs(2)).build()?;
+    /// let pipeline =
+    ///     PipelineLayer::builder("inventory").total_timeout(Duration::from_secs(2)).build()?;
     /// assert!(format!("{pipeline:?}").contains("total_timeout: Some(2s)"));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -382,7 +390,11 @@ impl<C, B> PipelineBuilder<C, B> {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
-    /// let retry = RetryConfig { max_attempts: 2, backoff: Backoff::constant(Duration::from_millis(1)), ..RetryConfig::default() };
+    /// let retry = RetryConfig {
+    ///     max_attempts: 2,
+    ///     backoff: Backoff::constant(Duration::from_millis(1)),
+    ///     ..RetryConfig::default()
+    /// };
     /// let pipeline = PipelineLayer::builder("inventory").retry(retry).build()?;
     /// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("down")) });
     /// let error = pipeline.layer(down).oneshot(()).await.expect_err("gave up");
@@ -402,7 +414,8 @@ impl<C, B> PipelineBuilder<C, B> {
     /// use palisade_resilience::retry::RetryBudget;
     /// use palisade_resilience::pipeline::PipelineLayer;
     ///
-    /// let budget = RetryBudget::builder().build()?; // one budget for every client of this dependency
+    /// // One budget for every client of this dependency.
+    /// let budget = RetryBudget::builder().build()?;
     /// let pipeline = PipelineLayer::builder("inventory")
     ///     .retry(RetryConfig::default())
     ///     .retry_budget(budget)
@@ -428,7 +441,11 @@ impl<C, B> PipelineBuilder<C, B> {
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
     /// let (tx, rx) = std::sync::mpsc::channel();
     /// let pipeline = PipelineLayer::builder("inventory")
-    ///     .retry(RetryConfig { max_attempts: 2, backoff: Backoff::constant(Duration::from_millis(1)), ..RetryConfig::default() })
+    ///     .retry(RetryConfig {
+    ///         max_attempts: 2,
+    ///         backoff: Backoff::constant(Duration::from_millis(1)),
+    ///         ..RetryConfig::default()
+    ///     })
     ///     .on_retry(move |event| { let _ = tx.send(format!("{event:?}")); })
     ///     .build()?;
     /// let down = service_fn(|_: ()| async { Err::<(), _>(std::io::Error::other("down")) });
@@ -452,7 +469,10 @@ impl<C, B> PipelineBuilder<C, B> {
     /// // Two pipelines, one pool of 10 calls.
     /// let reads = PipelineLayer::builder("reads").bulkhead(shared.clone()).build()?;
     /// let writes = PipelineLayer::builder("writes").bulkhead(shared).build()?;
-    /// assert_eq!(reads.bulkhead().map(Bulkhead::available), writes.bulkhead().map(Bulkhead::available));
+    /// assert_eq!(
+    ///     reads.bulkhead().map(Bulkhead::available),
+    ///     writes.bulkhead().map(Bulkhead::available)
+    /// );
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
     pub fn bulkhead(mut self, bulkhead: Bulkhead) -> Self {
@@ -485,7 +505,9 @@ impl<C, B> PipelineBuilder<C, B> {
     /// use palisade_resilience::pipeline::PipelineLayer;
     ///
     /// let breaker = CircuitBreakerLayer::builder("inventory").consecutive_failures(5).build()?;
-    /// let pipeline = PipelineLayer::builder("inventory").circuit_breaker(breaker.clone()).build_with_breaker()?;
+    /// let pipeline = PipelineLayer::builder("inventory")
+    ///     .circuit_breaker(breaker.clone())
+    ///     .build_with_breaker()?;
     /// breaker.handle().force_open(); // the handle is shared with the pipeline
     /// assert!(pipeline.circuit_breaker().is_some_and(|b| !b.handle().state().admits_calls()));
     /// # Ok::<(), palisade_resilience::ConfigError>(())
@@ -567,7 +589,8 @@ impl<C> PipelineBuilder<C, AllErrorsAreFailures> {
     /// use palisade_resilience::pipeline::RetryConfig;
     /// use palisade_resilience::pipeline::PipelineLayer;
     ///
-    /// assert!(PipelineLayer::builder("inventory").timeout(Duration::from_secs(1)).build().is_ok());
+    /// let builder = PipelineLayer::builder("inventory").timeout(Duration::from_secs(1));
+    /// assert!(builder.build().is_ok());
     /// let bad = RetryConfig { max_attempts: 0, ..RetryConfig::default() };
     /// let error = PipelineLayer::builder("inventory").retry(bad).build().expect_err("invalid");
     /// assert!(error.to_string().contains("retry"));
@@ -591,7 +614,8 @@ impl<C, B> PipelineBuilder<C, B> {
     /// use palisade_resilience::pipeline::PipelineLayer;
     ///
     /// let breaker = CircuitBreakerLayer::builder("inventory").build()?;
-    /// let pipeline = PipelineLayer::builder("inventory").circuit_breaker(breaker).build_with_breaker()?;
+    /// let pipeline =
+    ///     PipelineLayer::builder("inventory").circuit_breaker(breaker).build_with_breaker()?;
     /// assert!(pipeline.circuit_breaker().is_some());
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```

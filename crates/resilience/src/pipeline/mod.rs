@@ -98,7 +98,9 @@ use crate::timeout::Elapsed;
 /// let pipeline = PipelineLayer::builder("slow").timeout(Duration::from_millis(100)).build()?;
 /// let hang = service_fn(|_: ()| std::future::pending::<Result<(), std::io::Error>>());
 /// match pipeline.layer(hang).oneshot(()).await {
-///     Err(PipelineError::Timeout(elapsed)) => assert_eq!(elapsed.duration(), Duration::from_millis(100)),
+///     Err(PipelineError::Timeout(elapsed)) => {
+///         assert_eq!(elapsed.duration(), Duration::from_millis(100))
+///     }
 ///     other => panic!("expected a timeout, got {other:?}"),
 /// }
 /// # Ok(()) }
@@ -166,7 +168,8 @@ impl PipelineError {
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
     /// let breaker = CircuitBreakerLayer::builder("inventory").build()?;
     /// breaker.handle().force_open();
-    /// let pipeline = PipelineLayer::builder("inventory").circuit_breaker(breaker).build_with_breaker()?;
+    /// let pipeline =
+    ///     PipelineLayer::builder("inventory").circuit_breaker(breaker).build_with_breaker()?;
     /// let svc = pipeline.layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
     /// let error = svc.oneshot(()).await.expect_err("refused");
     /// assert!(error.is_rejection()); // answer 503, do not page anyone

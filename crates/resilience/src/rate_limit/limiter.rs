@@ -301,7 +301,8 @@ impl RateLimiter {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
-    /// assert_eq!(RateLimiter::builder("sms").build()?.max_wait(), Duration::ZERO); // reject at once
+    /// // Rejects at once by default.
+    /// assert_eq!(RateLimiter::builder("sms").build()?.max_wait(), Duration::ZERO);
     /// # Ok(()) }
     /// ```
     pub fn max_wait(&self) -> Duration {
@@ -316,7 +317,8 @@ impl RateLimiter {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
-    /// let limiter = RateLimiter::builder("sms").rate(10, Duration::from_secs(1)).burst(1).build()?;
+    /// let limiter =
+    ///     RateLimiter::builder("sms").rate(10, Duration::from_secs(1)).burst(1).build()?;
     /// assert!(limiter.try_acquire().is_ok());
     /// let wait = limiter.try_acquire().expect_err("spent");
     /// tokio::time::advance(wait).await;
@@ -338,7 +340,8 @@ impl RateLimiter {
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::ConfigError> {
-    /// let limiter = RateLimiter::builder("sms").rate(10, Duration::from_secs(1)).burst(1).build()?;
+    /// let limiter =
+    ///     RateLimiter::builder("sms").rate(10, Duration::from_secs(1)).burst(1).build()?;
     /// assert_eq!(limiter.reserve(Duration::ZERO), Ok(Duration::ZERO)); // go now
     /// // The next slot is 100 ms away: reserved if we may wait that long.
     /// assert_eq!(limiter.reserve(Duration::from_millis(150)), Ok(Duration::from_millis(100)));

@@ -113,7 +113,8 @@ impl RateLimited {
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
     /// let limiter = RateLimiter::builder("sms").rate(1, Duration::from_secs(2)).burst(1).build()?;
-    /// let svc = RateLimitLayer::new(limiter).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = RateLimitLayer::new(limiter).layer(ok);
     /// svc.clone().oneshot(()).await?;
     /// let error = svc.oneshot(()).await.expect_err("limited");
     /// let limited = error.downcast_ref::<RateLimited>().expect("a RateLimited");
@@ -134,7 +135,8 @@ impl RateLimited {
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() -> Result<(), palisade_resilience::BoxError> {
     /// let limiter = RateLimiter::builder("sms").rate(1, Duration::from_secs(2)).burst(1).build()?;
-    /// let svc = RateLimitLayer::new(limiter).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = RateLimitLayer::new(limiter).layer(ok);
     /// svc.clone().oneshot(()).await?;
     /// let error = svc.oneshot(()).await.expect_err("limited");
     /// let limited = error.downcast_ref::<RateLimited>().expect("a RateLimited");

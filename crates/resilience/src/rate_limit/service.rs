@@ -75,7 +75,8 @@ impl<S> RateLimit<S> {
     /// use tower::{Layer, service_fn};
     ///
     /// let limiter = RateLimiter::builder("sms").rate(5, Duration::from_secs(1)).build()?;
-    /// let svc = RateLimit::new(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }), limiter);
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = RateLimit::new(ok, limiter);
     /// assert_eq!(svc.limiter().name(), "sms");
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```
@@ -95,7 +96,8 @@ impl<S> RateLimit<S> {
     /// use tower::{Layer, service_fn};
     ///
     /// let limiter = RateLimiter::builder("sms").rate(5, Duration::from_secs(1)).build()?;
-    /// let svc = RateLimitLayer::new(limiter).layer(service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) }));
+    /// let ok = service_fn(|_: ()| async { Ok::<_, std::io::Error>(()) });
+    /// let svc = RateLimitLayer::new(limiter).layer(ok);
     /// assert_eq!(svc.limiter().max_wait(), Duration::ZERO);
     /// # Ok::<(), palisade_resilience::ConfigError>(())
     /// ```

@@ -109,7 +109,9 @@ impl RetryLayer {
     ///     let call = counter.fetch_add(1, Ordering::SeqCst);
     ///     async move { if call < 2 { Err(std::io::Error::other("reset")) } else { Ok(n) } }
     /// });
-    /// let retry = RetryLayer::builder().backoff(Backoff::constant(Duration::from_millis(10))).build()?; // 3 attempts by default
+    /// // 3 attempts by default.
+    /// let retry =
+    ///     RetryLayer::builder().backoff(Backoff::constant(Duration::from_millis(10))).build()?;
     /// assert_eq!(retry.layer(flaky).oneshot(7).await?, 7);
     /// assert_eq!(calls.load(Ordering::SeqCst), 3);
     /// # Ok(()) }
@@ -224,7 +226,10 @@ impl<C, P> RetryBuilder<C, P> {
     ///     let call = counter.fetch_add(1, Ordering::SeqCst);
     ///     async move { if call < 2 { Err(std::io::Error::other("reset")) } else { Ok(n) } }
     /// });
-    /// let retry = RetryLayer::builder().max_attempts(2).backoff(Backoff::constant(Duration::from_millis(10))).build()?;
+    /// let retry = RetryLayer::builder()
+    ///     .max_attempts(2)
+    ///     .backoff(Backoff::constant(Duration::from_millis(10)))
+    ///     .build()?;
     /// let error = retry.layer(flaky).oneshot(7).await.expect_err("two attempts are not enough");
     /// assert_eq!(error.downcast_ref::<RetriesExhausted>().map(|e| e.attempts()), Some(2));
     /// # Ok(()) }
@@ -293,7 +298,8 @@ impl<C, P> RetryBuilder<C, P> {
     ///     async move { if call < 2 { Err(std::io::Error::other("reset")) } else { Ok(n) } }
     /// });
     /// let started = tokio::time::Instant::now();
-    /// let retry = RetryLayer::builder().backoff(Backoff::constant(Duration::from_millis(100))).build()?;
+    /// let retry =
+    ///     RetryLayer::builder().backoff(Backoff::constant(Duration::from_millis(100))).build()?;
     /// retry.layer(flaky).oneshot(7).await?;
     /// assert_eq!(started.elapsed(), Duration::from_millis(200)); // two waits, paused clock
     /// # Ok(()) }
@@ -327,9 +333,13 @@ impl<C, P> RetryBuilder<C, P> {
     /// // every client of a dependency, a budget stops retry storms.
     /// let budget = RetryBudget::builder().min_per_sec(0).retry_ratio(0.0).max_balance(1).build()?;
     /// assert_eq!(budget.balance(), 0);
-    /// let retry = RetryLayer::builder().budget(budget).backoff(Backoff::constant(Duration::from_millis(10))).build()?;
+    /// let retry = RetryLayer::builder()
+    ///     .budget(budget)
+    ///     .backoff(Backoff::constant(Duration::from_millis(10)))
+    ///     .build()?;
     /// let error = retry.layer(flaky).oneshot(7).await.expect_err("no budget");
-    /// assert_eq!(error.downcast_ref::<RetriesExhausted>().map(|e| e.reason()), Some(GiveUpReason::BudgetExhausted));
+    /// let reason = error.downcast_ref::<RetriesExhausted>().map(|e| e.reason());
+    /// assert_eq!(reason, Some(GiveUpReason::BudgetExhausted));
     /// # Ok(()) }
     /// ```
     pub fn budget(mut self, budget: Arc<RetryBudget>) -> Self {
@@ -360,7 +370,11 @@ impl<C, P> RetryBuilder<C, P> {
     /// let retries = Arc::new(AtomicU32::new(0));
     /// let seen = Arc::clone(&retries);
     /// let retry = RetryLayer::builder()
-    ///     .on_event(move |event| if let RetryEvent::Retrying { .. } = event { seen.fetch_add(1, Ordering::SeqCst); })
+    ///     .on_event(move |event| {
+    ///         if let RetryEvent::Retrying { .. } = event {
+    ///             seen.fetch_add(1, Ordering::SeqCst);
+    ///         }
+    ///     })
     ///     .backoff(Backoff::constant(Duration::from_millis(10)))
     ///     .build()?;
     /// retry.layer(flaky).oneshot(7).await?;
@@ -435,7 +449,10 @@ impl<C, P> RetryBuilder<C, P> {
     ///     async move { if call < 2 { Err(std::io::Error::other("reset")) } else { Ok(n) } }
     /// });
     /// // Rebuild the request for each attempt (here: the same number) instead of cloning it.
-    /// let retry = RetryLayer::builder().replay(RebuildRequest(|n: &u32| Some(*n))).backoff(Backoff::constant(Duration::from_millis(10))).build()?;
+    /// let retry = RetryLayer::builder()
+    ///     .replay(RebuildRequest(|n: &u32| Some(*n)))
+    ///     .backoff(Backoff::constant(Duration::from_millis(10)))
+    ///     .build()?;
     /// assert_eq!(retry.layer(flaky).oneshot(7).await?, 7);
     /// # Ok(()) }
     /// ```
@@ -472,7 +489,10 @@ impl<C, P> RetryBuilder<C, P> {
     ///     let call = counter.fetch_add(1, Ordering::SeqCst);
     ///     async move { if call < 2 { Err(std::io::Error::other("reset")) } else { Ok(n) } }
     /// });
-    /// let retry = RetryLayer::builder().rebuild_with(|n: &u32| Some(*n)).backoff(Backoff::constant(Duration::from_millis(10))).build()?;
+    /// let retry = RetryLayer::builder()
+    ///     .rebuild_with(|n: &u32| Some(*n))
+    ///     .backoff(Backoff::constant(Duration::from_millis(10)))
+    ///     .build()?;
     /// assert_eq!(retry.layer(flaky).oneshot(7).await?, 7);
     /// # Ok(()) }
     /// ```
@@ -506,7 +526,8 @@ impl<C, P> RetryBuilder<C, P> {
     /// use palisade_resilience::retry::RetryLayer;
     ///
     /// assert!(RetryLayer::builder().build().is_ok());
-    /// assert!(RetryLayer::builder().max_attempts(0).build().is_err()); // a config error, not a panic
+    /// // A config error, not a panic.
+    /// assert!(RetryLayer::builder().max_attempts(0).build().is_err());
     /// ```
     pub fn build(self) -> Result<RetryLayer<C, P>, ConfigError> {
         if self.max_attempts == 0 {

@@ -51,7 +51,7 @@ pub trait Classify<Req, Res, E> {
     /// use palisade_resilience::retry::{Classify, RetryDecision};
     ///
     /// // Retry only idempotent requests.
-    /// let idempotent = |req: &&str, outcome: &Result<(), ()>| match (outcome, req.starts_with("GET")) {
+    /// let idempotent = |req: &&str, res: &Result<(), ()>| match (res, req.starts_with("GET")) {
     ///     (Err(_), true) => RetryDecision::Retry,
     ///     _ => RetryDecision::DoNotRetry,
     /// };
@@ -115,7 +115,8 @@ impl<Req, Res, E> Classify<Req, Res, E> for RetryOnError {
 ///         Some(Req { path: req.path.clone(), token: None })
 ///     }
 /// }
-/// let kept = Replay::<Req, (), ()>::keep(&WithoutToken, &Req { path: "/pay".into(), token: Some(7) });
+/// let request = Req { path: "/pay".into(), token: Some(7) };
+/// let kept = Replay::<Req, (), ()>::keep(&WithoutToken, &request);
 /// assert_eq!(kept.map(|r| (r.path, r.token)), Some(("/pay".to_string(), None)));
 /// let retry = RetryLayer::builder().replay(WithoutToken).build()?;
 /// # let _ = retry;
@@ -138,9 +139,12 @@ pub trait Replay<Req, Res, E> {
     /// use palisade_resilience::retry::{Replay, RestoreRequest};
     ///
     /// // The failed call handed the request back in its error.
-    /// let restore = RestoreRequest(|outcome: &mut Result<(), Vec<u8>>| outcome.as_mut().err().map(std::mem::take));
+    /// let restore = RestoreRequest(|outcome: &mut Result<(), Vec<u8>>| {
+    ///     outcome.as_mut().err().map(std::mem::take)
+    /// });
     /// let mut failed: Result<(), Vec<u8>> = Err(b"body".to_vec());
-    /// assert_eq!(Replay::<Vec<u8>, (), Vec<u8>>::restore(&restore, &mut failed), Some(b"body".to_vec()));
+    /// let restored = Replay::<Vec<u8>, (), Vec<u8>>::restore(&restore, &mut failed);
+    /// assert_eq!(restored, Some(b"body".to_vec()));
     /// ```
     fn restore(&self, outcome: &mut Result<Res, E>) -> Option<Req> {
         let _ = outcome;

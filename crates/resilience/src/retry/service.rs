@@ -61,7 +61,8 @@ impl<S, C, P> Retry<S, C, P> {
     /// use palisade_resilience::retry::RetryLayer;
     /// use tower::{Layer, service_fn};
     ///
-    /// let svc = RetryLayer::builder().build()?.layer(service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) }));
+    /// let echo = service_fn(|n: u32| async move { Ok::<_, std::io::Error>(n) });
+    /// let svc = RetryLayer::builder().build()?.layer(echo);
     /// let _inner = svc.get_ref(); // the wrapped service
     /// assert_eq!(RetryLayer::builder().build()?.name(), "retry");
     /// # Ok::<(), palisade_resilience::ConfigError>(())

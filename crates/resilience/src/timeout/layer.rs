@@ -34,7 +34,8 @@ impl TimeoutLayer<Duration> {
     ///     tokio::time::sleep(Duration::from_secs(5)).await;
     ///     Ok::<_, std::io::Error>("late")
     /// });
-    /// let error = TimeoutLayer::new(Duration::from_secs(1)).layer(slow).oneshot(()).await.expect_err("too slow");
+    /// let svc = TimeoutLayer::new(Duration::from_secs(1)).layer(slow);
+    /// let error = svc.oneshot(()).await.expect_err("too slow");
     /// assert!(error.is::<Elapsed>());
     /// # Ok(()) }
     /// ```
@@ -60,7 +61,8 @@ impl<F> TimeoutLayer<PerRequest<F>> {
     /// // The limit from the request itself (here: none given, so 2 s).
     /// let layer = TimeoutLayer::per_request(|_: &()| Duration::from_secs(2));
     /// let error = layer.layer(slow).oneshot(()).await.expect_err("too slow");
-    /// assert_eq!(error.downcast_ref::<Elapsed>().map(Elapsed::duration), Some(Duration::from_secs(2)));
+    /// let elapsed = error.downcast_ref::<Elapsed>().map(Elapsed::duration);
+    /// assert_eq!(elapsed, Some(Duration::from_secs(2)));
     /// # Ok(()) }
     /// ```
     pub const fn per_request(f: F) -> Self {

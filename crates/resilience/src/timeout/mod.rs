@@ -70,7 +70,8 @@ use std::time::Duration;
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
 /// # async fn main() {
 /// let hang = service_fn(|_: ()| std::future::pending::<Result<(), std::io::Error>>());
-/// let err = TimeoutLayer::new(Duration::from_millis(250)).layer(hang).oneshot(()).await.unwrap_err();
+/// let svc = TimeoutLayer::new(Duration::from_millis(250)).layer(hang);
+/// let err = svc.oneshot(()).await.expect_err("hangs past the timeout");
 /// let elapsed = err.downcast_ref::<Elapsed>().expect("a timeout");
 /// assert_eq!(elapsed.duration(), Duration::from_millis(250));
 /// # }

@@ -27,7 +27,10 @@ pub trait CallTimeout<Req> {
     /// use palisade_resilience::timeout::{CallTimeout, PerRequest};
     ///
     /// // Reports may take longer than lookups.
-    /// let by_path = PerRequest(|path: &&str| if path.starts_with("/reports") { Duration::from_secs(30) } else { Duration::from_secs(2) });
+    /// let by_path = PerRequest(|path: &&str| {
+    ///     let secs = if path.starts_with("/reports") { 30 } else { 2 };
+    ///     Duration::from_secs(secs)
+    /// });
     /// assert_eq!(by_path.timeout_for(&"/reports/q3"), Duration::from_secs(30));
     /// ```
     fn timeout_for(&self, req: &Req) -> Duration;

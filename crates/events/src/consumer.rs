@@ -980,9 +980,9 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
             };
             loop {
                 // Fast paths first: a free permit and a delivery already buffered are
-                // taken without registering a wake-up; shutdown is checked each turn.
-                // Checked every few turns (it takes a lock); waiting below also
-                // watches it, so a consumer that is not busy stops at once.
+                // taken without registering a wake-up. Shutdown is checked every 16th
+                // turn here (the check takes a lock); the waits below also watch it, so
+                // a consumer that is not busy stops at once.
                 turn = turn.wrapping_add(1);
                 if turn.is_multiple_of(16) && shutdown.is_cancelled() {
                     break 'subscribe Ok(());

@@ -307,20 +307,29 @@ mod tests {
         }
     }
 
+    /// `envelope`'s wire pairs with the value of `name` replaced by `value`.
+    fn encode_with<'a>(
+        envelope: &'a Envelope,
+        name: &str,
+        value: &'a str,
+    ) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+        encode(envelope)
+            .into_iter()
+            .map(|(n, v)| {
+                if n == name {
+                    (n, Cow::Borrowed(value))
+                } else {
+                    (n, v)
+                }
+            })
+            .collect()
+    }
+
     #[test]
     fn unreadable_id_or_time_is_malformed() {
         let envelope = Envelope::new("t", "s", Vec::new());
         for (name, bad) in [(ID, "not-a-uuid"), (TIME, "yesterday")] {
-            let pairs: Vec<_> = encode(&envelope)
-                .into_iter()
-                .map(|(n, v)| {
-                    if n == name {
-                        (n, Cow::Borrowed(bad))
-                    } else {
-                        (n, v)
-                    }
-                })
-                .collect();
+            let pairs = encode_with(&envelope, name, bad);
             assert!(matches!(
                 decode_pairs(&pairs, Bytes::new()),
                 Err(Error::Malformed { .. })
@@ -336,16 +345,7 @@ mod tests {
             ("2026-11-24t05:00:00.5z", "2026-11-24T05:00:00.500Z"),
             ("2026-11-24T05:00:00.12Z", "2026-11-24T05:00:00.120Z"),
         ] {
-            let pairs: Vec<_> = encode(&envelope)
-                .into_iter()
-                .map(|(n, v)| {
-                    if n == TIME {
-                        (n, Cow::Borrowed(text))
-                    } else {
-                        (n, v)
-                    }
-                })
-                .collect();
+            let pairs = encode_with(&envelope, TIME, text);
             let back = decode_pairs(&pairs, Bytes::new())?;
             assert_eq!(format_time(&back.time), expected, "{text}");
         }

@@ -567,10 +567,9 @@ impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
         delivery: Delivery,
         envelope: Arc<Envelope>,
     ) -> BoxFuture<'static, ()> {
-        Box::pin(async move {
-            let work = handle(&shared, &self.handler, delivery, &envelope);
-            traced(&shared, &envelope, work).await;
-        })
+        let span = event_span(&shared, &envelope);
+        let work = async move { handle(&shared, &self.handler, delivery, &envelope).await };
+        traced(span, work)
     }
 }
 
@@ -1222,25 +1221,34 @@ fn process<C: Codec>(shared: Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'s
             return route.run(shared, delivery, envelope);
         }
     }
-    Box::pin(async move {
-        let work = refuse(&shared, delivery, &envelope);
-        traced(&shared, &envelope, work).await;
-    })
+    let span = event_span(&shared, &envelope);
+    traced(
+        span,
+        async move { refuse(&shared, delivery, &envelope).await },
+    )
 }
 
-/// Runs `work` in the event's span, when spans are recorded at all.
-async fn traced<C>(shared: &Shared<C>, envelope: &Envelope, work: impl Future<Output = ()>) {
-    let span = tracing::info_span!(
+/// The span a delivery is handled in.
+fn event_span<C>(shared: &Shared<C>, envelope: &Envelope) -> tracing::Span {
+    tracing::info_span!(
         "event",
         event.id = %envelope.id,
         event.r#type = %envelope.event_type,
         topic = %shared.topic,
         consumer = %shared.name,
-    );
+    )
+}
+
+/// Boxes `work`, to run in `span` when spans are recorded at all (the span stays out
+/// of the future otherwise, keeping it small).
+fn traced(
+    span: tracing::Span,
+    work: impl Future<Output = ()> + Send + 'static,
+) -> BoxFuture<'static, ()> {
     if span.is_disabled() {
-        work.await;
+        Box::pin(work)
     } else {
-        work.instrument(span).await;
+        Box::pin(work.instrument(span))
     }
 }
 
@@ -1279,23 +1287,41 @@ async fn refuse<C>(shared: &Shared<C>, delivery: Delivery, envelope: &Envelope) 
 }
 
 /// Handles one delivery with `handler`, retrying as configured, and settles it.
+///
+/// The first attempt and the ack are all most deliveries need; what follows a failure
+/// lives in a future of its own, boxed only then, so that the future every delivery
+/// pays for stays small.
 async fn handle<C: Codec, E: Event, H: Handler<E>>(
     shared: &Shared<C>,
     handler: &H,
     delivery: Delivery,
     envelope: &Arc<Envelope>,
 ) {
-    let mut attempt = delivery.attempt();
-    // Built at the first in-process retry: most deliveries succeed at once.
+    let attempt = delivery.attempt();
+    match attempt_once(shared, handler, envelope, attempt).await {
+        Ok(()) => settle(&shared.name, "ack", delivery.ack().await).await,
+        Err(failure) => {
+            Box::pin(recover(
+                shared, handler, delivery, envelope, attempt, failure,
+            ))
+            .await;
+        }
+    }
+}
+
+/// After `attempt` failed with `failure`: retries (in process or by redelivery) until
+/// an attempt succeeds, then acks; or dead-letters.
+async fn recover<C: Codec, E: Event, H: Handler<E>>(
+    shared: &Shared<C>,
+    handler: &H,
+    delivery: Delivery,
+    envelope: &Arc<Envelope>,
+    mut attempt: u32,
+    mut failure: Failure,
+) {
+    // Built at the first in-process retry.
     let mut delays = None;
     loop {
-        let failure = match attempt_once(shared, handler, envelope, attempt).await {
-            Ok(()) => {
-                settle(&shared.name, "ack", delivery.ack().await).await;
-                return;
-            }
-            Err(failure) => failure,
-        };
         if failure.permanent {
             tracing::warn!(reason = %failure.reason, attempt, "permanent failure; dead-lettering");
             settle(
@@ -1341,6 +1367,13 @@ async fn handle<C: Codec, E: Event, H: Handler<E>>(
                 attempt = attempt.saturating_add(1);
             }
         }
+        failure = match attempt_once(shared, handler, envelope, attempt).await {
+            Ok(()) => {
+                settle(&shared.name, "ack", delivery.ack().await).await;
+                return;
+            }
+            Err(failure) => failure,
+        };
     }
 }
 

@@ -49,17 +49,17 @@
 //! ```
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-
-use futures_util::stream;
-use tokio::sync::Notify;
 
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::publisher::{BoxFuture, Publisher};
 use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
+use tokio::sync::mpsc;
 
 /// Header naming the group that dead-lettered an event.
 ///
@@ -188,13 +188,22 @@ struct Group {
     topic: String,
     name: String,
     bus: Weak<Bus>,
+    /// Where publishes go: lock-free, so a publisher never waits for a member that
+    /// holds the group's lock. Members move what arrived into `state` as they take.
+    inbox: mpsc::UnboundedSender<Entry>,
     state: Mutex<GroupState>,
-    notify: Notify,
+    /// Members waiting for something to take, or for room to take it.
+    waiters: Arc<Waiters>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct GroupState {
+    /// The `seq` the next event out of the inbox gets.
     next_seq: u64,
+    /// Published events not yet moved into `queue` (all later than `queue`'s).
+    inbox: mpsc::UnboundedReceiver<Entry>,
+    /// Wakes `waiters` when an event arrives in the inbox, once armed.
+    inbox_waker: Waker,
     /// Available events, sorted by `seq`.
     queue: VecDeque<Entry>,
     /// Keys with unsettled or reserved deliveries: their member and how many.
@@ -203,6 +212,42 @@ struct GroupState {
     direct: HashMap<u64, VecDeque<Entry>>,
     /// Events waiting out a retry delay.
     delayed: usize,
+}
+
+/// The wakers of a group's waiting members, one per member.
+///
+/// A member registers while it holds the group's lock, after finding nothing to take,
+/// then arms the inbox; a publish wakes the waiters through the inbox's waker only
+/// when it is armed, so publishes while every member is busy wake nobody. Nothing
+/// takes the group's lock while holding this one.
+#[derive(Debug, Default)]
+struct Waiters(Mutex<Vec<(u64, Waker)>>);
+
+impl Waiters {
+    fn register(&self, member: u64, waker: &Waker) {
+        let mut waiters = lock(&self.0);
+        match waiters.iter_mut().find(|(m, _)| *m == member) {
+            Some((_, registered)) => registered.clone_from(waker),
+            None => waiters.push((member, waker.clone())),
+        }
+    }
+
+    fn wake_all(&self) {
+        let waiters = std::mem::take(&mut *lock(&self.0));
+        for (_, waker) in waiters {
+            waker.wake();
+        }
+    }
+}
+
+impl std::task::Wake for Waiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_all();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_all();
+    }
 }
 
 #[derive(Debug)]
@@ -226,10 +271,47 @@ fn insert_sorted(queue: &mut VecDeque<Entry>, entry: Entry) {
 }
 
 impl GroupState {
-    fn push(&mut self, mut entry: Entry) {
+    fn new(inbox: mpsc::UnboundedReceiver<Entry>, waiters: &Arc<Waiters>) -> Self {
+        Self {
+            next_seq: 0,
+            inbox,
+            inbox_waker: Waker::from(Arc::clone(waiters)),
+            queue: VecDeque::new(),
+            owners: HashMap::new(),
+            direct: HashMap::new(),
+            delayed: 0,
+        }
+    }
+
+    /// Gives a newly published event its place in the group's order.
+    fn stamp(&mut self, mut entry: Entry) -> Entry {
         entry.seq = self.next_seq;
         self.next_seq += 1;
+        entry
+    }
+
+    fn push(&mut self, entry: Entry) {
+        let entry = self.stamp(entry);
         self.queue.push_back(entry);
+    }
+
+    /// Moves everything published so far into `queue`.
+    fn drain_inbox(&mut self) {
+        while let Ok(entry) = self.inbox.try_recv() {
+            self.push(entry);
+        }
+    }
+
+    /// Arms the inbox: the next publish wakes the waiters. Returns an event that
+    /// arrived meanwhile, if one did.
+    fn arm_inbox(&mut self) -> Option<Entry> {
+        let Self {
+            inbox, inbox_waker, ..
+        } = self;
+        match inbox.poll_recv(&mut Context::from_waker(inbox_waker)) {
+            Poll::Ready(entry) => entry,
+            Poll::Pending => None,
+        }
     }
 
     /// Puts an event back in `seq` order, ahead of later events of its key: with the
@@ -245,20 +327,25 @@ impl GroupState {
         insert_sorted(&mut self.queue, entry);
     }
 
-    /// Moves up to `max` events `member` may take into `out`; returns whether another
-    /// member was handed work on the way.
-    fn take(&mut self, member: u64, max: usize, out: &mut VecDeque<Entry>) -> bool {
+    /// Moves up to `max` events `member` may take into `out`: reserved ones first, then
+    /// the queue, then the inbox. Returns whether another member was handed work on
+    /// the way.
+    fn take(&mut self, member: u64, max: usize, out: &mut VecDeque<Out>) -> bool {
         let mut handed_over = false;
         while out.len() < max {
             if let Some(entry) = self.direct.get_mut(&member).and_then(VecDeque::pop_front) {
-                out.push_back(entry);
+                out.push_back(entry.into());
                 continue;
             }
-            let Some(entry) = self.queue.pop_front() else {
-                break;
+            let entry = match self.queue.pop_front() {
+                Some(entry) => entry,
+                None => match self.inbox.try_recv() {
+                    Ok(entry) => self.stamp(entry),
+                    Err(_) => break,
+                },
             };
             let Some(key) = &entry.envelope.get().key else {
-                out.push_back(entry);
+                out.push_back(entry.into());
                 continue;
             };
             match self.owners.get_mut(key) {
@@ -270,11 +357,11 @@ impl GroupState {
                 }
                 Some(owner) => {
                     owner.count += 1;
-                    out.push_back(entry);
+                    out.push_back(entry.into());
                 }
                 None => {
                     self.owners.insert(key.clone(), Owner { member, count: 1 });
-                    out.push_back(entry);
+                    out.push_back(entry.into());
                 }
             }
         }
@@ -302,19 +389,33 @@ impl GroupState {
         }
     }
 
-    fn pending(&self) -> usize {
+    fn pending(&mut self) -> usize {
+        self.drain_inbox();
         self.queue.len() + self.direct.values().map(VecDeque::len).sum::<usize>() + self.delayed
     }
 }
 
 impl Group {
     fn new(topic: &str, name: &str, bus: &Arc<Bus>) -> Self {
+        let (inbox, received) = mpsc::unbounded_channel();
+        let waiters = Arc::new(Waiters::default());
         Self {
             topic: topic.to_owned(),
             name: name.to_owned(),
             bus: Arc::downgrade(bus),
-            state: Mutex::new(GroupState::default()),
-            notify: Notify::new(),
+            inbox,
+            state: Mutex::new(GroupState::new(received, &waiters)),
+            waiters,
+        }
+    }
+
+    /// Queues a published event for the group's members.
+    fn publish(&self, entry: Entry) {
+        // The receiver lives in `state` as long as the group: a send cannot fail, and
+        // if it did the event would still be queued.
+        if let Err(mpsc::error::SendError(entry)) = self.inbox.send(entry) {
+            lock(&self.state).push(entry);
+            self.waiters.wake_all();
         }
     }
 
@@ -325,14 +426,14 @@ impl Group {
         }
         if before >= prefetch {
             // The member was at its prefetch limit and may take more now.
-            self.notify.notify_waiters();
+            self.waiters.wake_all();
         }
     }
 
     fn redeliver(&self, mut entry: Entry) {
         entry.attempt = entry.attempt.saturating_add(1);
         lock(&self.state).requeue(entry);
-        self.notify.notify_waiters();
+        self.waiters.wake_all();
     }
 }
 
@@ -367,7 +468,7 @@ impl MemoryBus {
         self.inner.closed.store(true, Ordering::SeqCst);
         for topic in lock(&self.inner.topics).values() {
             for group in topic.groups.values() {
-                group.notify.notify_waiters();
+                group.waiters.wake_all();
             }
         }
     }
@@ -407,9 +508,10 @@ impl MemoryBus {
 }
 
 impl Bus {
-    /// Queues `envelopes` for every group of `topic` (each group under its lock, then
-    /// woken), or in the topic's backlog while it has none. Holds the topics lock
-    /// throughout: the lock order is always topics, then a group's state.
+    /// Queues `envelopes` for every group of `topic` (in each group's inbox), or in the
+    /// topic's backlog while it has none. Holds the topics lock throughout, so a group
+    /// created meanwhile gets either the backlog or the inbox; the lock order is always
+    /// topics, then a group's state.
     fn publish_each(&self, topic: &str, envelopes: impl Iterator<Item = Envelope>) {
         let mut topics = lock(&self.topics);
         let t = match topics.get_mut(topic) {
@@ -422,25 +524,17 @@ impl Bus {
                 .backlog
                 .extend(envelopes.map(|e| Entry::new(Body::Owned(e)))),
             (Some(group), None) => {
-                {
-                    let mut state = lock(&group.state);
-                    for envelope in envelopes {
-                        state.push(Entry::new(Body::Owned(envelope)));
-                    }
+                for envelope in envelopes {
+                    group.publish(Entry::new(Body::Owned(envelope)));
                 }
-                group.notify.notify_waiters();
             }
             (Some(_), Some(_)) => {
                 // One allocation per event, shared by every group's entry.
                 let shared: Vec<Arc<Envelope>> = envelopes.map(Arc::new).collect();
                 for group in t.groups.values() {
-                    {
-                        let mut state = lock(&group.state);
-                        for envelope in &shared {
-                            state.push(Entry::new(Body::Shared(Arc::clone(envelope))));
-                        }
+                    for envelope in &shared {
+                        group.publish(Entry::new(Body::Shared(Arc::clone(envelope))));
                     }
-                    group.notify.notify_waiters();
                 }
             }
         }
@@ -478,13 +572,19 @@ impl Publisher for MemoryBus {
 
 /// One member's view of its group, ending the membership when dropped.
 struct Member {
+    seat: Arc<Seat>,
+    /// Events taken in one batch under the lock, not yet handed out (already in the
+    /// `Arc` their delivery shares, so a 230-byte envelope is moved once on this side).
+    buffer: VecDeque<Out>,
+}
+
+/// What a member and its deliveries' ackers share (one `Arc` per delivery).
+struct Seat {
     id: u64,
     prefetch: usize,
     group: Arc<Group>,
     /// Events taken from the group (buffered here or handed out) and not yet settled.
-    held: Arc<AtomicUsize>,
-    /// Events taken in one batch under the lock, not yet handed out.
-    buffer: VecDeque<Entry>,
+    held: AtomicUsize,
 }
 
 /// How many events a member takes from its group under one lock.
@@ -493,78 +593,95 @@ const TAKE_BATCH: usize = 64;
 impl Drop for Member {
     fn drop(&mut self) {
         // Deliveries still out keep settling through their ackers; buffered ones go back.
-        let mut state = lock(&self.group.state);
-        state.leave(self.id);
-        for entry in self.buffer.drain(..) {
-            state.requeue(entry);
+        let mut state = lock(&self.seat.group.state);
+        state.leave(self.seat.id);
+        for out in self.buffer.drain(..) {
+            state.requeue(out.into_entry());
         }
         drop(state);
-        self.group.notify.notify_waiters();
+        self.seat.group.waiters.wake_all();
     }
 }
 
 impl Member {
     fn closed(&self) -> bool {
-        self.group
+        self.seat
+            .group
             .bus
             .upgrade()
             .is_none_or(|bus| bus.closed.load(Ordering::SeqCst))
     }
 
-    async fn next(&mut self) -> Option<Delivery> {
+    /// The next delivery, or `None` once the bus is closed or gone.
+    fn poll_delivery(&mut self, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
         loop {
             if let Some(entry) = self.buffer.pop_front() {
-                let attempt = entry.attempt;
-                let envelope = entry.envelope.into_shared();
-                let acker = MemoryAck {
-                    group: Arc::clone(&self.group),
-                    member: self.id,
-                    held: Arc::clone(&self.held),
-                    prefetch: self.prefetch,
-                    out: Some(Out {
-                        seq: entry.seq,
-                        attempt,
-                        envelope: Arc::clone(&envelope),
-                    }),
-                };
-                return Some(Delivery::from_shared(envelope, attempt, Box::new(acker)));
+                return Poll::Ready(Some(self.deliver(entry)));
             }
-            // Take what is queued before registering for a wake-up: with events
-            // waiting that costs one lock, not two.
-            if self.refill() {
+            if self.refill(cx.waker()) {
                 continue;
             }
-            let group = Arc::clone(&self.group);
-            let notified = group.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // Again, now that a publish after the first look would wake us.
-            if self.refill() {
-                continue;
-            }
+            // Registered for a wake-up after finding nothing: a close after the
+            // registration wakes us, a close before it is seen here.
             if self.closed() {
-                return None;
+                return Poll::Ready(None);
             }
-            notified.await;
+            return Poll::Pending;
         }
     }
 
-    /// Takes a batch from the group into the buffer, within the prefetch budget;
-    /// returns whether it got any.
-    fn refill(&mut self) -> bool {
-        let budget = self
-            .prefetch
-            .saturating_sub(self.held.load(Ordering::Acquire))
-            .min(TAKE_BATCH);
-        if budget == 0 {
-            return false;
+    fn deliver(&self, out: Out) -> Delivery {
+        let (attempt, envelope) = (out.attempt, Arc::clone(&out.envelope));
+        let acker = MemoryAck {
+            seat: Arc::clone(&self.seat),
+            out: Some(out),
+        };
+        Delivery::from_shared(envelope, attempt, Box::new(acker))
+    }
+
+    /// Takes a batch from the group into the (empty) buffer, within the prefetch
+    /// budget; returns whether it got any, and registers `waker` if not.
+    fn refill(&mut self, waker: &Waker) -> bool {
+        let mut handed_over = false;
+        let mut registered = false;
+        {
+            let mut state = lock(&self.seat.group.state);
+            loop {
+                let budget = (self.seat.prefetch)
+                    .saturating_sub(self.seat.held.load(Ordering::Acquire))
+                    .min(TAKE_BATCH);
+                if budget > 0 {
+                    handed_over |= state.take(self.seat.id, budget, &mut self.buffer);
+                }
+                self.seat
+                    .held
+                    .fetch_add(self.buffer.len(), Ordering::AcqRel);
+                if !self.buffer.is_empty() || registered {
+                    break;
+                }
+                // Nothing to take, or no room: register, arm the inbox, and look once
+                // more, so that a publish or a settle in between is not missed (a
+                // settle frees room before it wakes the waiters).
+                self.seat.group.waiters.register(self.seat.id, waker);
+                if let Some(entry) = state.arm_inbox() {
+                    state.push(entry);
+                }
+                registered = true;
+            }
         }
-        let handed_over = lock(&self.group.state).take(self.id, budget, &mut self.buffer);
-        self.held.fetch_add(self.buffer.len(), Ordering::AcqRel);
+        // Events of keys other members own went to them: wake them.
         if handed_over {
-            self.group.notify.notify_waiters();
+            self.seat.group.waiters.wake_all();
         }
         !self.buffer.is_empty()
+    }
+}
+
+impl futures_util::Stream for Member {
+    type Item = Result<Delivery, Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_delivery(cx).map(|d| d.map(Ok))
     }
 }
 
@@ -575,25 +692,21 @@ impl Subscriber for MemoryBus {
         }
         let group = self.inner.group(&subscription.topic, &subscription.group);
         let member = Member {
-            id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
-            prefetch: subscription.prefetch.max(1),
-            group,
-            held: Arc::new(AtomicUsize::new(0)),
+            seat: Arc::new(Seat {
+                id: self.inner.next_member.fetch_add(1, Ordering::Relaxed),
+                prefetch: subscription.prefetch.max(1),
+                group,
+                held: AtomicUsize::new(0),
+            }),
             buffer: VecDeque::new(),
         };
-        Ok(Box::pin(stream::unfold(member, |mut member| async move {
-            let delivery = member.next().await?;
-            Some((Ok(delivery), member))
-        })))
+        Ok(Box::pin(member))
     }
 }
 
 /// Settles one in-memory delivery; dropping it unsettled redelivers the event.
 struct MemoryAck {
-    group: Arc<Group>,
-    member: u64,
-    held: Arc<AtomicUsize>,
-    prefetch: usize,
+    seat: Arc<Seat>,
     out: Option<Out>,
 }
 
@@ -603,6 +716,16 @@ struct Out {
     seq: u64,
     attempt: u32,
     envelope: Arc<Envelope>,
+}
+
+impl From<Entry> for Out {
+    fn from(entry: Entry) -> Self {
+        Self {
+            seq: entry.seq,
+            attempt: entry.attempt,
+            envelope: entry.envelope.into_shared(),
+        }
+    }
 }
 
 impl Out {
@@ -618,10 +741,11 @@ impl Out {
 impl MemoryAck {
     fn release(&mut self) -> Option<Out> {
         let out = self.out.take()?;
-        self.group.settle(
-            self.member,
-            &self.held,
-            self.prefetch,
+        let seat = &self.seat;
+        seat.group.settle(
+            seat.id,
+            &seat.held,
+            seat.prefetch,
             out.envelope.key.as_deref(),
         );
         Some(out)
@@ -631,7 +755,7 @@ impl MemoryAck {
 impl Drop for MemoryAck {
     fn drop(&mut self) {
         if let Some(out) = self.release() {
-            self.group.redeliver(out.into_entry());
+            self.seat.group.redeliver(out.into_entry());
         }
     }
 }
@@ -647,7 +771,7 @@ impl Acknowledge for MemoryAck {
             return super::settled();
         };
         let entry = out.into_entry();
-        let group = Arc::clone(&self.group);
+        let group = Arc::clone(&self.seat.group);
         if delay.is_zero() {
             group.redeliver(entry);
             return super::settled();
@@ -668,7 +792,7 @@ impl Acknowledge for MemoryAck {
         let Some(out) = self.release() else {
             return super::settled();
         };
-        let Some(bus) = self.group.bus.upgrade() else {
+        let Some(bus) = self.seat.group.bus.upgrade() else {
             return Box::pin(async { Err(Error::Closed) });
         };
         let mut envelope = Arc::unwrap_or_clone(out.envelope);
@@ -677,8 +801,8 @@ impl Acknowledge for MemoryAck {
             .insert(DEAD_LETTER_REASON.to_owned(), reason);
         envelope
             .headers
-            .insert(DEAD_LETTER_GROUP.to_owned(), self.group.name.clone());
-        let topic = format!("{}{DEAD_LETTER_SUFFIX}", self.group.topic);
+            .insert(DEAD_LETTER_GROUP.to_owned(), self.seat.group.name.clone());
+        let topic = format!("{}{DEAD_LETTER_SUFFIX}", self.seat.group.topic);
         bus.publish_each(&topic, std::iter::once(envelope));
         super::settled()
     }

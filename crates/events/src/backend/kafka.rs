@@ -12,13 +12,16 @@
 //!   without the required headers is handed out as [`Delivery::malformed`].
 //! - **Consume**: an offset becomes committable only once the record and every earlier
 //!   record of its partition delivered to this member were settled: the member stores
-//!   the lowest unsettled offset (or the next one when none is unsettled) and
-//!   librdkafka commits what is stored every
+//!   the lowest unsettled offset (or the next one when none is unsettled) with
+//!   librdkafka, which commits what is stored every
 //!   [`commit_interval`](KafkaOptions::commit_interval) (1 s by default) and when the
 //!   member leaves the group, so a crash redelivers everything not settled, in order
-//!   (plus what was settled since the last commit: the inbox absorbs those). A
-//!   `commit_interval` of zero commits at every settle instead. At most `prefetch`
-//!   deliveries are unsettled at once.
+//!   (plus what was settled since the last commit: the inbox absorbs those). Stores
+//!   are batched: a settle stores at once when its partition's committable offset is
+//!   64 past the last store, otherwise the member stores within 100 ms (or the commit
+//!   interval, if shorter) and when the subscription ends. A `commit_interval` of zero
+//!   commits at every settle instead. At most `prefetch` deliveries are unsettled at
+//!   once.
 //! - **Settle**: ack marks the record done. Retry hands the same record out again in
 //!   process after the delay, with the attempt raised, keeping its offset uncommitted
 //!   (a crash meanwhile redelivers it from the broker). Dead-letter produces a copy,
@@ -51,7 +54,8 @@
 //! # }
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,7 +65,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use super::headers;
 use crate::envelope::Envelope;
@@ -295,27 +299,40 @@ fn encode(
     out
 }
 
-/// Reads an envelope out of record headers and value.
-fn decode<H: Headers>(record_headers: Option<&H>, payload: Bytes) -> Result<Envelope, Error> {
-    let mut pairs = Vec::new();
-    if let Some(record_headers) = record_headers {
-        for header in record_headers.iter() {
-            let Some(value) = header.value else { continue };
-            let value = std::str::from_utf8(value).map_err(|e| {
-                headers::malformed(format!("header {:?} is not UTF-8: {e}", header.key))
-            })?;
-            pairs.push((header.key, value));
-        }
-    }
-    headers::decode(pairs, payload)
-}
-
-fn header_u32<H: Headers>(record_headers: Option<&H>, name: &str) -> Option<u32> {
-    record_headers?
-        .iter()
-        .filter(|h| h.key == name)
-        .filter_map(|h| std::str::from_utf8(h.value?).ok()?.parse().ok())
-        .last()
+/// Reads an envelope and the delivery attempt (our `x-palisade-attempt` header, 1 when
+/// absent) out of record headers and value, in one pass over the headers.
+fn decode_with_attempt<H: Headers>(
+    record_headers: Option<&H>,
+    payload: Bytes,
+) -> (Result<Envelope, Error>, u32) {
+    let mut attempt = None;
+    let mut not_utf8 = None;
+    let pairs = record_headers
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .filter_map(|header| {
+            let value = header.value?;
+            match std::str::from_utf8(value) {
+                Ok(value) => {
+                    if header.key == ATTEMPT {
+                        attempt = value.parse().ok().or(attempt);
+                    }
+                    Some((header.key, value))
+                }
+                Err(e) => {
+                    not_utf8.get_or_insert_with(|| {
+                        headers::malformed(format!("header {:?} is not UTF-8: {e}", header.key))
+                    });
+                    None
+                }
+            }
+        });
+    let decoded = headers::decode(pairs, payload);
+    let decoded = match not_utf8 {
+        Some(error) => Err(error),
+        None => decoded,
+    };
+    (decoded, attempt.unwrap_or(1).max(1))
 }
 
 async fn send(
@@ -426,19 +443,25 @@ impl Subscriber for KafkaBus {
             send_timeout: self.options.send_timeout,
             dead_letter: self.dead_letter_topic(&subscription.topic),
             topic: subscription.topic.clone(),
-            offsets: Mutex::new(HashMap::new()),
+            offsets: Mutex::new(Vec::new()),
             periodic,
+            window: Window::new(prefetch),
             tx,
         });
+        if periodic {
+            tokio::spawn(store_now_and_then(
+                Arc::downgrade(&shared),
+                self.options.commit_interval.min(STORE_EVERY),
+            ));
+        }
         let reader = Reader {
             shared,
-            permits: Arc::new(Semaphore::new(prefetch)),
             retries: rx,
         };
         Ok(Box::pin(futures_util::stream::unfold(
             reader,
             |mut reader| async move {
-                let item = reader.next().await;
+                let item = reader.next().await?;
                 Some((item, reader))
             },
         )))
@@ -448,12 +471,135 @@ impl Subscriber for KafkaBus {
 /// Offsets of one partition delivered to this member.
 #[derive(Default)]
 struct PartitionOffsets {
-    /// Delivered and not yet settled.
-    unsettled: BTreeSet<i64>,
+    /// Delivered offsets from the lowest unsettled one on, ascending, each with whether
+    /// it is settled (records arrive in offset order, so this is appended to and
+    /// drained from the front).
+    window: VecDeque<(i64, bool)>,
     /// One past the highest offset delivered.
     next: i64,
-    /// The last offset committed.
-    committed: i64,
+    /// The offset a commit may go up to: the lowest unsettled one, or `next`.
+    committable: i64,
+    /// The offset last handed to librdkafka (stored, or committed).
+    stored: i64,
+}
+
+impl PartitionOffsets {
+    fn delivered(&mut self, offset: i64) {
+        match self.window.back() {
+            Some(&(last, _)) if offset <= last => {
+                // Delivered again (a rebalance moved the partition back): keep it sorted.
+                match self.window.binary_search_by_key(&offset, |&(o, _)| o) {
+                    Ok(at) => self.window[at].1 = false,
+                    Err(at) => self.window.insert(at, (offset, false)),
+                }
+            }
+            _ => self.window.push_back((offset, false)),
+        }
+        self.next = self.next.max(offset + 1);
+    }
+
+    /// Marks `offset` settled; returns whether the committable offset moved.
+    fn settled(&mut self, offset: i64) -> bool {
+        if let Ok(at) = self.window.binary_search_by_key(&offset, |&(o, _)| o) {
+            self.window[at].1 = true;
+        }
+        while self.window.front().is_some_and(|&(_, settled)| settled) {
+            self.window.pop_front();
+        }
+        let upto = self.window.front().map_or(self.next, |&(o, _)| o);
+        let moved = upto > self.committable;
+        self.committable = self.committable.max(upto);
+        moved
+    }
+
+    /// The committable offset, if it is past what librdkafka was last given.
+    fn unstored(&self) -> Option<i64> {
+        (self.committable > self.stored).then_some(self.committable)
+    }
+}
+
+/// How far (in offsets) a partition's committable offset may run ahead of the one
+/// stored with librdkafka before a settle stores it at once; `store_now_and_then`
+/// stores the rest.
+const STORE_BATCH: i64 = 64;
+
+/// How often settled offsets not yet stored are stored (at most; the commit interval
+/// when it is shorter).
+const STORE_EVERY: Duration = Duration::from_millis(100);
+
+/// Stores what settled since the last store, every `every`, while the subscription
+/// lives: with periodic commits, settles store in batches, and this bounds how long a
+/// settled offset waits for librdkafka's next commit.
+async fn store_now_and_then(shared: std::sync::Weak<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = shared.store_unstored() {
+            tracing::debug!(topic = %shared.topic, error = %error, "kafka offset store failed");
+        }
+    }
+}
+
+/// The prefetch limit: how many more deliveries may be unsettled. Only the reader
+/// waits on it, so one waker slot does (a lighter gate than a semaphore, whose
+/// release takes a lock).
+struct Window {
+    free: AtomicUsize,
+    reader: futures_util::task::AtomicWaker,
+}
+
+impl Window {
+    fn new(size: usize) -> Self {
+        Self {
+            free: AtomicUsize::new(size),
+            reader: futures_util::task::AtomicWaker::new(),
+        }
+    }
+
+    /// Waits for room for one more delivery, and takes it.
+    async fn take(&self) {
+        std::future::poll_fn(|cx| {
+            loop {
+                let free = self.free.load(Ordering::Acquire);
+                if free == 0 {
+                    self.reader.register(cx.waker());
+                    // Again, now that a release after the first look would wake us.
+                    if self.free.load(Ordering::Acquire) == 0 {
+                        return std::task::Poll::Pending;
+                    }
+                    continue;
+                }
+                if self
+                    .free
+                    .compare_exchange_weak(free, free - 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    return std::task::Poll::Ready(());
+                }
+            }
+        })
+        .await;
+    }
+
+    fn give_back(&self) {
+        if self.free.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.reader.wake();
+        }
+    }
+}
+
+/// One delivery's place in the prefetch window, given back when dropped (settled, or
+/// dropped unsettled).
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.window.give_back();
+    }
 }
 
 /// A consumer closed on a thread of its own: closing leaves the group, which blocks
@@ -489,57 +635,104 @@ struct Shared {
     dead_letter: String,
     /// The subscribed topic (a subscription reads one).
     topic: String,
-    /// Per partition.
-    offsets: Mutex<HashMap<i32, PartitionOffsets>>,
+    /// Per partition (a member holds a few: a linear search beats hashing).
+    offsets: Mutex<Vec<(i32, PartitionOffsets)>>,
     /// Store offsets for librdkafka's periodic commit (else commit each one).
     periodic: bool,
+    /// At most `prefetch` deliveries unsettled.
+    window: Window,
     tx: mpsc::Sender<Result<Delivery, Error>>,
 }
 
-impl Shared {
-    fn delivered(&self, partition: i32, offset: i64) {
-        if let Ok(mut offsets) = self.offsets.lock() {
-            let entry = offsets.entry(partition).or_default();
-            entry.unsettled.insert(offset);
-            entry.next = entry.next.max(offset + 1);
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Before the consumer closes (fields drop after this), so that its closing
+        // commit includes every settled offset.
+        if let Err(error) = self.store_unstored() {
+            tracing::debug!(topic = %self.topic, error = %error, "kafka offset store failed");
         }
     }
+}
 
-    /// Marks `offset` settled and commits the partition up to its lowest unsettled
-    /// offset, if that moved.
-    fn settled(&self, partition: i32, offset: i64) -> Result<(), Error> {
-        let commit = {
-            let Ok(mut offsets) = self.offsets.lock() else {
+fn partition(offsets: &mut Vec<(i32, PartitionOffsets)>, partition: i32) -> &mut PartitionOffsets {
+    let at = match offsets.iter().position(|(p, _)| *p == partition) {
+        Some(at) => at,
+        None => {
+            offsets.push((partition, PartitionOffsets::default()));
+            offsets.len() - 1
+        }
+    };
+    &mut offsets[at].1
+}
+
+impl Shared {
+    fn offsets(&self) -> std::sync::MutexGuard<'_, Vec<(i32, PartitionOffsets)>> {
+        self.offsets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn delivered(&self, partition_id: i32, offset: i64) {
+        partition(&mut self.offsets(), partition_id).delivered(offset);
+    }
+
+    /// Marks `offset` settled. With a commit per settle, commits the partition up to
+    /// its lowest unsettled offset when that moved; with periodic commits, stores it
+    /// once it is `STORE_BATCH` past the last store (`store_now_and_then` and the
+    /// end of the subscription store the rest).
+    fn settled(&self, partition_id: i32, offset: i64) -> Result<(), Error> {
+        let upto = {
+            let mut offsets = self.offsets();
+            let Some((_, entry)) = offsets.iter_mut().find(|(p, _)| *p == partition_id) else {
                 return Ok(());
             };
-            let Some(entry) = offsets.get_mut(&partition) else {
+            if !entry.settled(offset) {
                 return Ok(());
-            };
-            entry.unsettled.remove(&offset);
-            let upto = entry.unsettled.first().copied().unwrap_or(entry.next);
-            if upto > entry.committed {
-                entry.committed = upto;
-                Some(upto)
-            } else {
-                None
             }
+            if self.periodic && entry.committable - entry.stored < STORE_BATCH {
+                return Ok(());
+            }
+            entry.stored = entry.committable;
+            entry.committable
         };
-        if let Some(upto) = commit {
-            let mut list = TopicPartitionList::new();
+        self.hand_over(&[(partition_id, upto)])
+    }
+
+    /// Stores every partition's committable offset not stored yet.
+    fn store_unstored(&self) -> Result<(), Error> {
+        let due: Vec<(i32, i64)> = self
+            .offsets()
+            .iter_mut()
+            .filter_map(|(p, entry)| {
+                let upto = entry.unstored()?;
+                entry.stored = upto;
+                Some((*p, upto))
+            })
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.hand_over(&due)
+    }
+
+    /// Stores (periodic commits) or commits these offsets.
+    fn hand_over(&self, offsets: &[(i32, i64)]) -> Result<(), Error> {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Ok(());
+        };
+        let mut list = TopicPartitionList::with_capacity(offsets.len());
+        for &(partition, upto) in offsets {
             list.add_partition_offset(&self.topic, partition, Offset::Offset(upto))
                 .map_err(|e| Error::broker(BACKEND, e))?;
-            if let Some(consumer) = self.consumer.as_ref() {
-                // A store fails for a partition no longer assigned here: its new owner
-                // gets the record again, which is at-least-once.
-                let done = if self.periodic {
-                    consumer.store_offsets(&list)
-                } else {
-                    consumer.commit(&list, CommitMode::Async)
-                };
-                done.map_err(|e| Error::broker(BACKEND, e))?;
-            }
         }
-        Ok(())
+        // A store fails for a partition no longer assigned here: its new owner gets
+        // the record again, which is at-least-once.
+        let done = if self.periodic {
+            consumer.store_offsets(&list)
+        } else {
+            consumer.commit(&list, CommitMode::Async)
+        };
+        done.map_err(|e| Error::broker(BACKEND, e))
     }
 }
 
@@ -548,58 +741,49 @@ impl Shared {
 /// through `retries`, ahead of new records.
 struct Reader {
     shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
     retries: mpsc::Receiver<Result<Delivery, Error>>,
 }
 
 impl Reader {
-    async fn next(&mut self) -> Result<Delivery, Error> {
-        let Self {
-            shared,
-            permits,
-            retries,
-        } = self;
+    /// The next delivery; `None` once the consumer is gone (it lives as long as the
+    /// stream, so this does not happen while the stream is polled).
+    async fn next(&mut self) -> Option<Result<Delivery, Error>> {
+        let Self { shared, retries } = self;
         loop {
-            let Some(consumer) = shared.consumer.as_ref() else {
-                return Err(Error::Closed);
-            };
+            let consumer = shared.consumer.as_ref()?;
             let fetch = async {
-                // At most `prefetch` deliveries unsettled: a permit before each record.
-                let permit = Arc::clone(permits).acquire_owned().await;
+                // At most `prefetch` deliveries unsettled: room before each record.
+                shared.window.take().await;
+                let slot = Slot(Arc::clone(shared));
                 // The payload is copied once, into the envelope's `Bytes`.
                 let received = consumer.recv().await.map(|m| {
                     let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-                    let attempt = header_u32(m.headers(), ATTEMPT).unwrap_or(1).max(1);
-                    (Record::of(&m, &payload), attempt, payload)
+                    Record::of(&m, payload)
                 });
-                (permit, received)
+                (slot, received)
             };
-            let (permit, received) = tokio::select! {
+            let (slot, received) = tokio::select! {
                 biased;
-                Some(retried) = retries.recv() => return retried,
+                Some(retried) = retries.recv() => return Some(retried),
                 fetched = fetch => fetched,
-            };
-            let Ok(permit) = permit else {
-                return Err(Error::Closed);
             };
             let (record, attempt, payload) = match received {
                 Ok(received) => received,
                 Err(e) => {
                     tracing::warn!(topic = %shared.topic, error = %e, "kafka consumer error");
-                    drop(permit);
+                    drop(slot);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
             shared.delivered(record.partition, record.offset);
-            return Ok(KafkaAcker {
-                shared: Arc::clone(shared),
+            return Some(Ok(KafkaAcker {
+                slot,
                 payload,
                 record,
                 attempt,
-                _permit: permit,
             }
-            .into_delivery());
+            .into_delivery()));
         }
     }
 }
@@ -623,8 +807,10 @@ enum Original {
 }
 
 impl Record {
-    fn of(message: &rdkafka::message::BorrowedMessage<'_>, payload: &Bytes) -> Self {
-        let original = match decode(message.headers(), payload.clone()) {
+    /// The record, its delivery attempt and its payload.
+    fn of(message: &rdkafka::message::BorrowedMessage<'_>, payload: Bytes) -> (Self, u32, Bytes) {
+        let (decoded, attempt) = decode_with_attempt(message.headers(), payload.clone());
+        let original = match decoded {
             Ok(envelope) => Original::Envelope(Arc::new(envelope)),
             Err(error) => Original::Malformed {
                 key: message.key().map(<[u8]>::to_vec),
@@ -634,21 +820,22 @@ impl Record {
                 error: error.to_string(),
             },
         };
-        Self {
+        let record = Self {
             original,
             partition: message.partition(),
             offset: message.offset(),
-        }
+        };
+        (record, attempt, payload)
     }
 }
 
 /// Settles one record.
 struct KafkaAcker {
-    shared: Arc<Shared>,
+    /// The subscription, and this record's place in its prefetch window.
+    slot: Slot,
     record: Record,
     payload: Bytes,
     attempt: u32,
-    _permit: OwnedSemaphorePermit,
 }
 
 impl KafkaAcker {
@@ -667,7 +854,8 @@ impl KafkaAcker {
     }
 
     fn done(&self) -> Result<(), Error> {
-        self.shared
+        self.slot
+            .0
             .settled(self.record.partition, self.record.offset)
     }
 }
@@ -687,7 +875,7 @@ impl Acknowledge for KafkaAcker {
             tokio::time::sleep(delay).await;
             let mut again = *self;
             again.attempt = again.attempt.saturating_add(1);
-            let tx = again.shared.tx.clone();
+            let tx = again.slot.0.tx.clone();
             let _ = tx.send(Ok(again.into_delivery())).await;
         });
         super::settled()
@@ -728,9 +916,9 @@ impl Acknowledge for KafkaAcker {
                     value: Some(attempt.as_bytes()),
                 });
             send(
-                &self.shared.producer,
-                self.shared.send_timeout,
-                &self.shared.dead_letter,
+                &self.slot.0.producer,
+                self.slot.0.send_timeout,
+                &self.slot.0.dead_letter,
                 key,
                 &self.payload,
                 copy,
@@ -752,18 +940,46 @@ mod tests {
             .with_causation_id("z")
             .with_header("tenant", "acme");
         let record_headers = encode(&headers::encode(&envelope), &[(ATTEMPT, "3")]);
-        assert_eq!(
-            decode(Some(&record_headers), envelope.payload.clone())?,
-            envelope
-        );
-        assert_eq!(header_u32(Some(&record_headers), ATTEMPT), Some(3));
+        let (decoded, attempt) =
+            decode_with_attempt(Some(&record_headers), envelope.payload.clone());
+        assert_eq!(decoded?, envelope);
+        assert_eq!(attempt, 3);
         Ok(())
+    }
+
+    proptest::proptest! {
+        /// The committable offset is always the lowest delivered-and-unsettled offset
+        /// (or one past the highest delivered), checked against a set model, for any
+        /// order of settles and for records delivered again.
+        #[test]
+        fn committable_offset_is_the_lowest_unsettled(
+            steps in proptest::collection::vec((0_i64..40, proptest::bool::ANY), 1..120),
+        ) {
+            let mut offsets = PartitionOffsets::default();
+            let mut unsettled = std::collections::BTreeSet::new();
+            let mut next = 0_i64;
+            let mut committable = 0_i64;
+            for (offset, deliver) in steps {
+                if deliver {
+                    offsets.delivered(offset);
+                    unsettled.insert(offset);
+                    next = next.max(offset + 1);
+                } else {
+                    let moved = offsets.settled(offset);
+                    unsettled.remove(&offset);
+                    let upto = unsettled.first().copied().unwrap_or(next);
+                    proptest::prop_assert_eq!(moved, upto > committable);
+                    committable = committable.max(upto);
+                }
+                proptest::prop_assert_eq!(offsets.committable, committable);
+            }
+        }
     }
 
     #[test]
     fn record_without_headers_is_malformed() {
         assert!(matches!(
-            decode::<OwnedHeaders>(None, Bytes::new()),
+            decode_with_attempt::<OwnedHeaders>(None, Bytes::new()).0,
             Err(Error::Malformed { .. })
         ));
     }

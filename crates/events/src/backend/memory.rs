@@ -202,6 +202,9 @@ struct GroupState {
     next_seq: u64,
     /// Published events not yet moved into `queue` (all later than `queue`'s).
     inbox: mpsc::UnboundedReceiver<Entry>,
+    /// A batch just received from the inbox (empty between takes; kept for its
+    /// allocation).
+    arrived: Vec<Entry>,
     /// Wakes `waiters` when an event arrives in the inbox, once armed.
     inbox_waker: Waker,
     /// Available events, sorted by `seq`.
@@ -275,6 +278,7 @@ impl GroupState {
         Self {
             next_seq: 0,
             inbox,
+            arrived: Vec::new(),
             inbox_waker: Waker::from(Arc::clone(waiters)),
             queue: VecDeque::new(),
             owners: HashMap::new(),
@@ -337,35 +341,59 @@ impl GroupState {
                 out.push_back(entry.into());
                 continue;
             }
-            let entry = match self.queue.pop_front() {
-                Some(entry) => entry,
-                None => match self.inbox.try_recv() {
-                    Ok(entry) => self.stamp(entry),
-                    Err(_) => break,
-                },
-            };
-            let Some(key) = &entry.envelope.get().key else {
-                out.push_back(entry.into());
+            if let Some(entry) = self.queue.pop_front() {
+                handed_over |= self.hand_out(member, entry, out);
                 continue;
-            };
-            match self.owners.get_mut(key) {
-                Some(owner) if owner.member != member => {
-                    owner.count += 1;
-                    let owner = owner.member;
-                    self.direct.entry(owner).or_default().push_back(entry);
-                    handed_over = true;
-                }
-                Some(owner) => {
-                    owner.count += 1;
-                    out.push_back(entry.into());
-                }
-                None => {
-                    self.owners.insert(key.clone(), Owner { member, count: 1 });
-                    out.push_back(entry.into());
-                }
+            }
+            // The inbox, in one batch that fits (one atomic release for the batch
+            // rather than one per event).
+            let mut arrived = std::mem::take(&mut self.arrived);
+            let Self {
+                inbox, inbox_waker, ..
+            } = self;
+            let more = inbox.poll_recv_many(
+                &mut Context::from_waker(inbox_waker),
+                &mut arrived,
+                max - out.len(),
+            );
+            let got = !arrived.is_empty();
+            for entry in arrived.drain(..) {
+                let entry = self.stamp(entry);
+                handed_over |= self.hand_out(member, entry, out);
+            }
+            self.arrived = arrived;
+            if !got || more.is_pending() {
+                break;
             }
         }
         handed_over
+    }
+
+    /// Hands `entry` to `member` (into `out`) or, when another member owns its key, to
+    /// that member; returns whether it went to another member.
+    fn hand_out(&mut self, member: u64, entry: Entry, out: &mut VecDeque<Out>) -> bool {
+        let Some(key) = &entry.envelope.get().key else {
+            out.push_back(entry.into());
+            return false;
+        };
+        match self.owners.get_mut(key) {
+            Some(owner) if owner.member != member => {
+                owner.count += 1;
+                let owner = owner.member;
+                self.direct.entry(owner).or_default().push_back(entry);
+                true
+            }
+            Some(owner) => {
+                owner.count += 1;
+                out.push_back(entry.into());
+                false
+            }
+            None => {
+                self.owners.insert(key.clone(), Owner { member, count: 1 });
+                out.push_back(entry.into());
+                false
+            }
+        }
     }
 
     fn release_key(&mut self, member: u64, key: &str) {

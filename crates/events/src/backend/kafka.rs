@@ -755,11 +755,7 @@ impl Reader {
                 // At most `prefetch` deliveries unsettled: room before each record.
                 shared.window.take().await;
                 let slot = Slot(Arc::clone(shared));
-                // The payload is copied once, into the envelope's `Bytes`.
-                let received = consumer.recv().await.map(|m| {
-                    let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
-                    Record::of(&m, payload)
-                });
+                let received = consumer.recv().await.map(|m| Record::of(&m));
                 (slot, received)
             };
             let (slot, received) = tokio::select! {
@@ -767,7 +763,7 @@ impl Reader {
                 Some(retried) = retries.recv() => return Some(retried),
                 fetched = fetch => fetched,
             };
-            let (record, attempt, payload) = match received {
+            let (record, attempt) = match received {
                 Ok(received) => received,
                 Err(e) => {
                     tracing::warn!(topic = %shared.topic, error = %e, "kafka consumer error");
@@ -779,7 +775,6 @@ impl Reader {
             shared.delivered(record.partition, record.offset);
             return Some(Ok(KafkaAcker {
                 slot,
-                payload,
                 record,
                 attempt,
             }
@@ -796,20 +791,23 @@ struct Record {
 }
 
 /// A record as the acker keeps it: decoded once when it is an envelope (a dead letter
-/// is written back from it), else its raw key and headers.
+/// is written back from it), else its raw key, headers and payload.
 enum Original {
     Envelope(Arc<Envelope>),
     Malformed {
         key: Option<Vec<u8>>,
         headers: Option<OwnedHeaders>,
+        payload: Bytes,
         error: String,
     },
 }
 
 impl Record {
-    /// The record, its delivery attempt and its payload.
-    fn of(message: &rdkafka::message::BorrowedMessage<'_>, payload: Bytes) -> (Self, u32, Bytes) {
-        let (decoded, attempt) = decode_with_attempt(message.headers(), payload.clone());
+    /// The record and its delivery attempt. The payload is copied once, into the
+    /// envelope (into the record's own copy only when it is malformed).
+    fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> (Self, u32) {
+        let payload = || Bytes::copy_from_slice(message.payload().unwrap_or_default());
+        let (decoded, attempt) = decode_with_attempt(message.headers(), payload());
         let original = match decoded {
             Ok(envelope) => Original::Envelope(Arc::new(envelope)),
             Err(error) => Original::Malformed {
@@ -817,6 +815,7 @@ impl Record {
                 headers: message
                     .headers()
                     .map(rdkafka::message::BorrowedHeaders::detach),
+                payload: payload(),
                 error: error.to_string(),
             },
         };
@@ -825,7 +824,7 @@ impl Record {
             partition: message.partition(),
             offset: message.offset(),
         };
-        (record, attempt, payload)
+        (record, attempt)
     }
 }
 
@@ -834,7 +833,6 @@ struct KafkaAcker {
     /// The subscription, and this record's place in its prefetch window.
     slot: Slot,
     record: Record,
-    payload: Bytes,
     attempt: u32,
 }
 
@@ -885,7 +883,7 @@ impl Acknowledge for KafkaAcker {
         Box::pin(async move {
             let attempt = self.attempt.to_string();
             let mut copy = OwnedHeaders::new();
-            let key = match &self.record.original {
+            let (key, payload) = match &self.record.original {
                 Original::Envelope(envelope) => {
                     for (name, value) in headers::encode(envelope) {
                         if name != headers::DEAD_LETTER_REASON {
@@ -895,15 +893,23 @@ impl Acknowledge for KafkaAcker {
                             });
                         }
                     }
-                    envelope.key.as_deref().map(str::as_bytes)
+                    (
+                        envelope.key.as_deref().map(str::as_bytes),
+                        &envelope.payload,
+                    )
                 }
-                Original::Malformed { key, headers, .. } => {
+                Original::Malformed {
+                    key,
+                    headers,
+                    payload,
+                    ..
+                } => {
                     for header in headers.iter().flat_map(|h| h.iter()) {
                         if header.key != headers::DEAD_LETTER_REASON && header.key != ATTEMPT {
                             copy = copy.insert(header);
                         }
                     }
-                    key.as_deref()
+                    (key.as_deref(), payload)
                 }
             };
             let copy = copy
@@ -920,7 +926,7 @@ impl Acknowledge for KafkaAcker {
                 self.slot.0.send_timeout,
                 &self.slot.0.dead_letter,
                 key,
-                &self.payload,
+                payload,
                 copy,
             )
             .await?;

@@ -212,7 +212,8 @@ async fn redis_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
         ours,
     });
 
-    // Raw consume: XREADGROUP COUNT 1000 + concurrent XACKs.
+    // Raw consume: XREADGROUP + concurrent XACKs, at most PREFETCH unacked (read when
+    // at least half the window is free, COUNT = what is free), as our subscription does.
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&raw_stream)
@@ -227,12 +228,17 @@ async fn redis_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
     let mut done = 0;
     let mut acks = JoinSet::new();
     while done < n {
+        while acks.len() > PREFETCH / 2 {
+            if let Some(r) = acks.join_next().await {
+                r??;
+            }
+        }
         let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg("g")
             .arg("c")
             .arg("COUNT")
-            .arg(PREFETCH)
+            .arg(PREFETCH - acks.len())
             .arg("BLOCK")
             .arg(1000)
             .arg("STREAMS")

@@ -16,7 +16,9 @@
 //!   to take over entries that another member read but never settled (a consumer that
 //!   died). That is how an unacknowledged delivery is delivered again: dropping a
 //!   [`Delivery`] leaves its entry pending until a member claims it.
-//! - **Settle**: ack is `XACK`; retry keeps the entry pending and, after the delay,
+//! - **Settle**: ack is `XACK`, batched: the acks of one subscription that arrive while
+//!   an `XACK` is in flight go out together in the next one (`XACK` takes many ids),
+//!   and each ack returns once the `XACK` carrying it was answered; retry keeps the entry pending and, after the delay,
 //!   re-claims it (`XCLAIM`, which counts the delivery) and hands it out again in
 //!   process — nothing is re-added, so other groups never see a retry twice, and a
 //!   process that dies during the delay leaves the entry to be claimed by another
@@ -59,7 +61,7 @@ use redis::streams::{
     StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
 };
 use redis::{Client, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::headers;
@@ -384,6 +386,7 @@ impl Subscriber for RedisBus {
         let prefetch = subscription.prefetch.max(1);
         let (tx, mut rx) = mpsc::channel(prefetch);
         let name = format!("{}-{}", subscription.group, uuid::Uuid::now_v7());
+        let acks = Arc::new(AckQueue::default());
         let shared = Arc::new(Shared {
             consumer: name.clone(),
             tx: tx.clone(),
@@ -392,7 +395,9 @@ impl Subscriber for RedisBus {
             group: subscription.group.clone(),
             dead_letter: self.dead_letter_topic(&subscription.topic),
             max_len: self.options.max_len,
+            acks: Arc::clone(&acks),
         });
+        tokio::spawn(send_acks(Arc::downgrade(&shared), acks));
         let consumer = Consumer {
             shared,
             reader,
@@ -421,6 +426,80 @@ struct Shared {
     group: String,
     dead_letter: String,
     max_len: Option<usize>,
+    /// Acks waiting for the next `XACK`.
+    acks: Arc<AckQueue>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Lets `send_acks` see that the subscription and its deliveries are gone.
+        self.acks.wake.notify_one();
+    }
+}
+
+/// Acks of one subscription waiting to go out, each with who waits for its answer.
+#[derive(Default)]
+struct AckQueue {
+    waiting: std::sync::Mutex<Vec<(String, oneshot::Sender<Result<(), Error>>)>>,
+    wake: tokio::sync::Notify,
+}
+
+impl AckQueue {
+    fn take(&self) -> Vec<(String, oneshot::Sender<Result<(), Error>>)> {
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *waiting)
+    }
+
+    /// Queues the ack of `entry_id`; the receiver gets the answer of its `XACK`.
+    fn push(&self, entry_id: String) -> oneshot::Receiver<Result<(), Error>> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((entry_id, tx));
+        self.wake.notify_one();
+        rx
+    }
+}
+
+/// Sends a subscription's acks, every ack queued meanwhile in one `XACK`, one `XACK`
+/// at a time (group commit: the busier the subscription, the larger the batches).
+/// Ends once the subscription and its deliveries are gone.
+async fn send_acks(shared: std::sync::Weak<Shared>, acks: Arc<AckQueue>) {
+    loop {
+        acks.wake.notified().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        loop {
+            let batch = acks.take();
+            if batch.is_empty() {
+                break;
+            }
+            let mut xack = redis::cmd("XACK");
+            xack.arg(&shared.stream).arg(&shared.group);
+            for (entry_id, _) in &batch {
+                xack.arg(entry_id);
+            }
+            let mut conn = shared.conn.clone();
+            match xack.query_async::<i64>(&mut conn).await {
+                Ok(_) => {
+                    for (_, answer) in batch {
+                        let _ = answer.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    for (_, answer) in batch {
+                        let _ = answer.send(Err(Error::broker(BACKEND, reason.clone())));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The task behind one subscription.
@@ -442,29 +521,37 @@ impl Consumer {
         let mut next_claim = Instant::now() + self.claim_idle;
         let tx = self.tx.clone();
         loop {
-            let first = tokio::select! {
-                permit = self.permits.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
+            // Read when at least half the prefetch window is free (the other half is
+            // still work in hand), so that a window emptied by a trickle of acks is
+            // refilled in a few large reads rather than many small ones.
+            let low_water = u32::try_from((self.batch / 2).max(1)).unwrap_or(u32::MAX);
+            let mut permits = tokio::select! {
+                permits = self.permits.clone().acquire_many_owned(low_water) => match permits {
+                    Ok(permits) => permits,
                     Err(_) => return,
                 },
                 () = self.tx.closed() => return,
             };
-            let mut permits = vec![first];
-            while permits.len() < self.batch {
-                match self.permits.clone().try_acquire_owned() {
-                    Ok(permit) => permits.push(permit),
-                    Err(_) => break,
-                }
+            let more = self
+                .permits
+                .available_permits()
+                .min(self.batch.saturating_sub(permits.num_permits()));
+            if let Ok(more) = self
+                .permits
+                .clone()
+                .try_acquire_many_owned(u32::try_from(more).unwrap_or(u32::MAX))
+            {
+                permits.merge(more);
             }
             let fetched = if Instant::now() >= next_claim {
-                let claimed = self.claim(&mut claim_cursor, permits.len()).await;
+                let claimed = self.claim(&mut claim_cursor, permits.num_permits()).await;
                 if claim_cursor == "0-0" {
                     next_claim = Instant::now() + self.claim_idle / 2;
                 }
                 claimed
             } else {
                 tokio::select! {
-                    read = self.read(permits.len()) => read,
+                    read = self.read(permits.num_permits()) => read,
                     () = tx.closed() => return,
                 }
             };
@@ -472,7 +559,9 @@ impl Consumer {
                 Ok(entries) => {
                     backoff = Duration::from_millis(50);
                     for (entry, attempt) in entries {
-                        let Some(permit) = permits.pop() else { break };
+                        let Some(permit) = permits.split(1) else {
+                            break;
+                        };
                         let delivery = self.delivery(entry, attempt, permit);
                         if self.tx.send(Ok(delivery)).await.is_err() {
                             return;
@@ -657,17 +746,17 @@ impl RedisAcker {
 }
 
 impl Acknowledge for RedisAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+        let answer = self.shared.acks.push(std::mem::take(&mut self.entry_id));
         Box::pin(async move {
-            let mut conn = self.shared.conn.clone();
-            let _: i64 = redis::cmd("XACK")
-                .arg(&self.shared.stream)
-                .arg(&self.shared.group)
-                .arg(&self.entry_id)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_error)?;
-            Ok(())
+            let answered = answer.await;
+            // Settled only now: the prefetch permit goes back with the acker.
+            drop(self);
+            answered.unwrap_or_else(|_| {
+                Err(Error::NotConfirmed {
+                    reason: "the subscription ended before the XACK was answered".to_owned(),
+                })
+            })
         })
     }
 

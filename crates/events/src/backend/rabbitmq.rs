@@ -25,7 +25,11 @@
 //! - **Consume**: `basic.qos(prefetch)`, `basic.consume` with manual acks. Dropping
 //!   the [`DeliveryStream`] closes the channel, so the broker hands unacknowledged
 //!   messages to another member at once.
-//! - **Settle**: ack is `basic.ack`. Retry publishes a copy, with its attempt counter
+//! - **Settle**: ack is `basic.ack`, batched per channel: the acks that arrive while
+//!   the previous batch is being sent go out together, as one `basic.ack multiple` up
+//!   to the highest tag below which everything is settled, and one plain `basic.ack`
+//!   for each of the others (an unsettled delivery is never covered); an ack returns
+//!   once its frame was sent. Retry publishes a copy, with its attempt counter
 //!   raised, to a per-group delay queue `<topic>.<group>.delay.<ms>` whose TTL
 //!   dead-letters it back into the group's queue, then acks the original (after the
 //!   copy is confirmed: a crash in between duplicates, never loses). Delays are
@@ -61,6 +65,7 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,7 +79,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::headers;
 use crate::envelope::Envelope;
@@ -716,6 +721,9 @@ impl Consumer {
             )
             .await
             .map_err(broker_error)?;
+        let window = Arc::new(std::sync::Mutex::new(TagWindow::default()));
+        let (acks, pending) = mpsc::unbounded_channel();
+        tokio::spawn(send_acks(channel.clone(), Arc::clone(&window), pending));
         loop {
             let item = tokio::select! {
                 item = consumer.next() => item,
@@ -735,10 +743,12 @@ impl Consumer {
             let payload = Bytes::from(message.data);
             let attempt = attempt(&message.properties, message.redelivered);
             let envelope = decode(&message.properties, payload.clone());
+            lock(&window).delivered(message.delivery_tag);
             let acker = Box::new(RabbitMqAcker {
                 link: self.link.clone(),
                 topology: self.topology.clone(),
-                acker: message.acker,
+                tag: message.delivery_tag,
+                acks: acks.clone(),
                 properties: message.properties,
                 payload,
                 attempt,
@@ -757,11 +767,120 @@ impl Consumer {
     }
 }
 
+/// An ack on its way to the channel's ack task, with who waits for it to be sent.
+type AckRequest = (u64, oneshot::Sender<Result<(), Error>>);
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The delivery tags of one consuming channel from the lowest unsettled one on, in
+/// delivery order (tags grow by one per delivery on a channel).
+#[derive(Default)]
+struct TagWindow {
+    tags: VecDeque<(u64, TagState)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TagState {
+    /// Delivered, not settled.
+    Outstanding,
+    /// Settled; its ack not sent yet.
+    Settled,
+    /// Settled, and acked on its own (an earlier tag was outstanding).
+    AckedAlone,
+}
+
+impl TagWindow {
+    fn delivered(&mut self, tag: u64) {
+        self.tags.push_back((tag, TagState::Outstanding));
+    }
+
+    fn mark(&mut self, tag: u64, state: TagState) {
+        if let Ok(at) = self.tags.binary_search_by_key(&tag, |&(t, _)| t) {
+            self.tags[at].1 = state;
+        }
+    }
+
+    /// Drops the settled tags at the front; returns the highest of them whose ack is
+    /// not sent yet: one `basic.ack multiple` up to it acks every one of them (the
+    /// tags below it are settled, and those acked alone are no longer outstanding).
+    fn take_settled_prefix(&mut self) -> Option<u64> {
+        let mut upto = None;
+        while let Some(&(tag, state)) = self.tags.front() {
+            match state {
+                TagState::Outstanding => break,
+                TagState::Settled => upto = Some(tag),
+                TagState::AckedAlone => {}
+            }
+            self.tags.pop_front();
+        }
+        upto
+    }
+}
+
+/// Sends one channel's acks: every ack queued meanwhile goes out together, as one
+/// `basic.ack multiple` for the settled tags at the front of the window and one
+/// `basic.ack` for each of the others, and then each waiting ack gets the outcome.
+/// Ends once the channel's consumer and every delivery of it are gone.
+async fn send_acks(
+    channel: Channel,
+    window: Arc<std::sync::Mutex<TagWindow>>,
+    mut pending: mpsc::UnboundedReceiver<AckRequest>,
+) {
+    while let Some(first) = pending.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = pending.try_recv() {
+            batch.push(more);
+        }
+        let (upto, alone) = {
+            let mut window = lock(&window);
+            for &(tag, _) in &batch {
+                window.mark(tag, TagState::Settled);
+            }
+            let upto = window.take_settled_prefix();
+            let alone: Vec<u64> = batch
+                .iter()
+                .map(|&(tag, _)| tag)
+                .filter(|&tag| upto.is_none_or(|upto| tag > upto))
+                .collect();
+            for &tag in &alone {
+                window.mark(tag, TagState::AckedAlone);
+            }
+            (upto, alone)
+        };
+        let mut failed = None;
+        if let Some(upto) = upto
+            && let Err(e) = channel
+                .basic_ack(upto, BasicAckOptions { multiple: true })
+                .await
+        {
+            failed = Some(e.to_string());
+        }
+        for tag in alone {
+            if let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await {
+                failed = Some(e.to_string());
+            }
+        }
+        for (_, answer) in batch {
+            let outcome = match &failed {
+                None => Ok(()),
+                Some(reason) => Err(Error::connection(BACKEND, reason.clone())),
+            };
+            let _ = answer.send(outcome);
+        }
+    }
+}
+
 /// Settles one message.
 struct RabbitMqAcker {
     link: Arc<Link>,
     topology: Arc<Topology>,
-    acker: lapin::Acker,
+    /// The delivery tag, acked through the channel's ack task.
+    tag: u64,
+    acks: mpsc::UnboundedSender<AckRequest>,
     properties: BasicProperties,
     payload: Bytes,
     attempt: u32,
@@ -787,12 +906,13 @@ impl RabbitMqAcker {
             .with_delivery_mode(2)
     }
 
+    /// Acks the message (batched with the channel's other acks); returns once the ack
+    /// was sent.
     async fn ack_original(self) -> Result<(), Error> {
-        self.acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(connection_error)?;
-        Ok(())
+        let (answer, outcome) = oneshot::channel();
+        let gone = || Error::connection(BACKEND, "the consuming channel is gone");
+        self.acks.send((self.tag, answer)).map_err(|_| gone())?;
+        outcome.await.unwrap_or_else(|_| Err(gone()))
     }
 }
 
@@ -854,6 +974,60 @@ impl Acknowledge for RabbitMqAcker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Settling deliveries in any order and in batches of any size, as `send_acks`
+        /// does: a multiple ack never covers an unsettled delivery, and every settled
+        /// delivery is acked exactly once (by a multiple ack or on its own).
+        #[test]
+        fn batched_acks_cover_settled_tags_only_and_each_once(
+            order in proptest::sample::subsequence((1_u64..=40).collect::<Vec<_>>(), 0..=40)
+                .prop_shuffle(),
+            cuts in proptest::collection::vec(1_usize..6, 1..40),
+        ) {
+            use proptest::prop_assert;
+            use proptest::prop_assert_eq;
+            let mut window = TagWindow::default();
+            for tag in 1..=40 {
+                window.delivered(tag);
+            }
+            let mut settled = std::collections::BTreeSet::new();
+            // Tags the broker still counts as unacknowledged.
+            let mut unacked: std::collections::BTreeSet<u64> = (1..=40).collect();
+            let mut acked_times = std::collections::HashMap::new();
+            let mut rest = order.as_slice();
+            let mut cut = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let size = (*cut.next().unwrap_or(&1)).min(rest.len());
+                let (batch, later) = rest.split_at(size);
+                rest = later;
+                for &tag in batch {
+                    settled.insert(tag);
+                    window.mark(tag, TagState::Settled);
+                }
+                let upto = window.take_settled_prefix();
+                if let Some(upto) = upto {
+                    let covered: Vec<u64> = unacked.range(..=upto).copied().collect();
+                    for tag in covered {
+                        prop_assert!(settled.contains(&tag), "multiple ack covers unsettled {}", tag);
+                        unacked.remove(&tag);
+                        *acked_times.entry(tag).or_insert(0) += 1;
+                    }
+                }
+                for &tag in batch.iter().filter(|&&t| upto.is_none_or(|u| t > u)) {
+                    window.mark(tag, TagState::AckedAlone);
+                    prop_assert!(unacked.remove(&tag), "tag {} acked alone twice", tag);
+                    *acked_times.entry(tag).or_insert(0) += 1;
+                }
+            }
+            for tag in &settled {
+                prop_assert_eq!(acked_times.get(tag).copied(), Some(1), "tag {}", tag);
+            }
+            prop_assert_eq!(acked_times.len(), settled.len());
+        }
+    }
 
     #[test]
     fn amqp_properties_round_trip_the_envelope() -> Result<(), Error> {

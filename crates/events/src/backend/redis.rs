@@ -437,15 +437,18 @@ impl Drop for Shared {
     }
 }
 
-/// Acks of one subscription waiting to go out, each with who waits for its answer.
+/// An entry id to ack, with who waits for the answer of its `XACK`.
+type AckRequest = (String, oneshot::Sender<Result<(), Error>>);
+
+/// Acks of one subscription waiting to go out.
 #[derive(Default)]
 struct AckQueue {
-    waiting: std::sync::Mutex<Vec<(String, oneshot::Sender<Result<(), Error>>)>>,
+    waiting: std::sync::Mutex<Vec<AckRequest>>,
     wake: tokio::sync::Notify,
 }
 
 impl AckQueue {
-    fn take(&self) -> Vec<(String, oneshot::Sender<Result<(), Error>>)> {
+    fn take(&self) -> Vec<AckRequest> {
         let mut waiting = self
             .waiting
             .lock()

@@ -627,7 +627,7 @@ impl Drop for ClosingConsumer {
     }
 }
 
-/// What the pump and every delivery of one subscription share.
+/// What the reader and every delivery of one subscription share.
 struct Shared {
     consumer: ClosingConsumer,
     producer: FutureProducer,
@@ -667,9 +667,7 @@ fn partition(offsets: &mut Vec<(i32, PartitionOffsets)>, partition: i32) -> &mut
 
 impl Shared {
     fn offsets(&self) -> std::sync::MutexGuard<'_, Vec<(i32, PartitionOffsets)>> {
-        self.offsets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.offsets)
     }
 
     fn delivered(&self, partition_id: i32, offset: i64) {
@@ -783,7 +781,7 @@ impl Reader {
     }
 }
 
-/// What settling a record needs of it besides its payload.
+/// What settling a record needs of it.
 struct Record {
     original: Original,
     partition: i32,

@@ -51,15 +51,17 @@
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
+
+use super::lock;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::publisher::{BoxFuture, Publisher};
 use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
-use tokio::sync::mpsc;
 
 /// Header naming the group that dead-lettered an event.
 ///
@@ -258,14 +260,6 @@ struct Owner {
     member: u64,
     /// Unsettled deliveries plus reserved events of this key.
     count: usize,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock cannot leave the queues half-updated in a way
-    // that matters more than losing the bus, so keep going with the data.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn insert_sorted(queue: &mut VecDeque<Entry>, entry: Entry) {

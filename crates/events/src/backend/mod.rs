@@ -8,6 +8,8 @@
 //! | Redis Streams | `redis` | `redis` |
 //! | NATS JetStream | `nats` | `nats` |
 
+#[cfg(any(feature = "redis", feature = "rabbitmq"))]
+mod acks;
 #[allow(dead_code)] // used by the broker backends, which are behind features
 pub mod headers;
 #[cfg(feature = "kafka")]
@@ -23,6 +25,15 @@ pub mod rabbitmq;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+
+/// Locks `mutex`, going on with the data if a panic poisoned it: every backend's
+/// shared state stays consistent between statements that could panic, and losing the
+/// bus or the subscription would be worse than the half-finished update of one entry.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// A settlement that is already done, boxed without allocating (the future is
 /// zero-sized): what an acker returns when settling needed no I/O.

@@ -79,9 +79,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 
-use super::headers;
+use super::acks::Acks;
+use super::{headers, lock};
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::publisher::{BoxFuture, Publisher};
@@ -722,8 +723,14 @@ impl Consumer {
             .await
             .map_err(broker_error)?;
         let window = Arc::new(std::sync::Mutex::new(TagWindow::default()));
-        let (acks, pending) = mpsc::unbounded_channel();
-        tokio::spawn(send_acks(channel.clone(), Arc::clone(&window), pending));
+        let acks = {
+            let (channel, window) = (channel.clone(), Arc::clone(&window));
+            Acks::spawn(
+                BACKEND,
+                |reason| Error::connection(BACKEND, reason),
+                move |tags| send_acks(channel.clone(), Arc::clone(&window), tags),
+            )
+        };
         loop {
             let item = tokio::select! {
                 item = consumer.next() => item,
@@ -765,15 +772,6 @@ impl Consumer {
             }
         }
     }
-}
-
-/// An ack on its way to the channel's ack task, with who waits for it to be sent.
-type AckRequest = (u64, oneshot::Sender<Result<(), Error>>);
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The delivery tags of one consuming channel from the lowest unsettled one on, in
@@ -819,68 +817,58 @@ impl TagWindow {
         }
         upto
     }
+
+    /// Marks a batch of tags settled; returns how to ack them: `basic.ack multiple` up
+    /// to the first value (when there is one), and a plain `basic.ack` for each tag of
+    /// the second, which this marks acked alone.
+    fn settle(&mut self, tags: Vec<u64>) -> (Option<u64>, Vec<u64>) {
+        for &tag in &tags {
+            self.mark(tag, TagState::Settled);
+        }
+        let upto = self.take_settled_prefix();
+        let alone: Vec<u64> = tags
+            .into_iter()
+            .filter(|&tag| upto.is_none_or(|upto| tag > upto))
+            .collect();
+        for &tag in &alone {
+            self.mark(tag, TagState::AckedAlone);
+        }
+        (upto, alone)
+    }
 }
 
-/// Sends one channel's acks: every ack queued meanwhile goes out together, as one
-/// `basic.ack multiple` for the settled tags at the front of the window and one
-/// `basic.ack` for each of the others, and then each waiting ack gets the outcome.
-/// Ends once the channel's consumer and every delivery of it are gone.
+/// Sends one batch of a channel's acks (see [`Acks`]): one `basic.ack multiple` for
+/// the settled tags at the front of the window, and one `basic.ack` for each of the
+/// others; returns why a send failed, if one did.
 async fn send_acks(
     channel: Channel,
     window: Arc<std::sync::Mutex<TagWindow>>,
-    mut pending: mpsc::UnboundedReceiver<AckRequest>,
-) {
-    while let Some(first) = pending.recv().await {
-        let mut batch = vec![first];
-        while let Ok(more) = pending.try_recv() {
-            batch.push(more);
-        }
-        let (upto, alone) = {
-            let mut window = lock(&window);
-            for &(tag, _) in &batch {
-                window.mark(tag, TagState::Settled);
-            }
-            let upto = window.take_settled_prefix();
-            let alone: Vec<u64> = batch
-                .iter()
-                .map(|&(tag, _)| tag)
-                .filter(|&tag| upto.is_none_or(|upto| tag > upto))
-                .collect();
-            for &tag in &alone {
-                window.mark(tag, TagState::AckedAlone);
-            }
-            (upto, alone)
-        };
-        let mut failed = None;
-        if let Some(upto) = upto
-            && let Err(e) = channel
-                .basic_ack(upto, BasicAckOptions { multiple: true })
-                .await
-        {
+    tags: Vec<u64>,
+) -> Result<(), String> {
+    let (upto, alone) = lock(&window).settle(tags);
+    let mut failed = None;
+    if let Some(upto) = upto
+        && let Err(e) = channel
+            .basic_ack(upto, BasicAckOptions { multiple: true })
+            .await
+    {
+        failed = Some(e.to_string());
+    }
+    for tag in alone {
+        if let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await {
             failed = Some(e.to_string());
         }
-        for tag in alone {
-            if let Err(e) = channel.basic_ack(tag, BasicAckOptions::default()).await {
-                failed = Some(e.to_string());
-            }
-        }
-        for (_, answer) in batch {
-            let outcome = match &failed {
-                None => Ok(()),
-                Some(reason) => Err(Error::connection(BACKEND, reason.clone())),
-            };
-            let _ = answer.send(outcome);
-        }
     }
+    failed.map_or(Ok(()), Err)
 }
 
 /// Settles one message.
 struct RabbitMqAcker {
     link: Arc<Link>,
     topology: Arc<Topology>,
-    /// The delivery tag, acked through the channel's ack task.
+    /// The delivery tag, acked through the channel's ack batches.
     tag: u64,
-    acks: mpsc::UnboundedSender<AckRequest>,
+    acks: Acks<u64>,
     properties: BasicProperties,
     payload: Bytes,
     attempt: u32,
@@ -909,10 +897,7 @@ impl RabbitMqAcker {
     /// Acks the message (batched with the channel's other acks); returns once the ack
     /// was sent.
     async fn ack_original(self) -> Result<(), Error> {
-        let (answer, outcome) = oneshot::channel();
-        let gone = || Error::connection(BACKEND, "the consuming channel is gone");
-        self.acks.send((self.tag, answer)).map_err(|_| gone())?;
-        outcome.await.unwrap_or_else(|_| Err(gone()))
+        self.acks.ack(self.tag).await
     }
 }
 
@@ -978,7 +963,7 @@ mod tests {
     use proptest::strategy::Strategy as _;
 
     proptest::proptest! {
-        /// Settling deliveries in any order and in batches of any size, as `send_acks`
+        /// Settling deliveries in any order and in batches of any size, as `send_acks` does through `TagWindow::settle`
         /// does: a multiple ack never covers an unsettled delivery, and every settled
         /// delivery is acked exactly once (by a multiple ack or on its own).
         #[test]
@@ -1003,11 +988,8 @@ mod tests {
                 let size = (*cut.next().unwrap_or(&1)).min(rest.len());
                 let (batch, later) = rest.split_at(size);
                 rest = later;
-                for &tag in batch {
-                    settled.insert(tag);
-                    window.mark(tag, TagState::Settled);
-                }
-                let upto = window.take_settled_prefix();
+                settled.extend(batch.iter().copied());
+                let (upto, alone) = window.settle(batch.to_vec());
                 if let Some(upto) = upto {
                     let covered: Vec<u64> = unacked.range(..=upto).copied().collect();
                     for tag in covered {
@@ -1016,8 +998,7 @@ mod tests {
                         *acked_times.entry(tag).or_insert(0) += 1;
                     }
                 }
-                for &tag in batch.iter().filter(|&&t| upto.is_none_or(|u| t > u)) {
-                    window.mark(tag, TagState::AckedAlone);
+                for tag in alone {
                     prop_assert!(unacked.remove(&tag), "tag {} acked alone twice", tag);
                     *acked_times.entry(tag).or_insert(0) += 1;
                 }

@@ -61,9 +61,10 @@ use redis::streams::{
     StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
 };
 use redis::{Client, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
+use super::acks::Acks;
 use super::headers;
 use crate::envelope::Envelope;
 use crate::error::Error;
@@ -386,7 +387,28 @@ impl Subscriber for RedisBus {
         let prefetch = subscription.prefetch.max(1);
         let (tx, mut rx) = mpsc::channel(prefetch);
         let name = format!("{}-{}", subscription.group, uuid::Uuid::now_v7());
-        let acks = Arc::new(AckQueue::default());
+        let acks = {
+            let (conn, stream, group) = (
+                self.conn.clone(),
+                subscription.topic.clone(),
+                subscription.group.clone(),
+            );
+            Acks::spawn(
+                BACKEND,
+                |reason| Error::broker(BACKEND, reason),
+                move |ids: Vec<String>| {
+                    let mut xack = redis::cmd("XACK");
+                    xack.arg(&stream).arg(&group).arg(ids);
+                    let mut conn = conn.clone();
+                    async move {
+                        xack.query_async::<i64>(&mut conn)
+                            .await
+                            .map(drop)
+                            .map_err(|e| e.to_string())
+                    }
+                },
+            )
+        };
         let shared = Arc::new(Shared {
             consumer: name.clone(),
             tx: tx.clone(),
@@ -395,9 +417,8 @@ impl Subscriber for RedisBus {
             group: subscription.group.clone(),
             dead_letter: self.dead_letter_topic(&subscription.topic),
             max_len: self.options.max_len,
-            acks: Arc::clone(&acks),
+            acks,
         });
-        tokio::spawn(send_acks(Arc::downgrade(&shared), acks));
         let consumer = Consumer {
             shared,
             reader,
@@ -426,83 +447,8 @@ struct Shared {
     group: String,
     dead_letter: String,
     max_len: Option<usize>,
-    /// Acks waiting for the next `XACK`.
-    acks: Arc<AckQueue>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        // Lets `send_acks` see that the subscription and its deliveries are gone.
-        self.acks.wake.notify_one();
-    }
-}
-
-/// An entry id to ack, with who waits for the answer of its `XACK`.
-type AckRequest = (String, oneshot::Sender<Result<(), Error>>);
-
-/// Acks of one subscription waiting to go out.
-#[derive(Default)]
-struct AckQueue {
-    waiting: std::sync::Mutex<Vec<AckRequest>>,
-    wake: tokio::sync::Notify,
-}
-
-impl AckQueue {
-    fn take(&self) -> Vec<AckRequest> {
-        let mut waiting = self
-            .waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::mem::take(&mut *waiting)
-    }
-
-    /// Queues the ack of `entry_id`; the receiver gets the answer of its `XACK`.
-    fn push(&self, entry_id: String) -> oneshot::Receiver<Result<(), Error>> {
-        let (tx, rx) = oneshot::channel();
-        self.waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push((entry_id, tx));
-        self.wake.notify_one();
-        rx
-    }
-}
-
-/// Sends a subscription's acks, every ack queued meanwhile in one `XACK`, one `XACK`
-/// at a time (group commit: the busier the subscription, the larger the batches).
-/// Ends once the subscription and its deliveries are gone.
-async fn send_acks(shared: std::sync::Weak<Shared>, acks: Arc<AckQueue>) {
-    loop {
-        acks.wake.notified().await;
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        loop {
-            let batch = acks.take();
-            if batch.is_empty() {
-                break;
-            }
-            let mut xack = redis::cmd("XACK");
-            xack.arg(&shared.stream).arg(&shared.group);
-            for (entry_id, _) in &batch {
-                xack.arg(entry_id);
-            }
-            let mut conn = shared.conn.clone();
-            match xack.query_async::<i64>(&mut conn).await {
-                Ok(_) => {
-                    for (_, answer) in batch {
-                        let _ = answer.send(Ok(()));
-                    }
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    for (_, answer) in batch {
-                        let _ = answer.send(Err(Error::broker(BACKEND, reason.clone())));
-                    }
-                }
-            }
-        }
-    }
+    /// Acks, sent in batches of one `XACK` each.
+    acks: Acks<String>,
 }
 
 /// The task behind one subscription.
@@ -750,16 +696,10 @@ impl RedisAcker {
 
 impl Acknowledge for RedisAcker {
     fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        let answer = self.shared.acks.push(std::mem::take(&mut self.entry_id));
         Box::pin(async move {
-            let answered = answer.await;
-            // Settled only now: the prefetch permit goes back with the acker.
-            drop(self);
-            answered.unwrap_or_else(|_| {
-                Err(Error::NotConfirmed {
-                    reason: "the subscription ended before the XACK was answered".to_owned(),
-                })
-            })
+            let entry_id = std::mem::take(&mut self.entry_id);
+            // `self` (and with it the prefetch permit) goes only once the ack was sent.
+            self.shared.acks.ack(entry_id).await
         })
     }
 

@@ -233,8 +233,8 @@ where
     };
     Ok(Envelope {
         id,
-        event_type: Owned(required(TYPE, event_type)?.to_owned()),
-        source: Owned(required(SOURCE, source)?.to_owned()),
+        event_type: super::names::name(required(TYPE, event_type)?),
+        source: super::names::name(required(SOURCE, source)?),
         key,
         time,
         content_type: match required(CONTENT_TYPE, content_type)? {
@@ -242,7 +242,7 @@ where
             json if json == crate::codec::JsonCodec::CONTENT_TYPE => {
                 Borrowed(crate::codec::JsonCodec::CONTENT_TYPE)
             }
-            other => Owned(other.to_owned()),
+            other => super::names::name(other),
         },
         correlation_id,
         causation_id,

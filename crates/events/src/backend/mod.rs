@@ -16,6 +16,8 @@ pub mod headers;
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka;
 pub mod memory;
+#[allow(dead_code)] // used by `headers::decode`, which the broker backends use
+mod names;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;

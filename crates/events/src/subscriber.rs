@@ -396,6 +396,11 @@ impl Delivery {
 
     /// Acknowledges: the event was handled.
     ///
+    /// Settling starts at the call; the returned future reports when the broker took
+    /// it (at once where an ack needs no I/O, such as a Kafka offset store). It is
+    /// already boxed, so spawning it or keeping many in flight costs no further
+    /// allocation.
+    ///
     /// ```rust
     /// use futures_util::StreamExt;
     /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
@@ -410,11 +415,12 @@ impl Delivery {
     /// assert_eq!(bus.pending("orders", "billing"), 0);
     /// # Ok(()) }
     /// ```
-    pub async fn ack(self) -> Result<(), Error> {
-        self.acker.ack().await
+    pub fn ack(self) -> BoxFuture<'static, Result<(), Error>> {
+        self.acker.ack()
     }
 
-    /// Asks for redelivery after `delay`.
+    /// Asks for redelivery after `delay`. Like [`Delivery::ack`], settling starts at
+    /// the call and the future reports its outcome.
     ///
     /// ```rust
     /// use futures_util::StreamExt;
@@ -433,11 +439,13 @@ impl Delivery {
     /// again.ack().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn retry(self, delay: Duration) -> Result<(), Error> {
-        self.acker.retry(delay).await
+    pub fn retry(self, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
+        self.acker.retry(delay)
     }
 
-    /// Moves the event to the dead-letter destination with `reason`.
+    /// Moves the event to the dead-letter destination with `reason`. Like
+    /// [`Delivery::ack`], settling starts at the call and the future reports its
+    /// outcome.
     ///
     /// ```rust
     /// use futures_util::StreamExt;
@@ -456,7 +464,7 @@ impl Delivery {
     /// letter.ack().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn dead_letter(self, reason: impl Into<String>) -> Result<(), Error> {
-        self.acker.dead_letter(reason.into()).await
+    pub fn dead_letter(self, reason: impl Into<String>) -> BoxFuture<'static, Result<(), Error>> {
+        self.acker.dead_letter(reason.into())
     }
 }

@@ -118,6 +118,23 @@ fn medians(rounds: &[Vec<Row>]) -> Vec<(Row, f64)> {
         .collect()
 }
 
+/// Runs the raw and our measurement, ours first when `ours_first`: rounds alternate
+/// the order, so that neither side always meets the broker first (fresh, or still
+/// busy with what the other side left).
+async fn both<R, O>(ours_first: bool, raw: R, ours: O) -> Result<(f64, f64)>
+where
+    R: std::future::Future<Output = Result<f64>>,
+    O: std::future::Future<Output = Result<f64>>,
+{
+    if ours_first {
+        let ours = ours.await?;
+        Ok((raw.await?, ours))
+    } else {
+        let raw = raw.await?;
+        Ok((raw, ours.await?))
+    }
+}
+
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
@@ -151,8 +168,9 @@ async fn consume_ours<S: Subscriber>(
             .ok_or("subscription ended")??;
         started.get_or_insert_with(Instant::now);
         // As the consumer runtime settles: at once when the ack needs no I/O (Kafka
-        // stores an offset), in a task of its own when it waits for the broker.
-        let mut ack = Box::pin(delivery.ack());
+        // stores an offset), in a task of its own when it waits for the broker. The
+        // ack future comes boxed, to poll here or to spawn as it is.
+        let mut ack = delivery.ack();
         match futures_util::FutureExt::now_or_never(ack.as_mut()) {
             Some(done) => done?,
             None => {
@@ -171,7 +189,7 @@ async fn consume_ours<S: Subscriber>(
 
 // ---------------------------------------------------------------------------- Redis
 
-async fn redis_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
+async fn redis_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     let n = scaled(100_000);
     let client = redis::Client::open(url)?;
     let config =
@@ -185,26 +203,29 @@ async fn redis_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
     let raw_stream = unique_name("bench-raw");
     let body = payload();
     let fields = raw_headers();
-    let started = Instant::now();
-    for _ in 0..n / BATCH {
-        let mut pipe = redis::pipe();
-        for _ in 0..BATCH {
-            pipe.cmd("XADD")
-                .arg(&raw_stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(1_000_000)
-                .arg("*");
-            for (name, value) in &fields {
-                pipe.arg(*name).arg(value);
-            }
-            pipe.arg("data").arg(&body[..]);
-        }
-        let _: Vec<String> = pipe.query_async(&mut conn).await?;
-    }
-    let raw = rate(n, started.elapsed());
     let topic = unique_name("bench-ours");
-    let ours = publish_ours(&bus, &topic, n).await?;
+    let raw_publish = async {
+        let mut conn = conn.clone();
+        let started = Instant::now();
+        for _ in 0..n / BATCH {
+            let mut pipe = redis::pipe();
+            for _ in 0..BATCH {
+                pipe.cmd("XADD")
+                    .arg(&raw_stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(1_000_000)
+                    .arg("*");
+                for (name, value) in &fields {
+                    pipe.arg(*name).arg(value);
+                }
+                pipe.arg("data").arg(&body[..]);
+            }
+            let _: Vec<String> = pipe.query_async(&mut conn).await?;
+        }
+        Ok(rate(n, started.elapsed()))
+    };
+    let (raw, ours) = both(ours_first, raw_publish, publish_ours(&bus, &topic, n)).await?;
     rows.push(Row {
         backend: "redis",
         op: "publish (batch 1000)",
@@ -214,65 +235,69 @@ async fn redis_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
 
     // Raw consume: XREADGROUP + concurrent XACKs, at most PREFETCH unacked (read when
     // at least half the window is free, COUNT = what is free), as our subscription does.
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(&raw_stream)
-        .arg("g")
-        .arg("0")
-        .query_async(&mut conn)
-        .await?;
-    let reader = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    let started = Instant::now();
-    let mut done = 0;
-    let mut acks = JoinSet::new();
-    while done < n {
-        while acks.len() > PREFETCH / 2 {
-            if let Some(r) = acks.join_next().await {
+    let raw_consume = async {
+        let mut conn = conn.clone();
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&raw_stream)
+            .arg("g")
+            .arg("0")
+            .query_async(&mut conn)
+            .await?;
+        let reader = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let started = Instant::now();
+        let mut done = 0;
+        let mut acks = JoinSet::new();
+        while done < n {
+            while acks.len() > PREFETCH / 2 {
+                if let Some(r) = acks.join_next().await {
+                    r??;
+                }
+            }
+            let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("g")
+                .arg("c")
+                .arg("COUNT")
+                .arg(PREFETCH - acks.len())
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(&raw_stream)
+                .arg(">")
+                .query_async(&mut reader.clone())
+                .await?;
+            for key in reply.map(|r| r.keys).unwrap_or_default() {
+                for entry in key.ids {
+                    let mut ack_conn = conn.clone();
+                    let stream = raw_stream.clone();
+                    acks.spawn(async move {
+                        redis::cmd("XACK")
+                            .arg(stream)
+                            .arg("g")
+                            .arg(entry.id)
+                            .query_async::<i64>(&mut ack_conn)
+                            .await
+                    });
+                    done += 1;
+                }
+            }
+            while let Some(r) = acks.try_join_next() {
                 r??;
             }
         }
-        let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("c")
-            .arg("COUNT")
-            .arg(PREFETCH - acks.len())
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(&raw_stream)
-            .arg(">")
-            .query_async(&mut reader.clone())
-            .await?;
-        for key in reply.map(|r| r.keys).unwrap_or_default() {
-            for entry in key.ids {
-                let mut ack_conn = conn.clone();
-                let stream = raw_stream.clone();
-                acks.spawn(async move {
-                    redis::cmd("XACK")
-                        .arg(stream)
-                        .arg("g")
-                        .arg(entry.id)
-                        .query_async::<i64>(&mut ack_conn)
-                        .await
-                });
-                done += 1;
-            }
-        }
-        while let Some(r) = acks.try_join_next() {
+        while let Some(r) = acks.join_next().await {
             r??;
         }
-    }
-    while let Some(r) = acks.join_next().await {
-        r??;
-    }
-    let raw = rate(n, started.elapsed());
-    let ours = consume_ours(
-        &bus,
-        &Subscription::new(&topic, "g").with_prefetch(PREFETCH),
-        n,
+        Ok(rate(n, started.elapsed()))
+    };
+    let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
+    let (raw, ours) = both(
+        ours_first,
+        raw_consume,
+        consume_ours(&bus, &subscription, n),
     )
     .await?;
     rows.push(Row {
@@ -291,7 +316,7 @@ async fn redis_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
 
 // ---------------------------------------------------------------------------- RabbitMQ
 
-async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
+async fn rabbitmq_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
         ConfirmSelectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
@@ -338,42 +363,63 @@ async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
         .await?;
     let body = payload();
     let mut table = FieldTable::default();
-    for (name, value) in raw_headers() {
+    let fields = raw_headers();
+    for (name, value) in &fields {
         table.insert(
-            name.into(),
-            lapin::types::AMQPValue::LongString(value.into()),
+            (*name).into(),
+            lapin::types::AMQPValue::LongString(value.as_str().into()),
         );
     }
-    let started = Instant::now();
-    for _ in 0..n / BATCH {
-        let mut confirms = Vec::with_capacity(BATCH);
-        for _ in 0..BATCH {
-            confirms.push(
-                channel
-                    .basic_publish(
-                        raw_exchange.as_str().into(),
-                        raw_queue.as_str().into(),
-                        BasicPublishOptions::default(),
-                        &body,
-                        BasicProperties::default()
-                            .with_delivery_mode(2)
-                            .with_headers(table.clone()),
-                    )
-                    .await?,
-            );
-        }
-        for confirm in confirms {
-            if !confirm.await?.is_ack() {
-                return Err("nack".into());
-            }
-        }
-    }
-    let raw = rate(n, started.elapsed());
+    // The properties ours sets besides the headers, for tools that read them.
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    };
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(table)
+        .with_message_id(field("ce_id").into())
+        .with_timestamp(1_700_000_000)
+        .with_type(field("ce_type").into())
+        .with_app_id(field("ce_source").into())
+        .with_content_type(field("content-type").into());
     let exchange = unique_name("bench-x");
     let bus = RabbitMqBus::with_options(RabbitMqOptions::new(url).exchange(&exchange)).await?;
     let topic = unique_name("bench-ours");
     bus.declare_group(&topic, "g").await?;
-    let ours = publish_ours(&bus, &topic, n).await?;
+    let raw_publish = async {
+        let started = Instant::now();
+        for _ in 0..n / BATCH {
+            let mut confirms = Vec::with_capacity(BATCH);
+            for _ in 0..BATCH {
+                confirms.push(
+                    channel
+                        .basic_publish(
+                            raw_exchange.as_str().into(),
+                            raw_queue.as_str().into(),
+                            // Mandatory, as ours publishes by default.
+                            BasicPublishOptions {
+                                mandatory: true,
+                                immediate: false,
+                            },
+                            &body,
+                            properties.clone(),
+                        )
+                        .await?,
+                );
+            }
+            for confirm in confirms {
+                if !confirm.await?.is_ack() {
+                    return Err("nack".into());
+                }
+            }
+        }
+        Ok(rate(n, started.elapsed()))
+    };
+    let (raw, ours) = both(ours_first, raw_publish, publish_ours(&bus, &topic, n)).await?;
     rows.push(Row {
         backend: "rabbitmq",
         op: "publish (batch 1000, confirms)",
@@ -381,38 +427,41 @@ async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
         ours,
     });
 
-    let consumer_channel = connection.create_channel().await?;
-    consumer_channel
-        .basic_qos(PREFETCH as u16, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consumer_channel
-        .basic_consume(
-            raw_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut acks = JoinSet::new();
-    let mut started = None;
-    for _ in 0..n {
-        let delivery = tokio::time::timeout(TIMEOUT, consumer.next())
-            .await?
-            .ok_or("consumer ended")??;
-        started.get_or_insert_with(Instant::now);
-        acks.spawn(async move { delivery.acker.ack(BasicAckOptions::default()).await });
-        while let Some(r) = acks.try_join_next() {
+    let raw_consume = async {
+        let consumer_channel = connection.create_channel().await?;
+        consumer_channel
+            .basic_qos(PREFETCH as u16, BasicQosOptions::default())
+            .await?;
+        let mut consumer = consumer_channel
+            .basic_consume(
+                raw_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut acks = JoinSet::new();
+        let mut started = None;
+        for _ in 0..n {
+            let delivery = tokio::time::timeout(TIMEOUT, consumer.next())
+                .await?
+                .ok_or("consumer ended")??;
+            started.get_or_insert_with(Instant::now);
+            acks.spawn(async move { delivery.acker.ack(BasicAckOptions::default()).await });
+            while let Some(r) = acks.try_join_next() {
+                r??;
+            }
+        }
+        while let Some(r) = acks.join_next().await {
             r??;
         }
-    }
-    while let Some(r) = acks.join_next().await {
-        r??;
-    }
-    let raw = rate(n, started.map(|s| s.elapsed()).unwrap_or_default());
-    let ours = consume_ours(
-        &bus,
-        &Subscription::new(&topic, "g").with_prefetch(PREFETCH),
-        n,
+        Ok(rate(n, started.map(|s| s.elapsed()).unwrap_or_default()))
+    };
+    let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
+    let (raw, ours) = both(
+        ours_first,
+        raw_consume,
+        consume_ours(&bus, &subscription, n),
     )
     .await?;
     rows.push(Row {
@@ -440,7 +489,7 @@ async fn rabbitmq_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
 
 // ---------------------------------------------------------------------------- NATS
 
-async fn nats_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
+async fn nats_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     use async_nats::jetstream::{self, consumer, stream};
 
     let n = scaled(50_000);
@@ -458,31 +507,33 @@ async fn nats_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
     let nats_headers = raw_headers();
     // Our backend sends each event's id as `Nats-Msg-Id` too (JetStream deduplicates on
     // it), so the raw loop sends a distinct one per message: the same server work.
-    let started = Instant::now();
-    for batch in 0..n / BATCH {
-        let mut acks = Vec::with_capacity(BATCH);
-        for i in 0..BATCH {
-            let mut headers = async_nats::HeaderMap::new();
-            for (name, value) in &nats_headers {
-                headers.insert(*name, value.as_str());
-            }
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                format!("{raw_subject}-{batch}-{i}").as_str(),
-            );
-            acks.push(
-                js.publish_with_headers(raw_subject.clone(), headers, body.clone())
-                    .await?,
-            );
-        }
-        for ack in acks {
-            ack.await?;
-        }
-    }
-    let raw = rate(n, started.elapsed());
     let bus = NatsBus::connect(url).await?;
     let topic = unique_name("bench-ours");
-    let ours = publish_ours(&bus, &topic, n).await?;
+    let raw_publish = async {
+        let started = Instant::now();
+        for batch in 0..n / BATCH {
+            let mut acks = Vec::with_capacity(BATCH);
+            for i in 0..BATCH {
+                let mut headers = async_nats::HeaderMap::new();
+                for (name, value) in &nats_headers {
+                    headers.insert(*name, value.as_str());
+                }
+                headers.insert(
+                    async_nats::header::NATS_MESSAGE_ID,
+                    format!("{raw_subject}-{batch}-{i}").as_str(),
+                );
+                acks.push(
+                    js.publish_with_headers(raw_subject.clone(), headers, body.clone())
+                        .await?,
+                );
+            }
+            for ack in acks {
+                ack.await?;
+            }
+        }
+        Ok(rate(n, started.elapsed()))
+    };
+    let (raw, ours) = both(ours_first, raw_publish, publish_ours(&bus, &topic, n)).await?;
     rows.push(Row {
         backend: "nats",
         op: "publish (batch 1000, PubAck)",
@@ -490,44 +541,47 @@ async fn nats_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
         ours,
     });
 
-    let pull: consumer::PullConsumer = raw_stream
-        .get_or_create_consumer(
-            "g",
-            consumer::pull::Config {
-                durable_name: Some("g".to_owned()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                max_ack_pending: PREFETCH as i64,
-                ..consumer::pull::Config::default()
-            },
-        )
-        .await?;
-    let mut done = 0;
-    let mut acks = JoinSet::new();
-    let started = Instant::now();
-    while done < n {
-        let mut batch = pull
-            .batch()
-            .max_messages(PREFETCH - acks.len().min(PREFETCH - 1))
-            .expires(Duration::from_secs(1))
-            .messages()
+    let raw_consume = async {
+        let pull: consumer::PullConsumer = raw_stream
+            .get_or_create_consumer(
+                "g",
+                consumer::pull::Config {
+                    durable_name: Some("g".to_owned()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    max_ack_pending: PREFETCH as i64,
+                    ..consumer::pull::Config::default()
+                },
+            )
             .await?;
-        while let Some(message) = batch.next().await {
-            let message = message?;
-            acks.spawn(async move { message.ack().await });
-            done += 1;
+        let mut done = 0;
+        let mut acks = JoinSet::new();
+        let started = Instant::now();
+        while done < n {
+            let mut batch = pull
+                .batch()
+                .max_messages(PREFETCH - acks.len().min(PREFETCH - 1))
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await?;
+            while let Some(message) = batch.next().await {
+                let message = message?;
+                acks.spawn(async move { message.ack().await });
+                done += 1;
+            }
+            while let Some(r) = acks.try_join_next() {
+                r?.map_err(|e| e.to_string())?;
+            }
         }
-        while let Some(r) = acks.try_join_next() {
+        while let Some(r) = acks.join_next().await {
             r?.map_err(|e| e.to_string())?;
         }
-    }
-    while let Some(r) = acks.join_next().await {
-        r?.map_err(|e| e.to_string())?;
-    }
-    let raw = rate(n, started.elapsed());
-    let ours = consume_ours(
-        &bus,
-        &Subscription::new(&topic, "g").with_prefetch(PREFETCH),
-        n,
+        Ok(rate(n, started.elapsed()))
+    };
+    let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
+    let (raw, ours) = both(
+        ours_first,
+        raw_consume,
+        consume_ours(&bus, &subscription, n),
     )
     .await?;
     rows.push(Row {
@@ -543,8 +597,9 @@ async fn nats_rows(url: &str, rows: &mut Vec<Row>) -> Result<()> {
 
 // ---------------------------------------------------------------------------- Kafka (mock)
 
-async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
+async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     use rdkafka::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let n = scaled(50_000);
@@ -561,21 +616,52 @@ async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
         .set("acks", "all")
         .create()?;
     let body = payload();
-    let started = Instant::now();
-    for _ in 0..n / BATCH {
-        let mut reports = Vec::with_capacity(BATCH);
-        for i in 0..BATCH {
-            let key = (i % 64).to_string();
-            let record = FutureRecord::to(&raw_topic).key(&key).payload(&body);
-            reports.push(producer.send_result(record).map_err(|(e, _)| e)?);
-        }
-        for report in reports {
-            report.await?.map_err(|(e, _)| e)?;
-        }
-    }
-    let raw = rate(n, started.elapsed());
+    let fields = raw_headers();
+    let headers = || {
+        fields.iter().fold(
+            OwnedHeaders::new_with_capacity(fields.len()),
+            |h, (name, value)| {
+                h.insert(Header {
+                    key: name,
+                    value: Some(value.as_str()),
+                })
+            },
+        )
+    };
+    // Both producers connected, and their idempotence set up, before the clock starts:
+    // else the first side measured pays for it.
+    producer
+        .send(
+            FutureRecord::to(&raw_topic)
+                .key("0")
+                .payload(&body)
+                .headers(headers()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
     let bus = KafkaBus::with_options(KafkaOptions::new(&servers))?;
-    let ours = publish_ours(&bus, &topic, n).await?;
+    bus.publish(&topic, Envelope::new("bench.event", "bench", payload()))
+        .await?;
+    let raw_publish = async {
+        let started = Instant::now();
+        for _ in 0..n / BATCH {
+            let mut reports = Vec::with_capacity(BATCH);
+            for i in 0..BATCH {
+                let key = (i % 64).to_string();
+                let record = FutureRecord::to(&raw_topic)
+                    .key(&key)
+                    .payload(&body)
+                    .headers(headers());
+                reports.push(producer.send_result(record).map_err(|(e, _)| e)?);
+            }
+            for report in reports {
+                report.await?.map_err(|(e, _)| e)?;
+            }
+        }
+        Ok(rate(n, started.elapsed()))
+    };
+    let (raw, ours) = both(ours_first, raw_publish, publish_ours(&bus, &topic, n)).await?;
     rows.push(Row {
         backend: "kafka (mock)",
         op: "publish (batch 1000, acks=all)",
@@ -583,52 +669,65 @@ async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
         ours,
     });
 
-    // The mock cluster keeps only the last few MB of a partition, so the consume figures
-    // read at most 40k records from 4 partitions, the same records for both: two fresh
-    // topics filled by our bus (keys spread them over the partitions).
-    let n = n.min(40_000);
-    let raw_topic = unique_name("bench-raw-consume");
+    // The mock cluster keeps only the last 5 MB (and 100k records) of a partition, so
+    // the consume figures read at most 80k records from 8 partitions, the same records
+    // for both: fresh topics filled by our bus (keys spread them over the partitions).
+    let n = scaled(80_000).min(80_000);
     let topic = unique_name("bench-ours-consume");
-    for t in [&raw_topic, &topic] {
-        cluster.create_topic(t, 4, 1)?;
-        publish_ours(&bus, t, n).await?;
-    }
-    let raw = raw_kafka_consume(&servers, &raw_topic, "raw", n, RawRead::Nothing).await?;
-    let ours = consume_ours(
-        &bus,
-        &Subscription::new(&topic, "ours").with_prefetch(PREFETCH),
-        n,
-    )
-    .await
-    .map_err(|e| format!("our consume: {e}"))?;
-    rows.push(Row {
-        backend: "kafka (mock)",
-        op: "consume+ack (prefetch 1000), raw loop reads nothing",
-        raw,
-        ours,
-    });
-    // librdkafka parses a record's headers only when asked, so the loop above never
-    // pays for them; the other raw clients parse every message's metadata in their
-    // protocol code. Two more raw loops over fresh copies of the same records: one that
-    // reads each record in place (headers and payload, as a handler inside the loop
-    // would), one that keeps it past the `recv` borrow (what handing it to other code
-    // takes in rdkafka: `detach`, which copies payload and headers).
+    cluster.create_topic(&topic, PARTITIONS, 1)?;
+    publish_ours(&bus, &topic, n).await?;
+    // librdkafka parses a record's headers only when asked, so a raw loop that never
+    // looks at a record does not pay for them, while the other raw clients parse every
+    // message's metadata in their protocol code. Three raw loops, each over a copy of
+    // the same records: one that reads each record in place (headers and payload, as a
+    // handler inside the loop would: the like-for-like one), one that reads nothing,
+    // and one that keeps each record past the `recv` borrow (what handing it to other
+    // code takes in rdkafka: `detach`, which copies payload and headers).
+    let mut raws = Vec::new();
     for (read, group, op) in [
         (
-            RawRead::InPlace,
-            "raw-read",
-            "consume+ack, raw loop reads headers and payload in place",
+            RawRead::Nothing,
+            "raw-nothing",
+            "consume+ack (prefetch 1000), raw loop reads nothing",
         ),
         (
             RawRead::Detach,
             "raw-detach",
             "consume+ack, raw loop detaches each record",
         ),
+        (
+            RawRead::InPlace,
+            "raw-read",
+            "consume+ack, raw loop reads headers and payload in place",
+        ),
     ] {
         let copy = unique_name("bench-raw-consume");
-        cluster.create_topic(&copy, 4, 1)?;
+        cluster.create_topic(&copy, PARTITIONS, 1)?;
         publish_ours(&bus, &copy, n).await?;
-        let raw = raw_kafka_consume(&servers, &copy, group, n, read).await?;
+        raws.push((read, group, op, copy));
+    }
+    // Ours next to the in-place loop: last after it, or first before it.
+    if ours_first {
+        raws.reverse();
+    }
+    let subscription = Subscription::new(&topic, "ours").with_prefetch(PREFETCH);
+    let mut ours = None;
+    if ours_first {
+        ours = Some(consume_ours(&bus, &subscription, n).await?);
+    }
+    let mut measured = Vec::new();
+    for (read, group, op, copy) in raws {
+        measured.push((
+            op,
+            raw_kafka_consume(&servers, &copy, group, n, read).await?,
+        ));
+    }
+    let ours = match ours {
+        Some(ours) => ours,
+        None => consume_ours(&bus, &subscription, n).await?,
+    };
+    measured.sort_by_key(|&(op, _)| !op.contains("in place"));
+    for (op, raw) in measured {
         rows.push(Row {
             backend: "kafka (mock)",
             op,
@@ -638,6 +737,9 @@ async fn kafka_rows(rows: &mut Vec<Row>) -> Result<()> {
     }
     Ok(())
 }
+
+/// Partitions of the topics the Kafka consume figures read.
+const PARTITIONS: i32 = 8;
 
 /// What a raw Kafka consume loop does with each record before storing its offset.
 #[derive(Clone, Copy)]
@@ -651,7 +753,8 @@ enum RawRead {
 }
 
 /// A raw rdkafka consume loop over `n` records of `topic`: `recv`, `read` the record,
-/// store its offset for librdkafka's commit every second — the commit mode our backend
+/// store its offset (`store_offset_from_message`, the cheapest store rdkafka offers)
+/// for librdkafka's commit every second — the commit mode our backend
 /// uses by default. Returns records per second from the first record on.
 async fn raw_kafka_consume(
     servers: &str,
@@ -662,7 +765,7 @@ async fn raw_kafka_consume(
 ) -> Result<f64> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
-    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    use rdkafka::{ClientConfig, Message};
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", servers)
@@ -681,7 +784,6 @@ async fn raw_kafka_consume(
             .await
             .map_err(|_| format!("raw consume: no message within the deadline after {i}"))??;
         started.get_or_insert_with(Instant::now);
-        let (partition, offset) = (message.partition(), message.offset());
         match read {
             RawRead::Nothing => {}
             RawRead::InPlace => {
@@ -695,9 +797,7 @@ async fn raw_kafka_consume(
                 std::hint::black_box(message.detach());
             }
         }
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(topic, partition, Offset::Offset(offset + 1))?;
-        consumer.store_offsets(&list)?;
+        consumer.store_offset_from_message(&message)?;
     }
     let rate = rate(n, started.map(|s| s.elapsed()).unwrap_or_default());
     // Kafka clients of the mock cluster would block on drop; the process exits anyway.
@@ -719,11 +819,13 @@ fn main() -> Result<()> {
         std::env::var("EVENTS_BENCH_SKIP").is_ok_and(|skip| skip.split(',').any(|s| s == name))
     };
     runtime.block_on(async {
-        // Every round measures raw then ours for each backend; the table shows the median
-        // of each, and the median of the per-round ratios (the broker shares the 2 cores
-        // with the client, so single rounds are noisy).
+        // Every round measures raw and ours for each backend, raw first in odd rounds and
+        // ours first in even ones; the table shows the median of each, and the median of
+        // the per-round ratios (the broker shares the 2 cores with the client, so single
+        // rounds are noisy).
         let mut all: Vec<Vec<Row>> = Vec::new();
         for round in 0..rounds {
+            let ours_first = round % 2 == 1;
             let mut rows = Vec::new();
             for (service, name) in [
                 (Service::Redis, "redis"),
@@ -739,16 +841,16 @@ fn main() -> Result<()> {
                 }
                 let url = service.url();
                 let result = match service {
-                    Service::Redis => redis_rows(&url, &mut rows).await,
-                    Service::Amqp => rabbitmq_rows(&url, &mut rows).await,
-                    _ => nats_rows(&url, &mut rows).await,
+                    Service::Redis => redis_rows(&url, ours_first, &mut rows).await,
+                    Service::Amqp => rabbitmq_rows(&url, ours_first, &mut rows).await,
+                    _ => nats_rows(&url, ours_first, &mut rows).await,
                 };
                 if let Err(e) = result {
                     println!("{name}: failed: {e}");
                 }
             }
             if !skip("kafka")
-                && let Err(e) = kafka_rows(&mut rows).await
+                && let Err(e) = kafka_rows(ours_first, &mut rows).await
             {
                 println!("kafka: failed: {e}");
             }

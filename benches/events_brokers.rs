@@ -81,8 +81,59 @@ fn scaled(n: usize) -> usize {
 struct Row {
     backend: &'static str,
     op: &'static str,
+    /// Messages per second.
     raw: f64,
     ours: f64,
+    /// CPU time of this process per message, in microseconds (all its threads: the
+    /// client's, librdkafka's, and for Kafka the mock broker's).
+    raw_cpu: f64,
+    ours_cpu: f64,
+}
+
+impl Row {
+    fn new(backend: &'static str, op: &'static str, raw: Side, ours: Side) -> Self {
+        Self {
+            backend,
+            op,
+            raw: raw.rate,
+            ours: ours.rate,
+            raw_cpu: raw.cpu,
+            ours_cpu: ours.cpu,
+        }
+    }
+}
+
+/// One side's measurement.
+#[derive(Clone, Copy)]
+struct Side {
+    /// Messages per second.
+    rate: f64,
+    /// CPU time of this process per message, in microseconds.
+    cpu: f64,
+}
+
+/// CPU time used so far by every live thread of this process (scheduler statistics, in
+/// nanoseconds): a side's own cost, apart from the broker's (another process, except
+/// Kafka's mock cluster) and steadier than its rate.
+fn process_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    let nanos: u64 = tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// Runs `side` (which returns its rate over `n` messages) and measures the process CPU
+/// time it took, per message.
+async fn measure(n: usize, side: impl std::future::Future<Output = Result<f64>>) -> Result<Side> {
+    let before = process_cpu();
+    let rate = side.await?;
+    let cpu = process_cpu().saturating_sub(before).as_secs_f64() * 1e6 / n as f64;
+    Ok(Side { rate, cpu })
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -109,6 +160,8 @@ fn medians(rounds: &[Vec<Row>]) -> Vec<(Row, f64)> {
                 op: row.op,
                 raw: median(same.iter().map(|r| r.raw).collect()),
                 ours: median(same.iter().map(|r| r.ours).collect()),
+                raw_cpu: median(same.iter().map(|r| r.raw_cpu).collect()),
+                ours_cpu: median(same.iter().map(|r| r.ours_cpu).collect()),
             };
             (
                 summary,
@@ -121,17 +174,17 @@ fn medians(rounds: &[Vec<Row>]) -> Vec<(Row, f64)> {
 /// Runs the raw and our measurement, ours first when `ours_first`: rounds alternate
 /// the order, so that neither side always meets the broker first (fresh, or still
 /// busy with what the other side left).
-async fn both<R, O>(ours_first: bool, raw: R, ours: O) -> Result<(f64, f64)>
+async fn both<R, O>(ours_first: bool, n: usize, raw: R, ours: O) -> Result<(Side, Side)>
 where
     R: std::future::Future<Output = Result<f64>>,
     O: std::future::Future<Output = Result<f64>>,
 {
     if ours_first {
-        let ours = ours.await?;
-        Ok((raw.await?, ours))
+        let ours = measure(n, ours).await?;
+        Ok((measure(n, raw).await?, ours))
     } else {
-        let raw = raw.await?;
-        Ok((raw, ours.await?))
+        let raw = measure(n, raw).await?;
+        Ok((raw, measure(n, ours).await?))
     }
 }
 
@@ -225,13 +278,8 @@ async fn redis_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<
         }
         Ok(rate(n, started.elapsed()))
     };
-    let (raw, ours) = both(ours_first, raw_publish, publish_ours(&bus, &topic, n)).await?;
-    rows.push(Row {
-        backend: "redis",
-        op: "publish (batch 1000)",
-        raw,
-        ours,
-    });
+    let (raw, ours) = both(ours_first, n, raw_publish, publish_ours(&bus, &topic, n)).await?;
+    rows.push(Row::new("redis", "publish (batch 1000)", raw, ours));
 
     // Raw consume: XREADGROUP + concurrent XACKs, at most PREFETCH unacked (read when
     // at least half the window is free, COUNT = what is free), as our subscription does.
@@ -296,16 +344,12 @@ async fn redis_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<
     let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
     let (raw, ours) = both(
         ours_first,
+        n,
         raw_consume,
         consume_ours(&bus, &subscription, n),
     )
     .await?;
-    rows.push(Row {
-        backend: "redis",
-        op: "consume+ack (prefetch 1000)",
-        raw,
-        ours,
-    });
+    rows.push(Row::new("redis", "consume+ack (prefetch 1000)", raw, ours));
     let _: () = redis::cmd("DEL")
         .arg(&raw_stream)
         .arg(&topic)
@@ -419,13 +463,13 @@ async fn rabbitmq_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Resu
         }
         Ok(rate(n, started.elapsed()))
     };
-    let (raw, ours) = both(ours_first, raw_publish, publish_ours(&bus, &topic, n)).await?;
-    rows.push(Row {
-        backend: "rabbitmq",
-        op: "publish (batch 1000, confirms)",
+    let (raw, ours) = both(ours_first, n, raw_publish, publish_ours(&bus, &topic, n)).await?;
+    rows.push(Row::new(
+        "rabbitmq",
+        "publish (batch 1000, confirms)",
         raw,
         ours,
-    });
+    ));
 
     let raw_consume = async {
         let consumer_channel = connection.create_channel().await?;
@@ -460,16 +504,17 @@ async fn rabbitmq_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Resu
     let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
     let (raw, ours) = both(
         ours_first,
+        n,
         raw_consume,
         consume_ours(&bus, &subscription, n),
     )
     .await?;
-    rows.push(Row {
-        backend: "rabbitmq",
-        op: "consume+ack (prefetch 1000)",
+    rows.push(Row::new(
+        "rabbitmq",
+        "consume+ack (prefetch 1000)",
         raw,
         ours,
-    });
+    ));
     for queue in [
         raw_queue,
         bus.queue_name(&topic, "g"),
@@ -533,13 +578,8 @@ async fn nats_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<(
         }
         Ok(rate(n, started.elapsed()))
     };
-    let (raw, ours) = both(ours_first, raw_publish, publish_ours(&bus, &topic, n)).await?;
-    rows.push(Row {
-        backend: "nats",
-        op: "publish (batch 1000, PubAck)",
-        raw,
-        ours,
-    });
+    let (raw, ours) = both(ours_first, n, raw_publish, publish_ours(&bus, &topic, n)).await?;
+    rows.push(Row::new("nats", "publish (batch 1000, PubAck)", raw, ours));
 
     let raw_consume = async {
         let pull: consumer::PullConsumer = raw_stream
@@ -580,16 +620,12 @@ async fn nats_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<(
     let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
     let (raw, ours) = both(
         ours_first,
+        n,
         raw_consume,
         consume_ours(&bus, &subscription, n),
     )
     .await?;
-    rows.push(Row {
-        backend: "nats",
-        op: "consume+ack (prefetch 1000)",
-        raw,
-        ours,
-    });
+    rows.push(Row::new("nats", "consume+ack (prefetch 1000)", raw, ours));
     js.delete_stream(&raw_subject).await?;
     js.delete_stream(bus.stream_name(&topic)).await?;
     Ok(())
@@ -661,13 +697,13 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
         }
         Ok(rate(n, started.elapsed()))
     };
-    let (raw, ours) = both(ours_first, raw_publish, publish_ours(&bus, &topic, n)).await?;
-    rows.push(Row {
-        backend: "kafka (mock)",
-        op: "publish (batch 1000, acks=all)",
+    let (raw, ours) = both(ours_first, n, raw_publish, publish_ours(&bus, &topic, n)).await?;
+    rows.push(Row::new(
+        "kafka (mock)",
+        "publish (batch 1000, acks=all)",
         raw,
         ours,
-    });
+    ));
 
     // The mock cluster keeps only the last 5 MB (and 100k records) of a partition, so
     // the consume figures read at most 80k records from 8 partitions, the same records
@@ -713,27 +749,20 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     let subscription = Subscription::new(&topic, "ours").with_prefetch(PREFETCH);
     let mut ours = None;
     if ours_first {
-        ours = Some(consume_ours(&bus, &subscription, n).await?);
+        ours = Some(measure(n, consume_ours(&bus, &subscription, n)).await?);
     }
     let mut measured = Vec::new();
     for (read, group, op, copy) in raws {
-        measured.push((
-            op,
-            raw_kafka_consume(&servers, &copy, group, n, read).await?,
-        ));
+        let raw = raw_kafka_consume(&servers, &copy, group, n, read);
+        measured.push((op, measure(n, raw).await?));
     }
     let ours = match ours {
         Some(ours) => ours,
-        None => consume_ours(&bus, &subscription, n).await?,
+        None => measure(n, consume_ours(&bus, &subscription, n)).await?,
     };
     measured.sort_by_key(|&(op, _)| !op.contains("in place"));
     for (op, raw) in measured {
-        rows.push(Row {
-            backend: "kafka (mock)",
-            op,
-            raw,
-            ours,
-        });
+        rows.push(Row::new("kafka (mock)", op, raw, ours));
     }
     Ok(())
 }
@@ -856,13 +885,15 @@ fn main() -> Result<()> {
             }
             for row in &rows {
                 println!(
-                    "round {}: {} {}: raw {:.0}, ours {:.0} ({:.2}x)",
+                    "round {}: {} {}: raw {:.0}, ours {:.0} ({:.2}x); CPU µs/msg raw {:.2}, ours {:.2}",
                     round + 1,
                     row.backend,
                     row.op,
                     row.raw,
                     row.ours,
-                    row.ours / row.raw
+                    row.ours / row.raw,
+                    row.raw_cpu,
+                    row.ours_cpu,
                 );
             }
             all.push(rows);
@@ -872,13 +903,13 @@ fn main() -> Result<()> {
         println!("Medians of {rounds} rounds:");
         println!();
         println!(
-            "| backend | operation | raw client msg/s | palisade msg/s | ratio (median of rounds) |"
+            "| backend | operation | raw client msg/s | palisade msg/s | ratio (median of rounds) | CPU µs/msg raw | CPU µs/msg palisade |"
         );
-        println!("|---|---|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|");
         for (row, ratio) in &rows {
             println!(
-                "| {} | {} | {:.0} | {:.0} | {:.2}x |",
-                row.backend, row.op, row.raw, row.ours, ratio
+                "| {} | {} | {:.0} | {:.0} | {:.2}x | {:.2} | {:.2} |",
+                row.backend, row.op, row.raw, row.ours, ratio, row.raw_cpu, row.ours_cpu
             );
         }
         Ok::<(), BoxError>(())

@@ -608,10 +608,20 @@ impl Consumer {
             .into_iter()
             .map(|(name, value)| (name, value_bytes(value)))
             .collect();
+        // Decoded here, and the fields dropped here unless the entry is malformed: what
+        // the acker keeps is freed by whichever task settles it, and few allocations
+        // crossing tasks keep the allocator off its slow path.
+        let original = match decode_fields(&fields) {
+            Ok(envelope) => Original::Envelope(Arc::new(envelope)),
+            Err(error) => Original::Malformed {
+                fields,
+                error: error.to_string(),
+            },
+        };
         RedisAcker {
             shared: self.shared.clone(),
             entry_id: entry.id,
-            fields,
+            original,
             attempt,
             _permit: permit,
         }
@@ -649,11 +659,21 @@ fn decode_fields(fields: &[(String, Bytes)]) -> Result<Envelope, Error> {
     headers::decode(pairs, payload)
 }
 
+/// An entry as its acker keeps it: the envelope when it decoded (a dead letter is
+/// written back from it: the mapping is lossless), else the entry's fields as read.
+enum Original {
+    Envelope(Arc<Envelope>),
+    Malformed {
+        fields: Vec<(String, Bytes)>,
+        error: String,
+    },
+}
+
 /// Settles one entry.
 struct RedisAcker {
     shared: Arc<Shared>,
     entry_id: String,
-    fields: Vec<(String, Bytes)>,
+    original: Original,
     attempt: u32,
     _permit: OwnedSemaphorePermit,
 }
@@ -661,11 +681,15 @@ struct RedisAcker {
 impl RedisAcker {
     fn into_delivery(self) -> Delivery {
         let attempt = self.attempt;
-        let envelope = decode_fields(&self.fields);
-        let acker = Box::new(self);
-        match envelope {
-            Ok(envelope) => Delivery::new(envelope, attempt, acker),
-            Err(error) => Delivery::malformed(error, attempt, acker),
+        match &self.original {
+            Original::Envelope(envelope) => {
+                let envelope = Arc::clone(envelope);
+                Delivery::from_shared(envelope, attempt, Box::new(self))
+            }
+            Original::Malformed { error, .. } => {
+                let error = headers::malformed(error.clone());
+                Delivery::malformed(error, attempt, Box::new(self))
+            }
         }
     }
 
@@ -673,9 +697,22 @@ impl RedisAcker {
     async fn move_to(self, to: &str, extra: &[(&str, String)]) -> Result<(), Error> {
         let mut add = redis::cmd("XADD");
         xadd_head(&mut add, to, self.shared.max_len);
-        for (name, value) in &self.fields {
-            if !extra.iter().any(|(n, _)| n == name) {
-                add.arg(name.as_str()).arg(value.as_ref());
+        let kept = |name: &str| !extra.iter().any(|(n, _)| *n == name);
+        match &self.original {
+            Original::Envelope(envelope) => {
+                for (name, value) in headers::encode(envelope) {
+                    if kept(&name) {
+                        add.arg(name.as_ref()).arg(value.as_ref());
+                    }
+                }
+                add.arg(DATA).arg(envelope.payload.as_ref());
+            }
+            Original::Malformed { fields, .. } => {
+                for (name, value) in fields {
+                    if kept(name) {
+                        add.arg(name.as_str()).arg(value.as_ref());
+                    }
+                }
             }
         }
         for (name, value) in extra {

@@ -1079,9 +1079,7 @@ type Waiting = HashMap<String, VecDeque<(Delivery, Option<OwnedSemaphorePermit>)
 
 impl<C> Shared<C> {
     fn keys(&self) -> MutexGuard<'_, Waiting> {
-        self.keys
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock::lock(&self.keys)
     }
 }
 

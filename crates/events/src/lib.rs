@@ -95,6 +95,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod inbox;
+mod lock;
 pub mod publisher;
 pub mod subscriber;
 

@@ -28,14 +28,7 @@ pub mod rabbitmq;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 
-/// Locks `mutex`, going on with the data if a panic poisoned it: every backend's
-/// shared state stays consistent between statements that could panic, and losing the
-/// bus or the subscription would be worse than the half-finished update of one entry.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+pub(crate) use crate::lock::lock;
 
 /// A settlement that is already done, boxed without allocating (the future is
 /// zero-sized): what an acker returns when settling needed no I/O.

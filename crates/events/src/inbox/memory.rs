@@ -199,9 +199,7 @@ impl MemoryInbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::lock::lock(&self.state)
     }
 
     fn evict(&self, state: &mut State, now: Instant) {

@@ -22,6 +22,10 @@
 //! parsers do for every message), and one that detaches each record (an owned copy,
 //! what handing a record to other code takes).
 //!
+//! Rounds alternate which side goes first. Beside each rate, the CPU time this process
+//! spent per message (all its threads), which shows a side's own cost apart from the
+//! broker's and moves less between rounds than the rate.
+//!
 //! Run: `cargo bench -p palisade-benches --bench events_brokers` (set
 //! `EVENTS_BENCH_SCALE=0.2` for a quick pass, `EVENTS_BENCH_ROUNDS` for other than 3
 //! rounds, `EVENTS_BENCH_SKIP=redis,kafka` to leave backends out). Servers that are

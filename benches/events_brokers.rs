@@ -192,6 +192,18 @@ where
     }
 }
 
+/// A raw consume loop against ours reading `topic` as group `g`, in the round's order.
+async fn consume_both<S: Subscriber>(
+    ours_first: bool,
+    n: usize,
+    raw: impl std::future::Future<Output = Result<f64>>,
+    bus: &S,
+    topic: &str,
+) -> Result<(Side, Side)> {
+    let subscription = Subscription::new(topic, "g").with_prefetch(PREFETCH);
+    both(ours_first, n, raw, consume_ours(bus, &subscription, n)).await
+}
+
 fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
@@ -345,14 +357,7 @@ async fn redis_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<
         }
         Ok(rate(n, started.elapsed()))
     };
-    let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
-    let (raw, ours) = both(
-        ours_first,
-        n,
-        raw_consume,
-        consume_ours(&bus, &subscription, n),
-    )
-    .await?;
+    let (raw, ours) = consume_both(ours_first, n, raw_consume, &bus, &topic).await?;
     rows.push(Row::new("redis", "consume+ack (prefetch 1000)", raw, ours));
     let _: () = redis::cmd("DEL")
         .arg(&raw_stream)
@@ -505,14 +510,7 @@ async fn rabbitmq_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Resu
         }
         Ok(rate(n, started.map(|s| s.elapsed()).unwrap_or_default()))
     };
-    let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
-    let (raw, ours) = both(
-        ours_first,
-        n,
-        raw_consume,
-        consume_ours(&bus, &subscription, n),
-    )
-    .await?;
+    let (raw, ours) = consume_both(ours_first, n, raw_consume, &bus, &topic).await?;
     rows.push(Row::new(
         "rabbitmq",
         "consume+ack (prefetch 1000)",
@@ -621,14 +619,7 @@ async fn nats_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<(
         }
         Ok(rate(n, started.elapsed()))
     };
-    let subscription = Subscription::new(&topic, "g").with_prefetch(PREFETCH);
-    let (raw, ours) = both(
-        ours_first,
-        n,
-        raw_consume,
-        consume_ours(&bus, &subscription, n),
-    )
-    .await?;
+    let (raw, ours) = consume_both(ours_first, n, raw_consume, &bus, &topic).await?;
     rows.push(Row::new("nats", "consume+ack (prefetch 1000)", raw, ours));
     js.delete_stream(&raw_subject).await?;
     js.delete_stream(bus.stream_name(&topic)).await?;

@@ -301,6 +301,20 @@ impl Delivery {
         }
     }
 
+    /// A delivery of `message`: an envelope, or the error it could not be read with.
+    #[cfg(any(feature = "redis", feature = "kafka"))]
+    pub(crate) fn from_message(
+        message: Result<Arc<Envelope>, Error>,
+        attempt: u32,
+        acker: Box<dyn Acknowledge>,
+    ) -> Self {
+        Self {
+            message,
+            attempt: attempt.max(1),
+            acker,
+        }
+    }
+
     /// A delivery whose broker message could not be mapped to an envelope (a missing
     /// required header, an unreadable attribute). The consumer runtime dead-letters
     /// it at once with the error as the reason.

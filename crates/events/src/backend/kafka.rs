@@ -67,6 +67,7 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use super::Original;
 use super::headers;
 use crate::envelope::Envelope;
 use crate::error::Error;
@@ -783,21 +784,17 @@ impl Reader {
 
 /// What settling a record needs of it.
 struct Record {
-    original: Original,
+    /// The envelope, or the record as read when it is malformed.
+    original: Original<RawRecord>,
     partition: i32,
     offset: i64,
 }
 
-/// A record as the acker keeps it: decoded once when it is an envelope (a dead letter
-/// is written back from it), else its raw key, headers and payload.
-enum Original {
-    Envelope(Arc<Envelope>),
-    Malformed {
-        key: Option<Vec<u8>>,
-        headers: Option<OwnedHeaders>,
-        payload: Bytes,
-        error: String,
-    },
+/// A malformed record's key, headers and payload, to dead-letter it unchanged.
+struct RawRecord {
+    key: Option<Vec<u8>>,
+    headers: Option<OwnedHeaders>,
+    payload: Bytes,
 }
 
 impl Record {
@@ -806,17 +803,13 @@ impl Record {
     fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> (Self, u32) {
         let payload = || Bytes::copy_from_slice(message.payload().unwrap_or_default());
         let (decoded, attempt) = decode_with_attempt(message.headers(), payload());
-        let original = match decoded {
-            Ok(envelope) => Original::Envelope(Arc::new(envelope)),
-            Err(error) => Original::Malformed {
-                key: message.key().map(<[u8]>::to_vec),
-                headers: message
-                    .headers()
-                    .map(rdkafka::message::BorrowedHeaders::detach),
-                payload: payload(),
-                error: error.to_string(),
-            },
-        };
+        let original = Original::new(decoded, || RawRecord {
+            key: message.key().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(rdkafka::message::BorrowedHeaders::detach),
+            payload: payload(),
+        });
         let record = Self {
             original,
             partition: message.partition(),
@@ -836,17 +829,7 @@ struct KafkaAcker {
 
 impl KafkaAcker {
     fn into_delivery(self) -> Delivery {
-        let attempt = self.attempt;
-        match &self.record.original {
-            Original::Envelope(envelope) => {
-                let envelope = Arc::clone(envelope);
-                Delivery::from_shared(envelope, attempt, Box::new(self))
-            }
-            Original::Malformed { error, .. } => {
-                let error = headers::malformed(error.clone());
-                Delivery::malformed(error, attempt, Box::new(self))
-            }
-        }
+        Delivery::from_message(self.record.original.message(), self.attempt, Box::new(self))
     }
 
     fn done(&self) -> Result<(), Error> {
@@ -897,9 +880,12 @@ impl Acknowledge for KafkaAcker {
                     )
                 }
                 Original::Malformed {
-                    key,
-                    headers,
-                    payload,
+                    raw:
+                        RawRecord {
+                            key,
+                            headers,
+                            payload,
+                        },
                     ..
                 } => {
                     for header in headers.iter().flat_map(|h| h.iter()) {

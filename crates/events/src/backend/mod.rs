@@ -30,6 +30,41 @@ pub mod redis;
 
 pub(crate) use crate::lock::lock;
 
+/// A message as a broker backend's acker keeps it: the decoded envelope (a retry or a
+/// dead letter is written back from it: the header mapping is lossless), or, when the
+/// message did not decode, the message as read (`raw`, whatever the backend needs to
+/// write it back unchanged) and why it did not.
+#[cfg(any(feature = "redis", feature = "kafka"))]
+pub(crate) enum Original<R> {
+    Envelope(std::sync::Arc<crate::Envelope>),
+    Malformed { raw: R, error: String },
+}
+
+#[cfg(any(feature = "redis", feature = "kafka"))]
+impl<R> Original<R> {
+    /// Keeps `decoded`, or `raw()` with the error when it failed.
+    pub(crate) fn new(
+        decoded: Result<crate::Envelope, crate::Error>,
+        raw: impl FnOnce() -> R,
+    ) -> Self {
+        match decoded {
+            Ok(envelope) => Self::Envelope(std::sync::Arc::new(envelope)),
+            Err(error) => Self::Malformed {
+                raw: raw(),
+                error: error.to_string(),
+            },
+        }
+    }
+
+    /// What a delivery of the message shows: the envelope, or why there is none.
+    pub(crate) fn message(&self) -> Result<std::sync::Arc<crate::Envelope>, crate::Error> {
+        match self {
+            Self::Envelope(envelope) => Ok(std::sync::Arc::clone(envelope)),
+            Self::Malformed { error, .. } => Err(headers::malformed(error.clone())),
+        }
+    }
+}
+
 /// A settlement that is already done, boxed without allocating (the future is
 /// zero-sized): what an acker returns when settling needed no I/O.
 pub(crate) fn settled() -> crate::publisher::BoxFuture<'static, Result<(), crate::Error>> {

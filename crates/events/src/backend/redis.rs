@@ -64,6 +64,7 @@ use redis::{Client, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
+use super::Original;
 use super::acks::Acks;
 use super::headers;
 use crate::envelope::Envelope;
@@ -611,13 +612,7 @@ impl Consumer {
         // Decoded here, and the fields dropped here unless the entry is malformed: what
         // the acker keeps is freed by whichever task settles it, and few allocations
         // crossing tasks keep the allocator off its slow path.
-        let original = match decode_fields(&fields) {
-            Ok(envelope) => Original::Envelope(Arc::new(envelope)),
-            Err(error) => Original::Malformed {
-                fields,
-                error: error.to_string(),
-            },
-        };
+        let original = Original::new(decode_fields(&fields), || fields);
         RedisAcker {
             shared: self.shared.clone(),
             entry_id: entry.id,
@@ -659,38 +654,19 @@ fn decode_fields(fields: &[(String, Bytes)]) -> Result<Envelope, Error> {
     headers::decode(pairs, payload)
 }
 
-/// An entry as its acker keeps it: the envelope when it decoded (a dead letter is
-/// written back from it: the mapping is lossless), else the entry's fields as read.
-enum Original {
-    Envelope(Arc<Envelope>),
-    Malformed {
-        fields: Vec<(String, Bytes)>,
-        error: String,
-    },
-}
-
 /// Settles one entry.
 struct RedisAcker {
     shared: Arc<Shared>,
     entry_id: String,
-    original: Original,
+    /// The envelope, or the entry's fields as read when it is malformed.
+    original: Original<Vec<(String, Bytes)>>,
     attempt: u32,
     _permit: OwnedSemaphorePermit,
 }
 
 impl RedisAcker {
     fn into_delivery(self) -> Delivery {
-        let attempt = self.attempt;
-        match &self.original {
-            Original::Envelope(envelope) => {
-                let envelope = Arc::clone(envelope);
-                Delivery::from_shared(envelope, attempt, Box::new(self))
-            }
-            Original::Malformed { error, .. } => {
-                let error = headers::malformed(error.clone());
-                Delivery::malformed(error, attempt, Box::new(self))
-            }
-        }
+        Delivery::from_message(self.original.message(), self.attempt, Box::new(self))
     }
 
     /// `MULTI; XADD <to> …fields; XACK <stream> <group> <id>; EXEC`.
@@ -707,7 +683,7 @@ impl RedisAcker {
                 }
                 add.arg(DATA).arg(envelope.payload.as_ref());
             }
-            Original::Malformed { fields, .. } => {
+            Original::Malformed { raw: fields, .. } => {
                 for (name, value) in fields {
                     if kept(name) {
                         add.arg(name.as_str()).arg(value.as_ref());

@@ -208,13 +208,22 @@ fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
 
-/// Publishes `n` envelopes with `publish_batch` in batches of [`BATCH`].
-async fn publish_ours<P: Publisher>(bus: &P, topic: &str, n: usize) -> Result<f64> {
-    // Split before the clock starts: the raw loops' messages are prepared up front too.
+/// `n` envelopes in batches of [`BATCH`], made before a clock starts (the raw loops'
+/// messages are prepared up front too).
+fn batches(n: usize) -> Vec<Vec<Envelope>> {
     let mut all = envelopes(n).into_iter();
-    let batches: Vec<Vec<Envelope>> = (0..n.div_ceil(BATCH))
+    (0..n.div_ceil(BATCH))
         .map(|_| all.by_ref().take(BATCH).collect())
-        .collect();
+        .collect()
+}
+
+/// Publishes `batches` with `publish_batch`; returns envelopes per second.
+async fn publish_ours<P: Publisher>(
+    bus: &P,
+    topic: &str,
+    batches: Vec<Vec<Envelope>>,
+) -> Result<f64> {
+    let n: usize = batches.iter().map(Vec::len).sum();
     let started = Instant::now();
     for batch in batches {
         bus.publish_batch(topic, batch).await?;
@@ -294,7 +303,8 @@ async fn redis_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<
         }
         Ok(rate(n, started.elapsed()))
     };
-    let (raw, ours) = both(ours_first, n, raw_publish, publish_ours(&bus, &topic, n)).await?;
+    let ours_publish = publish_ours(&bus, &topic, batches(n));
+    let (raw, ours) = both(ours_first, n, raw_publish, ours_publish).await?;
     rows.push(Row::new("redis", "publish (batch 1000)", raw, ours));
 
     // Raw consume: XREADGROUP + concurrent XACKs, at most PREFETCH unacked (read when
@@ -472,7 +482,8 @@ async fn rabbitmq_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Resu
         }
         Ok(rate(n, started.elapsed()))
     };
-    let (raw, ours) = both(ours_first, n, raw_publish, publish_ours(&bus, &topic, n)).await?;
+    let ours_publish = publish_ours(&bus, &topic, batches(n));
+    let (raw, ours) = both(ours_first, n, raw_publish, ours_publish).await?;
     rows.push(Row::new(
         "rabbitmq",
         "publish (batch 1000, confirms)",
@@ -580,7 +591,8 @@ async fn nats_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<(
         }
         Ok(rate(n, started.elapsed()))
     };
-    let (raw, ours) = both(ours_first, n, raw_publish, publish_ours(&bus, &topic, n)).await?;
+    let ours_publish = publish_ours(&bus, &topic, batches(n));
+    let (raw, ours) = both(ours_first, n, raw_publish, ours_publish).await?;
     rows.push(Row::new("nats", "publish (batch 1000, PubAck)", raw, ours));
 
     let raw_consume = async {
@@ -692,7 +704,8 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
         }
         Ok(rate(n, started.elapsed()))
     };
-    let (raw, ours) = both(ours_first, n, raw_publish, publish_ours(&bus, &topic, n)).await?;
+    let ours_publish = publish_ours(&bus, &topic, batches(n));
+    let (raw, ours) = both(ours_first, n, raw_publish, ours_publish).await?;
     rows.push(Row::new(
         "kafka (mock)",
         "publish (batch 1000, acks=all)",
@@ -706,7 +719,7 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     let n = scaled(80_000).min(80_000);
     let topic = unique_name("bench-ours-consume");
     cluster.create_topic(&topic, PARTITIONS, 1)?;
-    publish_ours(&bus, &topic, n).await?;
+    publish_ours(&bus, &topic, batches(n)).await?;
     // librdkafka parses a record's headers only when asked, so a raw loop that never
     // looks at a record does not pay for them, while the other raw clients parse every
     // message's metadata in their protocol code. Three raw loops, each over a copy of
@@ -734,7 +747,7 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     ] {
         let copy = unique_name("bench-raw-consume");
         cluster.create_topic(&copy, PARTITIONS, 1)?;
-        publish_ours(&bus, &copy, n).await?;
+        publish_ours(&bus, &copy, batches(n)).await?;
         raws.push((read, group, op, copy));
     }
     // Ours next to the in-place loop: last after it, or first before it.

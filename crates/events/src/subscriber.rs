@@ -410,10 +410,10 @@ impl Delivery {
 
     /// Acknowledges: the event was handled.
     ///
-    /// Settling starts at the call; the returned future reports when the broker took
-    /// it (at once where an ack needs no I/O, such as a Kafka offset store). It is
-    /// already boxed, so spawning it or keeping many in flight costs no further
-    /// allocation.
+    /// Returns the backend's settling future, already boxed: spawning it or keeping many
+    /// in flight costs no further allocation. Await it: a backend may do the work at
+    /// the call (a Kafka offset store) or only once the future is polled, and only its
+    /// output says the broker took the ack.
     ///
     /// ```rust
     /// use futures_util::StreamExt;
@@ -433,8 +433,8 @@ impl Delivery {
         self.acker.ack()
     }
 
-    /// Asks for redelivery after `delay`. Like [`Delivery::ack`], settling starts at
-    /// the call and the future reports its outcome.
+    /// Asks for redelivery after `delay`. Like [`Delivery::ack`], returns the
+    /// backend's boxed settling future, to be awaited.
     ///
     /// ```rust
     /// use futures_util::StreamExt;
@@ -458,8 +458,7 @@ impl Delivery {
     }
 
     /// Moves the event to the dead-letter destination with `reason`. Like
-    /// [`Delivery::ack`], settling starts at the call and the future reports its
-    /// outcome.
+    /// [`Delivery::ack`], returns the backend's boxed settling future, to be awaited.
     ///
     /// ```rust
     /// use futures_util::StreamExt;

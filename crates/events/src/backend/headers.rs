@@ -85,43 +85,89 @@ pub(crate) fn escape(name: &str) -> std::borrow::Cow<'_, str> {
 /// (chrono's `SecondsFormat::AutoSi`, written here digit by digit because it runs once
 /// per published event).
 pub(crate) fn format_time(time: &DateTime<Utc>) -> String {
-    use chrono::{Datelike, Timelike};
+    TimeText::of(time).as_str().to_owned()
+}
 
-    let (year, nanos) = (time.year(), time.nanosecond());
-    if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
-        // Five-digit years and leap seconds: rare enough for the general formatter.
-        return time.to_rfc3339_opts(SecondsFormat::AutoSi, true);
+/// ASCII text being written into a fixed buffer (what does not fit is dropped: the
+/// buffer is sized for the longest time).
+struct Ascii {
+    bytes: [u8; 30],
+    len: usize,
+}
+
+impl Ascii {
+    fn push(&mut self, byte: u8) {
+        if let Some(slot) = self.bytes.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
     }
-    fn digits(out: &mut String, value: u32, width: u32) {
+
+    /// `value`'s last `width` decimal digits, zero-padded.
+    fn digits(&mut self, value: u32, width: u32) {
         for place in (0..width).rev() {
             let digit = (value / 10_u32.pow(place)) % 10;
-            out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+            self.push(b'0' + u8::try_from(digit).unwrap_or(0));
         }
     }
-    let mut out = String::with_capacity(30);
-    digits(&mut out, year.unsigned_abs(), 4);
-    out.push('-');
-    digits(&mut out, time.month(), 2);
-    out.push('-');
-    digits(&mut out, time.day(), 2);
-    out.push('T');
-    digits(&mut out, time.hour(), 2);
-    out.push(':');
-    digits(&mut out, time.minute(), 2);
-    out.push(':');
-    digits(&mut out, time.second(), 2);
-    if nanos != 0 {
-        out.push('.');
-        if nanos % 1_000_000 == 0 {
-            digits(&mut out, nanos / 1_000_000, 3);
-        } else if nanos % 1_000 == 0 {
-            digits(&mut out, nanos / 1_000, 6);
-        } else {
-            digits(&mut out, nanos, 9);
+}
+
+/// A time as [`format_time`] writes it, formatted on the stack (only the general
+/// formatter's rare cases allocate): what [`encode_each`] hands out per published event.
+pub(crate) enum TimeText {
+    /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`: at most 30 ASCII bytes.
+    Short { bytes: [u8; 30], len: usize },
+    /// Five-digit years and leap seconds, from chrono's formatter.
+    Long(String),
+}
+
+impl TimeText {
+    pub(crate) fn of(time: &DateTime<Utc>) -> Self {
+        use chrono::{Datelike, Timelike};
+
+        let (year, nanos) = (time.year(), time.nanosecond());
+        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+            return Self::Long(time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        }
+        let mut out = Ascii {
+            bytes: [0; 30],
+            len: 0,
+        };
+        out.digits(year.unsigned_abs(), 4);
+        out.push(b'-');
+        out.digits(time.month(), 2);
+        out.push(b'-');
+        out.digits(time.day(), 2);
+        out.push(b'T');
+        out.digits(time.hour(), 2);
+        out.push(b':');
+        out.digits(time.minute(), 2);
+        out.push(b':');
+        out.digits(time.second(), 2);
+        if nanos != 0 {
+            out.push(b'.');
+            if nanos % 1_000_000 == 0 {
+                out.digits(nanos / 1_000_000, 3);
+            } else if nanos % 1_000 == 0 {
+                out.digits(nanos / 1_000, 6);
+            } else {
+                out.digits(nanos, 9);
+            }
+        }
+        out.push(b'Z');
+        let Ascii { bytes, len } = out;
+        Self::Short { bytes, len }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Self::Short { bytes, len } => bytes
+                .get(..*len)
+                .and_then(|ascii| std::str::from_utf8(ascii).ok())
+                .unwrap_or_default(),
+            Self::Long(text) => text,
         }
     }
-    out.push('Z');
-    out
 }
 
 /// Reads a time in exactly the form [`format_time`] writes (`Z`, 0, 3, 6 or 9
@@ -157,33 +203,38 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     Some(time.and_utc())
 }
 
-/// The envelope's attributes and free headers as wire pairs (the payload travels as
-/// the body, separately), borrowed from the envelope where they can be. Absent
-/// optional attributes are left out.
-pub(crate) fn encode(envelope: &Envelope) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    let mut pairs = Vec::with_capacity(8 + envelope.headers.len());
+/// Hands `pair` each of the envelope's attributes and free headers as a wire pair (the
+/// payload travels as the body, separately), without allocating: the id and the time
+/// are formatted on the stack. Absent optional attributes are left out. What every
+/// backend's publish maps to its broker's headers.
+pub(crate) fn encode_each(envelope: &Envelope, mut pair: impl FnMut(&str, &str)) {
     let mut id = Uuid::encode_buffer();
-    let id = envelope.id.hyphenated().encode_lower(&mut id);
-    pairs.push((Borrowed(ID), Owned(id.to_owned())));
-    pairs.push((Borrowed(TYPE), Borrowed(envelope.event_type.as_ref())));
-    pairs.push((Borrowed(SOURCE), Borrowed(envelope.source.as_ref())));
-    pairs.push((Borrowed(TIME), Owned(format_time(&envelope.time))));
-    pairs.push((
-        Borrowed(CONTENT_TYPE),
-        Borrowed(envelope.content_type.as_ref()),
-    ));
+    pair(ID, envelope.id.hyphenated().encode_lower(&mut id));
+    pair(TYPE, &envelope.event_type);
+    pair(SOURCE, &envelope.source);
+    pair(TIME, TimeText::of(&envelope.time).as_str());
+    pair(CONTENT_TYPE, &envelope.content_type);
     if let Some(key) = &envelope.key {
-        pairs.push((Borrowed(SUBJECT), Borrowed(key.as_str())));
+        pair(SUBJECT, key);
     }
     if let Some(id) = &envelope.correlation_id {
-        pairs.push((Borrowed(CORRELATION_ID), Borrowed(id.as_str())));
+        pair(CORRELATION_ID, id);
     }
     if let Some(id) = &envelope.causation_id {
-        pairs.push((Borrowed(CAUSATION_ID), Borrowed(id.as_str())));
+        pair(CAUSATION_ID, id);
     }
     for (name, value) in &envelope.headers {
-        pairs.push((escape(name), Borrowed(value.as_str())));
+        pair(&escape(name), value);
     }
+}
+
+/// The pairs of [`encode_each`], collected (for paths off the publish hot path: dead
+/// letters written back, tests).
+pub(crate) fn encode(envelope: &Envelope) -> Vec<(Cow<'static, str>, Cow<'static, str>)> {
+    let mut pairs = Vec::with_capacity(8 + envelope.headers.len());
+    encode_each(envelope, |name, value| {
+        pairs.push((Owned(name.to_owned()), Owned(value.to_owned())));
+    });
     pairs
 }
 

@@ -279,25 +279,18 @@ impl KafkaBus {
     }
 }
 
-/// Record headers carrying `envelope` plus `extra` (already wire names).
-fn encode(
-    envelope_headers: &[(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)],
-    extra: &[(&str, &str)],
-) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(envelope_headers.len() + extra.len());
-    for (name, value) in envelope_headers {
-        out = out.insert(Header {
-            key: name.as_ref(),
-            value: Some(value.as_bytes()),
+/// The record headers carrying `envelope`'s attributes and free headers.
+fn record_headers(envelope: &Envelope) -> OwnedHeaders {
+    let mut out = Some(OwnedHeaders::new_with_capacity(8 + envelope.headers.len()));
+    headers::encode_each(envelope, |name, value| {
+        out = out.take().map(|h| {
+            h.insert(Header {
+                key: name,
+                value: Some(value.as_bytes()),
+            })
         });
-    }
-    for (name, value) in extra {
-        out = out.insert(Header {
-            key: name,
-            value: Some(value.as_bytes()),
-        });
-    }
-    out
+    });
+    out.unwrap_or_default()
 }
 
 /// Reads an envelope and the delivery attempt (our `x-palisade-attempt` header, 1 when
@@ -359,7 +352,7 @@ async fn send(
 
 impl Publisher for KafkaBus {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
-        let record_headers = encode(&headers::encode(&envelope), &[]);
+        let record_headers = record_headers(&envelope);
         send(
             &self.producer,
             self.options.send_timeout,
@@ -376,7 +369,7 @@ impl Publisher for KafkaBus {
         for envelope in &envelopes {
             let mut record = FutureRecord::<[u8], [u8]>::to(topic)
                 .payload(&envelope.payload)
-                .headers(encode(&headers::encode(envelope), &[]));
+                .headers(record_headers(envelope));
             if let Some(key) = &envelope.key {
                 record = record.key(key.as_bytes());
             }
@@ -929,7 +922,10 @@ mod tests {
             .with_key("k")
             .with_causation_id("z")
             .with_header("tenant", "acme");
-        let record_headers = encode(&headers::encode(&envelope), &[(ATTEMPT, "3")]);
+        let record_headers = record_headers(&envelope).insert(Header {
+            key: ATTEMPT,
+            value: Some("3"),
+        });
         let (decoded, attempt) =
             decode_with_attempt(Some(&record_headers), envelope.payload.clone());
         assert_eq!(decoded?, envelope);

@@ -315,9 +315,9 @@ fn xadd_head(cmd: &mut redis::Cmd, topic: &str, max_len: Option<usize>) {
 }
 
 fn xadd_envelope(cmd: &mut redis::Cmd, envelope: &Envelope) {
-    for (name, value) in headers::encode(envelope) {
-        cmd.arg(name.as_ref()).arg(value);
-    }
+    headers::encode_each(envelope, |name, value| {
+        cmd.arg(name).arg(value);
+    });
     cmd.arg(DATA).arg(envelope.payload.as_ref());
 }
 

@@ -17,7 +17,7 @@
 //!
 //! Times are written as RFC 3339 with nanoseconds, so they round-trip exactly.
 
-use std::borrow::Cow::{self, Borrowed, Owned};
+use std::borrow::Cow::Borrowed;
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -90,7 +90,7 @@ pub(crate) fn format_time(time: &DateTime<Utc>) -> String {
 
 /// ASCII text being written into a fixed buffer (what does not fit is dropped: the
 /// buffer is sized for the longest time).
-struct Ascii {
+pub(crate) struct Ascii {
     bytes: [u8; 30],
     len: usize,
 }
@@ -110,13 +110,20 @@ impl Ascii {
             self.push(b'0' + u8::try_from(digit).unwrap_or(0));
         }
     }
+
+    fn as_str(&self) -> &str {
+        self.bytes
+            .get(..self.len)
+            .and_then(|ascii| std::str::from_utf8(ascii).ok())
+            .unwrap_or_default()
+    }
 }
 
 /// A time as [`format_time`] writes it, formatted on the stack (only the general
 /// formatter's rare cases allocate): what [`encode_each`] hands out per published event.
 pub(crate) enum TimeText {
     /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z`: at most 30 ASCII bytes.
-    Short { bytes: [u8; 30], len: usize },
+    Short(Ascii),
     /// Five-digit years and leap seconds, from chrono's formatter.
     Long(String),
 }
@@ -155,16 +162,12 @@ impl TimeText {
             }
         }
         out.push(b'Z');
-        let Ascii { bytes, len } = out;
-        Self::Short { bytes, len }
+        Self::Short(out)
     }
 
     pub(crate) fn as_str(&self) -> &str {
         match self {
-            Self::Short { bytes, len } => bytes
-                .get(..*len)
-                .and_then(|ascii| std::str::from_utf8(ascii).ok())
-                .unwrap_or_default(),
+            Self::Short(ascii) => ascii.as_str(),
             Self::Long(text) => text,
         }
     }
@@ -205,32 +208,51 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 
 /// Hands `pair` each of the envelope's attributes and free headers as a wire pair (the
 /// payload travels as the body, separately), without allocating: the id and the time
-/// are formatted on the stack. Absent optional attributes are left out. What every
-/// backend's publish maps to its broker's headers.
-pub(crate) fn encode_each(envelope: &Envelope, mut pair: impl FnMut(&str, &str)) {
+/// are formatted on the stack. Absent optional attributes are left out. Stops at the
+/// first pair the broker's mapping refuses, with its error.
+pub(crate) fn try_encode_each<E>(
+    envelope: &Envelope,
+    mut pair: impl FnMut(&str, &str) -> Result<(), E>,
+) -> Result<(), E> {
     let mut id = Uuid::encode_buffer();
-    pair(ID, envelope.id.hyphenated().encode_lower(&mut id));
-    pair(TYPE, &envelope.event_type);
-    pair(SOURCE, &envelope.source);
-    pair(TIME, TimeText::of(&envelope.time).as_str());
-    pair(CONTENT_TYPE, &envelope.content_type);
+    pair(ID, envelope.id.hyphenated().encode_lower(&mut id))?;
+    pair(TYPE, &envelope.event_type)?;
+    pair(SOURCE, &envelope.source)?;
+    pair(TIME, TimeText::of(&envelope.time).as_str())?;
+    pair(CONTENT_TYPE, &envelope.content_type)?;
     if let Some(key) = &envelope.key {
-        pair(SUBJECT, key);
+        pair(SUBJECT, key)?;
     }
     if let Some(id) = &envelope.correlation_id {
-        pair(CORRELATION_ID, id);
+        pair(CORRELATION_ID, id)?;
     }
     if let Some(id) = &envelope.causation_id {
-        pair(CAUSATION_ID, id);
+        pair(CAUSATION_ID, id)?;
     }
     for (name, value) in &envelope.headers {
-        pair(&escape(name), value);
+        pair(&escape(name), value)?;
     }
+    Ok(())
 }
 
-/// The pairs of [`encode_each`], collected (for paths off the publish hot path: dead
-/// letters written back, tests).
-pub(crate) fn encode(envelope: &Envelope) -> Vec<(Cow<'static, str>, Cow<'static, str>)> {
+/// [`try_encode_each`] for a mapping that takes every pair.
+pub(crate) fn encode_each(envelope: &Envelope, mut pair: impl FnMut(&str, &str)) {
+    let Ok(()) = try_encode_each::<std::convert::Infallible>(envelope, |name, value| {
+        pair(name, value);
+        Ok(())
+    });
+}
+
+/// The pairs of [`encode_each`], collected.
+#[cfg(test)]
+pub(crate) fn encode(
+    envelope: &Envelope,
+) -> Vec<(
+    std::borrow::Cow<'static, str>,
+    std::borrow::Cow<'static, str>,
+)> {
+    use std::borrow::Cow::Owned;
+
     let mut pairs = Vec::with_capacity(8 + envelope.headers.len());
     encode_each(envelope, |name, value| {
         pairs.push((Owned(name.to_owned()), Owned(value.to_owned())));
@@ -315,6 +337,8 @@ pub(crate) fn malformed(reason: impl Into<String>) -> Error {
 
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use proptest::prelude::*;
 
     use super::*;

@@ -279,18 +279,33 @@ impl KafkaBus {
     }
 }
 
-/// The record headers carrying `envelope`'s attributes and free headers.
-fn record_headers(envelope: &Envelope) -> OwnedHeaders {
-    let mut out = Some(OwnedHeaders::new_with_capacity(8 + envelope.headers.len()));
+/// The record headers carrying `envelope`'s attributes and free headers, then `extra`
+/// (which replace any envelope pair of the same name).
+fn record_headers(envelope: &Envelope, extra: &[(&str, &str)]) -> OwnedHeaders {
+    let capacity = 8 + envelope.headers.len() + extra.len();
+    // `insert` takes the headers by value; the `Option` lends them to the closure.
+    let mut out = Some(OwnedHeaders::new_with_capacity(capacity));
     headers::encode_each(envelope, |name, value| {
-        out = out.take().map(|h| {
-            h.insert(Header {
-                key: name,
-                value: Some(value.as_bytes()),
-            })
-        });
+        if !extra.iter().any(|(n, _)| *n == name) {
+            out = out.take().map(|h| {
+                h.insert(Header {
+                    key: name,
+                    value: Some(value.as_bytes()),
+                })
+            });
+        }
     });
-    out.unwrap_or_default()
+    with_extra(out.unwrap_or_default(), extra)
+}
+
+/// `headers` with `extra` appended.
+fn with_extra(headers: OwnedHeaders, extra: &[(&str, &str)]) -> OwnedHeaders {
+    extra.iter().fold(headers, |h, (name, value)| {
+        h.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        })
+    })
 }
 
 /// Reads an envelope and the delivery attempt (our `x-palisade-attempt` header, 1 when
@@ -352,7 +367,7 @@ async fn send(
 
 impl Publisher for KafkaBus {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
-        let record_headers = record_headers(&envelope);
+        let record_headers = record_headers(&envelope, &[]);
         send(
             &self.producer,
             self.options.send_timeout,
@@ -369,7 +384,7 @@ impl Publisher for KafkaBus {
         for envelope in &envelopes {
             let mut record = FutureRecord::<[u8], [u8]>::to(topic)
                 .payload(&envelope.payload)
-                .headers(record_headers(envelope));
+                .headers(record_headers(envelope, &[]));
             if let Some(key) = &envelope.key {
                 record = record.key(key.as_bytes());
             }
@@ -856,22 +871,16 @@ impl Acknowledge for KafkaAcker {
     fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(async move {
             let attempt = self.attempt.to_string();
-            let mut copy = OwnedHeaders::new();
-            let (key, payload) = match &self.record.original {
-                Original::Envelope(envelope) => {
-                    for (name, value) in headers::encode(envelope) {
-                        if name != headers::DEAD_LETTER_REASON {
-                            copy = copy.insert(Header {
-                                key: name.as_ref(),
-                                value: Some(value.as_bytes()),
-                            });
-                        }
-                    }
-                    (
-                        envelope.key.as_deref().map(str::as_bytes),
-                        &envelope.payload,
-                    )
-                }
+            let extra = [
+                (headers::DEAD_LETTER_REASON, reason.as_str()),
+                (ATTEMPT, attempt.as_str()),
+            ];
+            let (copy, key, payload) = match &self.record.original {
+                Original::Envelope(envelope) => (
+                    record_headers(envelope, &extra),
+                    envelope.key.as_deref().map(str::as_bytes),
+                    &envelope.payload,
+                ),
                 Original::Malformed {
                     raw:
                         RawRecord {
@@ -881,23 +890,15 @@ impl Acknowledge for KafkaAcker {
                         },
                     ..
                 } => {
+                    let mut copy = OwnedHeaders::new();
                     for header in headers.iter().flat_map(|h| h.iter()) {
-                        if header.key != headers::DEAD_LETTER_REASON && header.key != ATTEMPT {
+                        if !extra.iter().any(|(n, _)| *n == header.key) {
                             copy = copy.insert(header);
                         }
                     }
-                    (key.as_deref(), payload)
+                    (with_extra(copy, &extra), key.as_deref(), payload)
                 }
             };
-            let copy = copy
-                .insert(Header {
-                    key: headers::DEAD_LETTER_REASON,
-                    value: Some(reason.as_bytes()),
-                })
-                .insert(Header {
-                    key: ATTEMPT,
-                    value: Some(attempt.as_bytes()),
-                });
             send(
                 &self.slot.0.producer,
                 self.slot.0.send_timeout,
@@ -922,10 +923,7 @@ mod tests {
             .with_key("k")
             .with_causation_id("z")
             .with_header("tenant", "acme");
-        let record_headers = record_headers(&envelope).insert(Header {
-            key: ATTEMPT,
-            value: Some("3"),
-        });
+        let record_headers = record_headers(&envelope, &[(ATTEMPT, "3")]);
         let (decoded, attempt) =
             decode_with_attempt(Some(&record_headers), envelope.payload.clone());
         assert_eq!(decoded?, envelope);

@@ -465,23 +465,18 @@ fn unwire(s: &str) -> Result<std::borrow::Cow<'_, str>, Error> {
 /// drops a re-published duplicate within its window.
 fn encode(envelope: &Envelope) -> Result<HeaderMap, Error> {
     let mut map = HeaderMap::new();
-    let mut failed = None;
-    headers::encode_each(envelope, |name, value| {
+    headers::try_encode_each(envelope, |name, value| {
         let value: &str = &wire(value, safe_value(value));
         if name == headers::ID {
             map.insert(async_nats::header::NATS_MESSAGE_ID, value);
         }
-        match wire(name, safe_name(name)).parse::<async_nats::HeaderName>() {
-            Ok(name) => map.insert(name, value),
-            Err(e) => {
-                failed.get_or_insert(Error::Encode(Box::new(e)));
-            }
-        }
-    });
-    match failed {
-        Some(error) => Err(error),
-        None => Ok(map),
-    }
+        let name: async_nats::HeaderName = wire(name, safe_name(name))
+            .parse()
+            .map_err(|e| Error::Encode(Box::new(e)))?;
+        map.insert(name, value);
+        Ok(())
+    })?;
+    Ok(map)
 }
 
 /// Reads an envelope out of a NATS message.

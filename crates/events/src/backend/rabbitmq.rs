@@ -359,18 +359,11 @@ fn long(value: impl Into<Vec<u8>>) -> AMQPValue {
 /// The AMQP properties carrying `envelope`.
 fn properties(envelope: &Envelope) -> Result<BasicProperties, Error> {
     let mut table = FieldTable::default();
-    let mut failed = None;
-    headers::encode_each(envelope, |name, value| match ShortString::try_new(name) {
-        Ok(name) => {
-            table.insert(name, long(value));
-        }
-        Err(e) => {
-            failed.get_or_insert(Error::Encode(Box::new(e)));
-        }
-    });
-    if let Some(error) = failed {
-        return Err(error);
-    }
+    headers::try_encode_each(envelope, |name, value| {
+        let name = ShortString::try_new(name).map_err(|e| Error::Encode(Box::new(e)))?;
+        table.insert(name, long(value));
+        Ok(())
+    })?;
     let mut properties = BasicProperties::default()
         .with_headers(table)
         .with_delivery_mode(2)

@@ -676,11 +676,11 @@ impl RedisAcker {
         let kept = |name: &str| !extra.iter().any(|(n, _)| *n == name);
         match &self.original {
             Original::Envelope(envelope) => {
-                for (name, value) in headers::encode(envelope) {
-                    if kept(&name) {
-                        add.arg(name.as_ref()).arg(value.as_ref());
+                headers::encode_each(envelope, |name, value| {
+                    if kept(name) {
+                        add.arg(name).arg(value);
                     }
-                }
+                });
                 add.arg(DATA).arg(envelope.payload.as_ref());
             }
             Original::Malformed { raw: fields, .. } => {

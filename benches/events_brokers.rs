@@ -85,13 +85,8 @@ fn scaled(n: usize) -> usize {
 struct Row {
     backend: &'static str,
     op: &'static str,
-    /// Messages per second.
-    raw: f64,
-    ours: f64,
-    /// CPU time of this process per message, in microseconds (all its threads: the
-    /// client's, librdkafka's, and for Kafka the mock broker's).
-    raw_cpu: f64,
-    ours_cpu: f64,
+    raw: Side,
+    ours: Side,
 }
 
 impl Row {
@@ -99,10 +94,8 @@ impl Row {
         Self {
             backend,
             op,
-            raw: raw.rate,
-            ours: ours.rate,
-            raw_cpu: raw.cpu,
-            ours_cpu: ours.cpu,
+            raw,
+            ours,
         }
     }
 }
@@ -112,7 +105,8 @@ impl Row {
 struct Side {
     /// Messages per second.
     rate: f64,
-    /// CPU time of this process per message, in microseconds.
+    /// CPU time of this process per message, in microseconds (all its threads: the
+    /// client's, librdkafka's, and for Kafka the mock broker's).
     cpu: f64,
 }
 
@@ -159,17 +153,14 @@ fn medians(rounds: &[Vec<Row>]) -> Vec<(Row, f64)> {
                 .flatten()
                 .filter(|r| r.backend == row.backend && r.op == row.op)
                 .collect();
-            let summary = Row {
-                backend: row.backend,
-                op: row.op,
-                raw: median(same.iter().map(|r| r.raw).collect()),
-                ours: median(same.iter().map(|r| r.ours).collect()),
-                raw_cpu: median(same.iter().map(|r| r.raw_cpu).collect()),
-                ours_cpu: median(same.iter().map(|r| r.ours_cpu).collect()),
+            let side = |of: fn(&Row) -> Side| Side {
+                rate: median(same.iter().map(|r| of(r).rate).collect()),
+                cpu: median(same.iter().map(|r| of(r).cpu).collect()),
             };
+            let summary = Row::new(row.backend, row.op, side(|r| r.raw), side(|r| r.ours));
             (
                 summary,
-                median(same.iter().map(|r| r.ours / r.raw).collect()),
+                median(same.iter().map(|r| r.ours.rate / r.raw.rate).collect()),
             )
         })
         .collect()
@@ -190,6 +181,18 @@ where
         let raw = measure(n, raw).await?;
         Ok((raw, measure(n, ours).await?))
     }
+}
+
+/// A raw publish loop against ours publishing `n` envelopes to `topic`, in the round's
+/// order (our envelopes made before either starts).
+async fn publish_both<P: Publisher>(
+    ours_first: bool,
+    n: usize,
+    raw: impl std::future::Future<Output = Result<f64>>,
+    bus: &P,
+    topic: &str,
+) -> Result<(Side, Side)> {
+    both(ours_first, n, raw, publish_ours(bus, topic, batches(n))).await
 }
 
 /// A raw consume loop against ours reading `topic` as group `g`, in the round's order.
@@ -303,8 +306,7 @@ async fn redis_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<
         }
         Ok(rate(n, started.elapsed()))
     };
-    let ours_publish = publish_ours(&bus, &topic, batches(n));
-    let (raw, ours) = both(ours_first, n, raw_publish, ours_publish).await?;
+    let (raw, ours) = publish_both(ours_first, n, raw_publish, &bus, &topic).await?;
     rows.push(Row::new("redis", "publish (batch 1000)", raw, ours));
 
     // Raw consume: XREADGROUP + concurrent XACKs, at most PREFETCH unacked (read when
@@ -482,8 +484,7 @@ async fn rabbitmq_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Resu
         }
         Ok(rate(n, started.elapsed()))
     };
-    let ours_publish = publish_ours(&bus, &topic, batches(n));
-    let (raw, ours) = both(ours_first, n, raw_publish, ours_publish).await?;
+    let (raw, ours) = publish_both(ours_first, n, raw_publish, &bus, &topic).await?;
     rows.push(Row::new(
         "rabbitmq",
         "publish (batch 1000, confirms)",
@@ -591,8 +592,7 @@ async fn nats_rows(url: &str, ours_first: bool, rows: &mut Vec<Row>) -> Result<(
         }
         Ok(rate(n, started.elapsed()))
     };
-    let ours_publish = publish_ours(&bus, &topic, batches(n));
-    let (raw, ours) = both(ours_first, n, raw_publish, ours_publish).await?;
+    let (raw, ours) = publish_both(ours_first, n, raw_publish, &bus, &topic).await?;
     rows.push(Row::new("nats", "publish (batch 1000, PubAck)", raw, ours));
 
     let raw_consume = async {
@@ -704,8 +704,7 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
         }
         Ok(rate(n, started.elapsed()))
     };
-    let ours_publish = publish_ours(&bus, &topic, batches(n));
-    let (raw, ours) = both(ours_first, n, raw_publish, ours_publish).await?;
+    let (raw, ours) = publish_both(ours_first, n, raw_publish, &bus, &topic).await?;
     rows.push(Row::new(
         "kafka (mock)",
         "publish (batch 1000, acks=all)",
@@ -897,11 +896,11 @@ fn main() -> Result<()> {
                     round + 1,
                     row.backend,
                     row.op,
-                    row.raw,
-                    row.ours,
-                    row.ours / row.raw,
-                    row.raw_cpu,
-                    row.ours_cpu,
+                    row.raw.rate,
+                    row.ours.rate,
+                    row.ours.rate / row.raw.rate,
+                    row.raw.cpu,
+                    row.ours.cpu,
                 );
             }
             all.push(rows);
@@ -917,7 +916,13 @@ fn main() -> Result<()> {
         for (row, ratio) in &rows {
             println!(
                 "| {} | {} | {:.0} | {:.0} | {:.2}x | {:.2} | {:.2} |",
-                row.backend, row.op, row.raw, row.ours, ratio, row.raw_cpu, row.ours_cpu
+                row.backend,
+                row.op,
+                row.raw.rate,
+                row.ours.rate,
+                ratio,
+                row.raw.cpu,
+                row.ours.cpu
             );
         }
         Ok::<(), BoxError>(())

@@ -715,6 +715,11 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     // The mock cluster keeps only the last 5 MB (and 100k records) of a partition, so
     // the consume figures read at most 80k records from 8 partitions, the same records
     // for both: fresh topics filled by our bus (keys spread them over the partitions).
+    // More records would not measure the clients: the in-process broker fetches far
+    // faster than either side consumes, and once a consumer's local queue holds
+    // `queued.min.messages` (100k) records librdkafka postpones the next fetch by
+    // `fetch.queue.backoff.ms` (1 s). With 192k records over 32 partitions, every side
+    // fell into that stall in some rounds (150k records/s instead of 400–600k).
     let n = scaled(80_000).min(80_000);
     let topic = unique_name("bench-ours-consume");
     cluster.create_topic(&topic, PARTITIONS, 1)?;

@@ -103,12 +103,19 @@ impl Ascii {
         }
     }
 
-    /// `value`'s last `width` decimal digits, zero-padded.
-    fn digits(&mut self, value: u32, width: u32) {
-        for place in (0..width).rev() {
-            let digit = (value / 10_u32.pow(place)) % 10;
-            self.push(b'0' + u8::try_from(digit).unwrap_or(0));
+    /// `value`'s last `width` decimal digits, zero-padded (written from the last digit
+    /// back, so each step divides by the constant 10, which compiles to a multiply).
+    fn digits(&mut self, mut value: u32, width: usize) {
+        let end = self.len + width;
+        let Some(out) = self.bytes.get_mut(self.len..end) else {
+            return;
+        };
+        for slot in out.iter_mut().rev() {
+            // A remainder of 10 is below 10: the cast keeps it.
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
         }
+        self.len = end;
     }
 
     fn as_str(&self) -> &str {
@@ -132,7 +139,11 @@ impl TimeText {
     pub(crate) fn of(time: &DateTime<Utc>) -> Self {
         use chrono::{Datelike, Timelike};
 
-        let (year, nanos) = (time.year(), time.nanosecond());
+        // The calendar fields of the naive UTC time: `DateTime`'s own accessors each
+        // convert to local time first (adding a zero offset), seven times over.
+        let naive = time.naive_utc();
+        let (date, clock) = (naive.date(), naive.time());
+        let (year, nanos) = (date.year(), clock.nanosecond());
         if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
             return Self::Long(time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
         }
@@ -142,15 +153,15 @@ impl TimeText {
         };
         out.digits(year.unsigned_abs(), 4);
         out.push(b'-');
-        out.digits(time.month(), 2);
+        out.digits(date.month(), 2);
         out.push(b'-');
-        out.digits(time.day(), 2);
+        out.digits(date.day(), 2);
         out.push(b'T');
-        out.digits(time.hour(), 2);
+        out.digits(clock.hour(), 2);
         out.push(b':');
-        out.digits(time.minute(), 2);
+        out.digits(clock.minute(), 2);
         out.push(b':');
-        out.digits(time.second(), 2);
+        out.digits(clock.second(), 2);
         if nanos != 0 {
             out.push(b'.');
             if nanos % 1_000_000 == 0 {

@@ -4,9 +4,10 @@
 The events tests create a stream per test topic (`palisade-<topic>`, the topic named by
 the testkit's `unique_name` or the conformance suite; the `outbox_relay` example's
 `orders.<8 hex digits>`, which the stream name spells `orders_<hex>_<name hash>`), and a
-test that ends, passing or not, leaves it behind. CI runs on one machine would pile them up, so `.ci/run` calls
-this before the tests. Only streams with names in those two test shapes, and created
-more than ten minutes ago (so a test running meanwhile keeps its own), are deleted.
+test that ends, passing or not, leaves it behind. CI runs on one machine would pile them
+up, so `.ci/run` calls this before the tests. Only streams with names in those three
+shapes, and created more than ten minutes ago (so a test running meanwhile keeps its
+own), are deleted.
 
 Speaks the NATS text protocol over a plain socket (no client library to install):
 `$JS.API.STREAM.NAMES` pages through the stream names, `$JS.API.STREAM.DELETE.<name>`
@@ -21,7 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 TEST_STREAM = re.compile(
     r"^palisade-(conformance-[0-9a-f]{32}|.*_[0-9]+_[0-9]+_[0-9a-f]{8}"
-    r"|orders_[0-9a-f]{8}_[0-9a-f]{16}$)(\b|[._-]|$)"
+    r"|orders_[0-9a-f]{8}_[0-9a-f]{16}$)(\b|[._-])"
 )
 INBOX = "_INBOX.palisade_ci_clean"
 MIN_AGE = timedelta(minutes=10)

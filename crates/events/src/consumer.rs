@@ -1162,18 +1162,16 @@ struct Failure {
 }
 
 impl Failure {
+    fn new(permanent: bool, reason: String) -> Box<Self> {
+        Box::new(Self { permanent, reason })
+    }
+
     fn transient(reason: String) -> Box<Self> {
-        Box::new(Self {
-            permanent: false,
-            reason,
-        })
+        Self::new(false, reason)
     }
 
     fn permanent(reason: String) -> Box<Self> {
-        Box::new(Self {
-            permanent: true,
-            reason,
-        })
+        Self::new(true, reason)
     }
 }
 
@@ -1429,10 +1427,7 @@ fn outcome(
 ) -> Result<(), Box<Failure>> {
     match called {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(error)) => Err(Box::new(Failure {
-            permanent: error.permanent,
-            reason: error.to_string(),
-        })),
+        Ok(Err(error)) => Err(Failure::new(error.permanent, error.to_string())),
         Err(panic) => Err(Failure::transient(format!(
             "handler panicked: {}",
             panic_message(&*panic)

@@ -111,7 +111,7 @@ impl Ascii {
             return;
         };
         for slot in out.iter_mut().rev() {
-            // A remainder of 10 is below 10: the cast keeps it.
+            // A remainder by 10 is below 10: the cast loses nothing.
             *slot = b'0' + (value % 10) as u8;
             value /= 10;
         }

@@ -57,6 +57,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -757,18 +758,35 @@ impl Reader {
     async fn next(&mut self) -> Option<Result<Delivery, Error>> {
         let Self { shared, retries } = self;
         loop {
+            // Retried deliveries go ahead of new records. Looked at without registering
+            // a wake-up: that is done below only when no record is ready either.
+            if let Ok(retried) = retries.try_recv() {
+                return Some(retried);
+            }
             let consumer = shared.consumer.as_ref()?;
-            let fetch = async {
+            let mut fetch = std::pin::pin!(async {
                 // At most `prefetch` deliveries unsettled: room before each record.
                 shared.window.take().await;
                 let slot = Slot(Arc::clone(shared));
                 let received = consumer.recv().await.map(|m| Record::of(&m));
                 (slot, received)
-            };
-            let (slot, received) = tokio::select! {
-                biased;
-                Some(retried) = retries.recv() => return Some(retried),
-                fetched = fetch => fetched,
+            });
+            // A record librdkafka has already fetched is taken at the first poll; only
+            // when there is none does the reader wait for either source.
+            let fetched = std::future::poll_fn(|cx| {
+                if let Poll::Ready(fetched) = fetch.as_mut().poll(cx) {
+                    return Poll::Ready(Ok(fetched));
+                }
+                match retries.poll_recv(cx) {
+                    Poll::Ready(Some(retried)) => Poll::Ready(Err(retried)),
+                    // The sender lives in `shared`, as long as the reader: never closed.
+                    Poll::Ready(None) | Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            let (slot, received) = match fetched {
+                Ok(fetched) => fetched,
+                Err(retried) => return Some(retried),
             };
             let (record, attempt) = match received {
                 Ok(received) => received,

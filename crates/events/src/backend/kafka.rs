@@ -61,6 +61,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -758,8 +759,9 @@ impl Reader {
     async fn next(&mut self) -> Option<Result<Delivery, Error>> {
         let Self { shared, retries } = self;
         loop {
-            // Retried deliveries go ahead of new records. Looked at without registering
-            // a wake-up: that is done below only when no record is ready either.
+            // Retried deliveries go ahead of new records (one that comes back while a
+            // record is already ready waits behind that record). Looked at without
+            // registering a wake-up: that is done below only when no record is ready.
             if let Ok(retried) = retries.try_recv() {
                 return Some(retried);
             }
@@ -773,20 +775,20 @@ impl Reader {
             });
             // A record librdkafka has already fetched is taken at the first poll; only
             // when there is none does the reader wait for either source.
-            let fetched = std::future::poll_fn(|cx| {
+            let next = std::future::poll_fn(|cx| {
                 if let Poll::Ready(fetched) = fetch.as_mut().poll(cx) {
-                    return Poll::Ready(Ok(fetched));
+                    return Poll::Ready(Either::Left(fetched));
                 }
                 match retries.poll_recv(cx) {
-                    Poll::Ready(Some(retried)) => Poll::Ready(Err(retried)),
+                    Poll::Ready(Some(retried)) => Poll::Ready(Either::Right(retried)),
                     // The sender lives in `shared`, as long as the reader: never closed.
                     Poll::Ready(None) | Poll::Pending => Poll::Pending,
                 }
             })
             .await;
-            let (slot, received) = match fetched {
-                Ok(fetched) => fetched,
-                Err(retried) => return Some(retried),
+            let (slot, received) = match next {
+                Either::Left(fetched) => fetched,
+                Either::Right(retried) => return Some(retried),
             };
             let (record, attempt) = match received {
                 Ok(received) => received,

@@ -85,6 +85,7 @@
 //! # }
 //! ```
 
+use std::any::Any;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
@@ -545,14 +546,21 @@ pub enum UnknownEvent {
     DeadLetter,
 }
 
-trait Route<C>: Send + Sync {
-    /// Decodes, handles (with retries) and settles one delivery of this route's type.
+trait Route<C>: Send + Sync + 'static {
+    /// Decodes, handles (with retries) and settles one delivery of this route's type:
+    /// `shared.routes[at]`, which is `self`. The future finds the route there again
+    /// rather than holding a handle of its own on it (no reference count to bump and
+    /// drop per delivery).
     fn run(
-        self: Arc<Self>,
+        &self,
         shared: Arc<Shared<C>>,
+        at: usize,
         delivery: Delivery,
-        envelope: Arc<Envelope>,
+        span: tracing::Span,
     ) -> BoxFuture<'static, ()>;
+
+    /// `self`, to find the typed route again behind `dyn Route`.
+    fn as_any(&self) -> &dyn Any;
 }
 
 struct TypedRoute<E, H> {
@@ -562,14 +570,29 @@ struct TypedRoute<E, H> {
 
 impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
     fn run(
-        self: Arc<Self>,
+        &self,
         shared: Arc<Shared<C>>,
+        at: usize,
         delivery: Delivery,
-        envelope: Arc<Envelope>,
+        span: tracing::Span,
     ) -> BoxFuture<'static, ()> {
-        let span = event_span(&shared, &envelope);
-        let work = async move { handle(&shared, &self.handler, delivery, &envelope).await };
+        let work = async move {
+            let route = shared
+                .routes
+                .get(at)
+                .and_then(|(_, route)| route.as_any().downcast_ref::<Self>());
+            match route {
+                Some(route) => handle(&shared, &route.handler, delivery).await,
+                // `at` is this route's own place, so this does not happen; were it to,
+                // the event goes back rather than being lost.
+                None => settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await).await,
+            }
+        };
         traced(span, work)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
@@ -1195,7 +1218,7 @@ async fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Erro
 /// Handles and settles one delivery, boxed (once) so that it can be polled once in
 /// place and moved into a task if it has to wait.
 fn process<C: Codec>(shared: Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'static, ()> {
-    let envelope = match delivery.shared_envelope() {
+    let envelope = match delivery.envelope() {
         Ok(envelope) => envelope,
         Err(error) => {
             let reason = chain(error);
@@ -1210,22 +1233,17 @@ fn process<C: Codec>(shared: Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'s
             });
         }
     };
-    if envelope.payload.len() <= shared.max_payload {
-        let route = shared
+    if envelope.payload.len() <= shared.max_payload
+        && let Ok(at) = shared
             .routes
             .binary_search_by(|(event_type, _)| event_type.as_str().cmp(&*envelope.event_type))
-            .ok()
-            .and_then(|at| shared.routes.get(at))
-            .map(|(_, route)| Arc::clone(route));
-        if let Some(route) = route {
-            return route.run(shared, delivery, envelope);
-        }
+        && let Some((_, route)) = shared.routes.get(at)
+    {
+        let span = event_span(&shared, envelope);
+        return route.run(Arc::clone(&shared), at, delivery, span);
     }
-    let span = event_span(&shared, &envelope);
-    traced(
-        span,
-        async move { refuse(&shared, delivery, &envelope).await },
-    )
+    let span = event_span(&shared, envelope);
+    traced(span, async move { refuse(&shared, delivery).await })
 }
 
 /// The span a delivery is handled in.
@@ -1254,10 +1272,11 @@ fn traced(
 
 /// Settles a delivery no handler takes: its payload is over `max_payload`, or no
 /// handler is registered for its type.
-async fn refuse<C>(shared: &Shared<C>, delivery: Delivery, envelope: &Envelope) {
-    if envelope.payload.len() > shared.max_payload {
+async fn refuse<C>(shared: &Shared<C>, delivery: Delivery) {
+    let size = delivery.envelope().map_or(0, |e| e.payload.len());
+    if size > shared.max_payload {
         let error = Error::PayloadTooLarge {
-            size: envelope.payload.len(),
+            size,
             limit: shared.max_payload,
         };
         tracing::warn!(error = %error, "dead-lettering");
@@ -1275,7 +1294,8 @@ async fn refuse<C>(shared: &Shared<C>, delivery: Delivery, envelope: &Envelope) 
             settle(&shared.name, "ack", delivery.ack().await).await;
         }
         UnknownEvent::DeadLetter => {
-            let reason = format!("no handler for event type {:?}", envelope.event_type);
+            let event_type = delivery.envelope().map_or("", |e| &e.event_type);
+            let reason = format!("no handler for event type {event_type:?}");
             settle(
                 &shared.name,
                 "dead-letter",
@@ -1295,16 +1315,17 @@ async fn handle<C: Codec, E: Event, H: Handler<E>>(
     shared: &Shared<C>,
     handler: &H,
     delivery: Delivery,
-    envelope: &Arc<Envelope>,
 ) {
     let attempt = delivery.attempt();
-    match attempt_once(shared, handler, envelope, attempt).await {
+    // The envelope is borrowed from the delivery until it is settled.
+    let first = match delivery.message() {
+        Ok(envelope) => attempt_once(shared, handler, envelope, attempt).await,
+        Err(error) => Err(Failure::permanent(chain(error))),
+    };
+    match first {
         Ok(()) => settle(&shared.name, "ack", delivery.ack().await).await,
         Err(failure) => {
-            Box::pin(recover(
-                shared, handler, delivery, envelope, attempt, failure,
-            ))
-            .await;
+            Box::pin(recover(shared, handler, delivery, attempt, failure)).await;
         }
     }
 }
@@ -1315,7 +1336,6 @@ async fn recover<C: Codec, E: Event, H: Handler<E>>(
     shared: &Shared<C>,
     handler: &H,
     delivery: Delivery,
-    envelope: &Arc<Envelope>,
     mut attempt: u32,
     mut failure: Box<Failure>,
 ) {
@@ -1367,7 +1387,11 @@ async fn recover<C: Codec, E: Event, H: Handler<E>>(
                 attempt = attempt.saturating_add(1);
             }
         }
-        failure = match attempt_once(shared, handler, envelope, attempt).await {
+        let again = match delivery.message() {
+            Ok(envelope) => attempt_once(shared, handler, envelope, attempt).await,
+            Err(error) => Err(Failure::permanent(chain(error))),
+        };
+        failure = match again {
             Ok(()) => {
                 settle(&shared.name, "ack", delivery.ack().await).await;
                 return;

@@ -69,12 +69,11 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-use super::Original;
 use super::headers;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::publisher::{BoxFuture, Publisher};
-use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
+use crate::subscriber::{Delivery, DeliveryStream, Subscriber, Subscription};
 
 const BACKEND: &str = "kafka";
 const ATTEMPT: &str = "x-palisade-attempt";
@@ -800,25 +799,28 @@ impl Reader {
                 }
             };
             shared.delivered(record.partition, record.offset);
-            return Some(Ok(KafkaAcker {
+            let acker = KafkaAcker {
                 slot,
-                record,
-                attempt,
-            }
-            .into_delivery()));
+                partition: record.partition,
+                offset: record.offset,
+                raw: record.raw,
+            };
+            return Some(Ok(Delivery::kafka(record.message, attempt, acker)));
         }
     }
 }
 
-/// What settling a record needs of it.
+/// A record as read: what its delivery shows, and where it came from.
 struct Record {
-    /// The envelope, or the record as read when it is malformed.
-    original: Original<RawRecord>,
+    /// The envelope, or why the record is not one.
+    message: Result<Arc<Envelope>, Error>,
+    /// A malformed record as read, to dead-letter it unchanged.
+    raw: Option<Box<RawRecord>>,
     partition: i32,
     offset: i64,
 }
 
-/// A malformed record's key, headers and payload, to dead-letter it unchanged.
+/// A malformed record's key, headers and payload.
 struct RawRecord {
     key: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
@@ -831,15 +833,22 @@ impl Record {
     fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> (Self, u32) {
         let payload = || Bytes::copy_from_slice(message.payload().unwrap_or_default());
         let (decoded, attempt) = decode_with_attempt(message.headers(), payload());
-        let original = Original::new(decoded, || RawRecord {
-            key: message.key().map(<[u8]>::to_vec),
-            headers: message
-                .headers()
-                .map(rdkafka::message::BorrowedHeaders::detach),
-            payload: payload(),
-        });
+        let (decoded, raw) = match decoded {
+            Ok(envelope) => (Ok(Arc::new(envelope)), None),
+            Err(error) => (
+                Err(error),
+                Some(Box::new(RawRecord {
+                    key: message.key().map(<[u8]>::to_vec),
+                    headers: message
+                        .headers()
+                        .map(rdkafka::message::BorrowedHeaders::detach),
+                    payload: payload(),
+                })),
+            ),
+        };
         let record = Self {
-            original,
+            message: decoded,
+            raw,
             partition: message.partition(),
             offset: message.offset(),
         };
@@ -847,77 +856,75 @@ impl Record {
     }
 }
 
-/// Settles one record.
-struct KafkaAcker {
+/// Settles one record; kept inline in its [`Delivery`], which holds the envelope and
+/// hands it over where settling needs it (a retry, a dead letter).
+pub(crate) struct KafkaAcker {
     /// The subscription, and this record's place in its prefetch window.
     slot: Slot,
-    record: Record,
-    attempt: u32,
+    partition: i32,
+    offset: i64,
+    /// The record as read, when it is malformed.
+    raw: Option<Box<RawRecord>>,
 }
 
 impl KafkaAcker {
-    fn into_delivery(self) -> Delivery {
-        Delivery::from_message(self.record.original.message(), self.attempt, Box::new(self))
-    }
-
     fn done(&self) -> Result<(), Error> {
-        self.slot
-            .0
-            .settled(self.record.partition, self.record.offset)
+        self.slot.0.settled(self.partition, self.offset)
     }
-}
 
-impl Acknowledge for KafkaAcker {
-    fn ack(self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
+    pub(crate) fn ack(self) -> BoxFuture<'static, Result<(), Error>> {
         match self.done() {
             Ok(()) => super::settled(),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
     }
 
-    fn retry(self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
+    pub(crate) fn retry(
+        self,
+        message: Result<Arc<Envelope>, Error>,
+        attempt: u32,
+        delay: Duration,
+    ) -> BoxFuture<'static, Result<(), Error>> {
         // In process: the offset stays unsettled (so uncommitted) until the retry is
         // settled; a crash meanwhile redelivers it from the broker.
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let mut again = *self;
-            again.attempt = again.attempt.saturating_add(1);
-            let tx = again.slot.0.tx.clone();
-            let _ = tx.send(Ok(again.into_delivery())).await;
+            let tx = self.slot.0.tx.clone();
+            let again = Delivery::kafka(message, attempt.saturating_add(1), self);
+            let _ = tx.send(Ok(again)).await;
         });
         super::settled()
     }
 
-    fn dead_letter(self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
+    pub(crate) fn dead_letter(
+        self,
+        message: Result<Arc<Envelope>, Error>,
+        attempt: u32,
+        reason: String,
+    ) -> BoxFuture<'static, Result<(), Error>> {
         Box::pin(async move {
-            let attempt = self.attempt.to_string();
+            let attempt = attempt.to_string();
             let extra = [
                 (headers::DEAD_LETTER_REASON, reason.as_str()),
                 (ATTEMPT, attempt.as_str()),
             ];
-            let (copy, key, payload) = match &self.record.original {
-                Original::Envelope(envelope) => (
+            let (copy, key, payload) = match (&message, &self.raw) {
+                (Ok(envelope), _) => (
                     record_headers(envelope, &extra),
                     envelope.key.as_deref().map(str::as_bytes),
                     &envelope.payload,
                 ),
-                Original::Malformed {
-                    raw:
-                        RawRecord {
-                            key,
-                            headers,
-                            payload,
-                        },
-                    ..
-                } => {
+                (Err(_), Some(raw)) => {
                     let mut copy = OwnedHeaders::new();
-                    for header in headers.iter().flat_map(|h| h.iter()) {
+                    for header in raw.headers.iter().flat_map(|h| h.iter()) {
                         if !extra.iter().any(|(n, _)| *n == header.key) {
                             copy = copy.insert(header);
                         }
                     }
-                    (with_extra(copy, &extra), key.as_deref(), payload)
+                    (with_extra(copy, &extra), raw.key.as_deref(), &raw.payload)
                 }
+                // Every malformed record keeps its raw form.
+                (Err(error), None) => return Err(headers::malformed(error.to_string())),
             };
             send(
                 &self.slot.0.producer,

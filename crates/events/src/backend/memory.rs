@@ -61,7 +61,7 @@ use super::lock;
 use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::publisher::{BoxFuture, Publisher};
-use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
+use crate::subscriber::{Delivery, DeliveryStream, Subscriber, Subscription};
 
 /// Header naming the group that dead-lettered an event.
 ///
@@ -653,12 +653,11 @@ impl Member {
     }
 
     fn deliver(&self, out: Out) -> Delivery {
-        let (attempt, envelope) = (out.attempt, Arc::clone(&out.envelope));
         let acker = MemoryAck {
             seat: Arc::clone(&self.seat),
-            out: Some(out),
+            seq: out.seq,
         };
-        Delivery::from_shared(envelope, attempt, Box::new(acker))
+        Delivery::in_memory(out.envelope, out.attempt, acker)
     }
 
     /// Takes a batch from the group into the (empty) buffer, within the prefetch
@@ -726,10 +725,13 @@ impl Subscriber for MemoryBus {
     }
 }
 
-/// Settles one in-memory delivery; dropping it unsettled redelivers the event.
-struct MemoryAck {
+/// Settles one in-memory delivery, kept inline in its [`Delivery`], which holds the
+/// envelope: the delivery hands it over to settle (and, dropped unsettled, to put the
+/// event back).
+pub(crate) struct MemoryAck {
     seat: Arc<Seat>,
-    out: Option<Out>,
+    /// The event's place in its group's order.
+    seq: u64,
 }
 
 /// An event handed out: what is needed to put it back (an [`Entry`] is as large as an
@@ -761,38 +763,52 @@ impl Out {
 }
 
 impl MemoryAck {
-    fn release(&mut self) -> Option<Out> {
-        let out = self.out.take()?;
+    /// Gives back the delivery's prefetch room and its key.
+    fn release(&self, envelope: Option<&Envelope>) {
         let seat = &self.seat;
         seat.group.settle(
             seat.id,
             &seat.held,
             seat.prefetch,
-            out.envelope.key.as_deref(),
+            envelope.and_then(|e| e.key.as_deref()),
         );
-        Some(out)
     }
-}
 
-impl Drop for MemoryAck {
-    fn drop(&mut self) {
-        if let Some(out) = self.release() {
-            self.seat.group.redeliver(out.into_entry());
+    /// The event again, as its group queues it (`attempt` is the delivery's: the group
+    /// counts one up when it takes it back).
+    fn entry(&self, envelope: Arc<Envelope>, attempt: u32) -> Entry {
+        Entry {
+            seq: self.seq,
+            attempt,
+            envelope: Body::Shared(envelope),
         }
     }
-}
 
-impl Acknowledge for MemoryAck {
-    fn ack(mut self: Box<Self>) -> BoxFuture<'static, Result<(), Error>> {
-        self.release();
+    /// The delivery was dropped unsettled: the event goes back to its group at once.
+    pub(crate) fn dropped(self, message: Result<Arc<Envelope>, Error>, attempt: u32) {
+        self.release(message.as_deref().ok());
+        if let Ok(envelope) = message {
+            self.seat.group.redeliver(self.entry(envelope, attempt));
+        }
+    }
+
+    pub(crate) fn ack(self, envelope: Option<&Envelope>) -> BoxFuture<'static, Result<(), Error>> {
+        self.release(envelope);
         super::settled()
     }
 
-    fn retry(mut self: Box<Self>, delay: Duration) -> BoxFuture<'static, Result<(), Error>> {
-        let Some(out) = self.release() else {
+    pub(crate) fn retry(
+        self,
+        message: Result<Arc<Envelope>, Error>,
+        attempt: u32,
+        delay: Duration,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        self.release(message.as_deref().ok());
+        // An in-memory delivery always holds an envelope.
+        let Ok(envelope) = message else {
             return super::settled();
         };
-        let entry = out.into_entry();
+        let entry = self.entry(envelope, attempt);
         let group = Arc::clone(&self.seat.group);
         if delay.is_zero() {
             group.redeliver(entry);
@@ -810,14 +826,19 @@ impl Acknowledge for MemoryAck {
         super::settled()
     }
 
-    fn dead_letter(mut self: Box<Self>, reason: String) -> BoxFuture<'static, Result<(), Error>> {
-        let Some(out) = self.release() else {
+    pub(crate) fn dead_letter(
+        self,
+        message: Result<Arc<Envelope>, Error>,
+        reason: String,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        self.release(message.as_deref().ok());
+        let Ok(envelope) = message else {
             return super::settled();
         };
         let Some(bus) = self.seat.group.bus.upgrade() else {
             return Box::pin(async { Err(Error::Closed) });
         };
-        let mut envelope = Arc::unwrap_or_clone(out.envelope);
+        let mut envelope = Arc::unwrap_or_clone(envelope);
         envelope
             .headers
             .insert(DEAD_LETTER_REASON.to_owned(), reason);

@@ -34,13 +34,13 @@ pub(crate) use crate::lock::lock;
 /// dead letter is written back from it: the header mapping is lossless), or, when the
 /// message did not decode, the message as read (`raw`, whatever the backend needs to
 /// write it back unchanged) and why it did not.
-#[cfg(any(feature = "redis", feature = "kafka"))]
+#[cfg(feature = "redis")]
 pub(crate) enum Original<R> {
     Envelope(std::sync::Arc<crate::Envelope>),
     Malformed { raw: R, error: String },
 }
 
-#[cfg(any(feature = "redis", feature = "kafka"))]
+#[cfg(feature = "redis")]
 impl<R> Original<R> {
     /// Keeps `decoded`, or `raw()` with the error when it failed.
     pub(crate) fn new(

@@ -1248,6 +1248,12 @@ fn process<C: Codec>(shared: Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'s
 
 /// The span a delivery is handled in.
 fn event_span<C>(shared: &Shared<C>, envelope: &Envelope) -> tracing::Span {
+    // Without a subscriber taking `info`, no span at all: a disabled span still costs
+    // its callsite check and, with tracing's `log` feature on (sqlx turns it on), a
+    // pass over its fields for `log`, per delivery.
+    if !tracing::level_enabled!(tracing::Level::INFO) {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "event",
         event.id = %envelope.id,

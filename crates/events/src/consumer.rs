@@ -979,6 +979,10 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
         });
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut reconnect = self.reconnect.iter();
+        // Whether `reconnect` has been drawn from since a delivery last came: only
+        // then is it started afresh (building the iterator per delivery showed in
+        // profiles).
+        let mut reconnecting = false;
         let mut current: Option<DeliveryStream>;
         let mut turn = 0_u32;
         let outcome = 'subscribe: loop {
@@ -994,7 +998,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                 Err(Error::Closed) => break Err(Error::Closed),
                 Err(error) => {
                     tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscribe failed; retrying");
-                    if pause(&shutdown, reconnect.next()).await {
+                    if pause(&shutdown, next_delay(&mut reconnect, &mut reconnecting)).await {
                         continue;
                     }
                     break Ok(());
@@ -1034,7 +1038,10 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                 };
                 match item {
                     Some(Ok(delivery)) => {
-                        reconnect = self.reconnect.iter();
+                        if reconnecting {
+                            reconnect = self.reconnect.iter();
+                            reconnecting = false;
+                        }
                         dispatch(&shared, delivery, permit, &permits);
                         // Handled inline, a stream that is always ready would never
                         // yield: give the worker back now and then (every 32nd delivery
@@ -1047,7 +1054,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                     Some(Err(error)) => {
                         tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscription failed; re-subscribing");
                         drop(permit);
-                        if pause(&shutdown, reconnect.next()).await {
+                        if pause(&shutdown, next_delay(&mut reconnect, &mut reconnecting)).await {
                             continue 'subscribe;
                         }
                         break 'subscribe Ok(());
@@ -1055,7 +1062,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                     None => {
                         drop(permit);
                         tracing::debug!(topic = %shared.topic, consumer = %shared.name, "subscription ended; re-subscribing");
-                        if pause(&shutdown, reconnect.next()).await {
+                        if pause(&shutdown, next_delay(&mut reconnect, &mut reconnecting)).await {
                             continue 'subscribe;
                         }
                         break 'subscribe Ok(());
@@ -1068,6 +1075,15 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
         drop(current);
         outcome
     }
+}
+
+/// The next reconnect delay, noting that the backoff has been drawn from.
+fn next_delay(
+    reconnect: &mut impl Iterator<Item = Duration>,
+    reconnecting: &mut bool,
+) -> Option<Duration> {
+    *reconnecting = true;
+    reconnect.next()
 }
 
 /// Sleeps `delay` unless shutdown comes first; returns whether to go on.

@@ -16,89 +16,28 @@
 //! ```
 #![allow(missing_docs, unreachable_pub)]
 
-use std::convert::Infallible;
-use std::hint::black_box;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use palisade_events::consumer::{Consumer, Context, HandlerError};
 use palisade_events::inbox::SqlInbox;
-use palisade_events::{Envelope, Event, MemoryBus, Publisher, Subscription};
-use serde::{Deserialize, Serialize};
-use tokio::runtime::{Builder, Runtime};
-use tokio::sync::Notify;
+use palisade_events::{Envelope, Event, MemoryBus, Publisher};
 use tokio_util::sync::CancellationToken;
 
 /// Events per measured iteration.
 const EVENTS: usize = 20_000;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Order {
-    id: u64,
-    quantity: u32,
-}
+#[path = "events_memory.rs"]
+mod memory;
 
-impl Event for Order {
-    const TYPE: &'static str = "order.placed";
-}
-
-fn body() -> Vec<u8> {
-    br#"{"id":1000000,"quantity":37}"#.to_vec()
-}
-
-fn runtime() -> Runtime {
-    match Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => panic!("runtime: {e}"),
-    }
-}
-
-/// Counts handled events down and wakes the measuring thread on the last one.
-#[derive(Clone, Default)]
-struct Latch(Arc<(AtomicUsize, Notify)>);
-
-impl Latch {
-    fn expect(&self, n: usize) {
-        self.0.0.store(n, Ordering::Release);
-    }
-
-    fn arrived(&self) {
-        if self.0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.1.notify_one();
-        }
-    }
-
-    async fn drained(&self) {
-        while self.0.0.load(Ordering::Acquire) > 0 {
-            self.0.1.notified().await;
-        }
-    }
-}
+use memory::{Latch, Order, body, runtime};
 
 fn palisade_memory(c: &mut Criterion) {
     let rt = runtime();
     let bus = MemoryBus::new();
     let latch = Latch::default();
-    let handler_latch = latch.clone();
-    let consumer = Consumer::new(
-        bus.clone(),
-        Subscription::new("orders", "bench").with_prefetch(4096),
-    )
-    .concurrency(1024)
-    .handle(move |order: Order, _: Context| {
-        black_box((order.id, order.quantity));
-        handler_latch.arrived();
-        async { Ok::<_, HandlerError>(()) }
-    });
     let shutdown = CancellationToken::new();
-    let running = rt.spawn(consumer.run(shutdown.clone()));
+    let running = rt.spawn(memory::palisade_consumer(&bus, &latch).run(shutdown.clone()));
     let body = body();
 
     let mut group = c.benchmark_group("memory_publish_to_handler");
@@ -111,13 +50,7 @@ fn palisade_memory(c: &mut Criterion) {
                 latch.expect(EVENTS);
                 let started = Instant::now();
                 rt.block_on(async {
-                    for _ in 0..EVENTS {
-                        let envelope =
-                            Envelope::new(Order::TYPE, "bench", Bytes::copy_from_slice(&body));
-                        if let Err(e) = bus.publish("orders", envelope).await {
-                            panic!("publish: {e}");
-                        }
-                    }
+                    memory::palisade_publish(&bus, &body, EVENTS).await;
                     latch.drained().await;
                 });
                 total += started.elapsed();
@@ -155,47 +88,10 @@ fn palisade_memory(c: &mut Criterion) {
     let _ = rt.block_on(running);
 }
 
-mod rs {
-    use std::future::{Future, ready};
-
-    use ruststream::memory::prelude::*;
-
-    use super::{Latch, Order};
-
-    pub struct Consume;
-
-    impl Handle<Order, (), (), (), Latch> for Consume {
-        fn handle(
-            &self,
-            order: &Order,
-            _outs: &(),
-            ctx: &mut Context<'_, (), Latch>,
-        ) -> impl Future<Output = Result<(), HandlerOutcome>> + Send {
-            std::hint::black_box((order.id, order.quantity));
-            ctx.state().arrived();
-            ready(Ok(()))
-        }
-    }
-}
-
 fn ruststream_memory(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
-    use ruststream::OutgoingMessage;
-    use ruststream::memory::prelude::*;
-
     let rt = runtime();
     let latch = Latch::default();
-    let broker = MemoryBroker::new();
-    let state = latch.clone();
-    let app = RustStream::new(AppInfo::new("bench", "0.0.0"))
-        .on_startup(async move |()| Ok::<_, Infallible>(state))
-        .with_broker(broker.clone(), |b| {
-            b.include(subscriber("orders", rs::Consume).build());
-        });
-    let running = match rt.block_on(app.start()) {
-        Ok(running) => running,
-        Err(e) => panic!("ruststream app: {e}"),
-    };
-    let publisher = broker.publisher();
+    let (running, publisher) = memory::ruststream_app(&rt, &latch);
     let body = body();
     group.bench_function(BenchmarkId::new("ruststream_0.7", "publish"), |b| {
         b.iter_custom(|iters| {
@@ -204,14 +100,7 @@ fn ruststream_memory(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
                 latch.expect(EVENTS);
                 let started = Instant::now();
                 rt.block_on(async {
-                    for _ in 0..EVENTS {
-                        if let Err(e) = publisher
-                            .publish(OutgoingMessage::new("orders", &body), None)
-                            .await
-                        {
-                            panic!("publish: {e}");
-                        }
-                    }
+                    memory::ruststream_publish(&publisher, &body, EVENTS).await;
                     latch.drained().await;
                 });
                 total += started.elapsed();

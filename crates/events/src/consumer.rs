@@ -556,7 +556,7 @@ trait Route<C>: Send + Sync + 'static {
         shared: Arc<Shared<C>>,
         at: usize,
         delivery: Delivery,
-        span: tracing::Span,
+        span: Option<tracing::Span>,
     ) -> BoxFuture<'static, ()>;
 
     /// `self`, to find the typed route again behind `dyn Route`.
@@ -574,7 +574,7 @@ impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
         shared: Arc<Shared<C>>,
         at: usize,
         delivery: Delivery,
-        span: tracing::Span,
+        span: Option<tracing::Span>,
     ) -> BoxFuture<'static, ()> {
         let work = async move {
             let route = shared
@@ -585,7 +585,7 @@ impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
                 Some(route) => handle(&shared, &route.handler, delivery).await,
                 // `at` is this route's own place, so this does not happen; were it to,
                 // the event goes back rather than being lost.
-                None => settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await).await,
+                None => settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await),
             }
         };
         traced(span, work)
@@ -1144,7 +1144,7 @@ fn dispatch<C: Codec>(
             return;
         }
     }
-    let mut work = process(Arc::clone(shared), delivery);
+    let mut work = process(shared, delivery);
     // One poll, with a waker that does nothing: the task spawned below polls again
     // (registering its own waker) before anything could have been missed.
     if work.as_mut().now_or_never().is_some() {
@@ -1172,7 +1172,7 @@ fn dispatch<C: Codec>(
                 return;
             };
             drop(keys);
-            work = process(Arc::clone(&shared), delivery);
+            work = process(&shared, delivery);
             permit = next_permit;
         }
     });
@@ -1214,7 +1214,10 @@ impl Failure {
     }
 }
 
-async fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Error>) {
+/// Records how settling a delivery went (a warning when it failed). Synchronous: the
+/// settle itself is awaited by the caller, and a state machine per delivery for this
+/// showed in profiles.
+fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Error>) {
     #[cfg(feature = "metrics")]
     metrics::counter!(
         "palisade_events_settled_total",
@@ -1233,19 +1236,19 @@ async fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Erro
 
 /// Handles and settles one delivery, boxed (once) so that it can be polled once in
 /// place and moved into a task if it has to wait.
-fn process<C: Codec>(shared: Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'static, ()> {
+fn process<C: Codec>(shared: &Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'static, ()> {
     let envelope = match delivery.envelope() {
         Ok(envelope) => envelope,
         Err(error) => {
             let reason = chain(error);
+            let shared = Arc::clone(shared);
             return Box::pin(async move {
                 tracing::warn!(topic = %shared.topic, consumer = %shared.name, %reason, "malformed message; dead-lettering");
                 settle(
                     &shared.name,
                     "dead-letter",
                     delivery.dead_letter(reason).await,
-                )
-                .await;
+                );
             });
         }
     };
@@ -1255,40 +1258,41 @@ fn process<C: Codec>(shared: Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'s
             .binary_search_by(|(event_type, _)| event_type.as_str().cmp(&*envelope.event_type))
         && let Some((_, route)) = shared.routes.get(at)
     {
-        let span = event_span(&shared, envelope);
-        return route.run(Arc::clone(&shared), at, delivery, span);
+        let span = event_span(shared, envelope);
+        return route.run(Arc::clone(shared), at, delivery, span);
     }
-    let span = event_span(&shared, envelope);
+    let span = event_span(shared, envelope);
+    let shared = Arc::clone(shared);
     traced(span, async move { refuse(&shared, delivery).await })
 }
 
-/// The span a delivery is handled in.
-fn event_span<C>(shared: &Shared<C>, envelope: &Envelope) -> tracing::Span {
+/// The span a delivery is handled in, if spans are recorded at all.
+fn event_span<C>(shared: &Shared<C>, envelope: &Envelope) -> Option<tracing::Span> {
     // Without a subscriber taking `info`, no span at all: a disabled span still costs
     // its callsite check and, with tracing's `log` feature on (sqlx turns it on), a
     // pass over its fields for `log`, per delivery.
     if !tracing::level_enabled!(tracing::Level::INFO) {
-        return tracing::Span::none();
+        return None;
     }
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "event",
         event.id = %envelope.id,
         event.r#type = %envelope.event_type,
         topic = %shared.topic,
         consumer = %shared.name,
-    )
+    );
+    (!span.is_disabled()).then_some(span)
 }
 
 /// Boxes `work`, to run in `span` when spans are recorded at all (the span stays out
 /// of the future otherwise, keeping it small).
 fn traced(
-    span: tracing::Span,
+    span: Option<tracing::Span>,
     work: impl Future<Output = ()> + Send + 'static,
 ) -> BoxFuture<'static, ()> {
-    if span.is_disabled() {
-        Box::pin(work)
-    } else {
-        Box::pin(work.instrument(span))
+    match span {
+        Some(span) => Box::pin(work.instrument(span)),
+        None => Box::pin(work),
     }
 }
 
@@ -1306,14 +1310,13 @@ async fn refuse<C>(shared: &Shared<C>, delivery: Delivery) {
             &shared.name,
             "dead-letter",
             delivery.dead_letter(error.to_string()).await,
-        )
-        .await;
+        );
         return;
     }
     match shared.unknown {
         UnknownEvent::Ack => {
             tracing::warn!("no handler for this event type; acking");
-            settle(&shared.name, "ack", delivery.ack().await).await;
+            settle(&shared.name, "ack", delivery.ack().await);
         }
         UnknownEvent::DeadLetter => {
             let event_type = delivery.envelope().map_or("", |e| &e.event_type);
@@ -1322,8 +1325,7 @@ async fn refuse<C>(shared: &Shared<C>, delivery: Delivery) {
                 &shared.name,
                 "dead-letter",
                 delivery.dead_letter(reason).await,
-            )
-            .await;
+            );
         }
     }
 }
@@ -1345,7 +1347,7 @@ async fn handle<C: Codec, E: Event, H: Handler<E>>(
         Err(error) => Err(Failure::permanent(chain(error))),
     };
     match first {
-        Ok(()) => settle(&shared.name, "ack", delivery.ack().await).await,
+        Ok(()) => settle(&shared.name, "ack", delivery.ack().await),
         Err(failure) => {
             Box::pin(recover(shared, handler, delivery, attempt, failure)).await;
         }
@@ -1370,8 +1372,7 @@ async fn recover<C: Codec, E: Event, H: Handler<E>>(
                 &shared.name,
                 "dead-letter",
                 delivery.dead_letter(failure.reason).await,
-            )
-            .await;
+            );
             return;
         }
         if attempt >= shared.max_attempts {
@@ -1381,8 +1382,7 @@ async fn recover<C: Codec, E: Event, H: Handler<E>>(
                 &shared.name,
                 "dead-letter",
                 delivery.dead_letter(reason).await,
-            )
-            .await;
+            );
             return;
         }
         tracing::debug!(reason = %failure.reason, attempt, "attempt failed; retrying");
@@ -1393,7 +1393,7 @@ async fn recover<C: Codec, E: Event, H: Handler<E>>(
                     .iter()
                     .nth(attempt.saturating_sub(1) as usize)
                     .unwrap_or_default();
-                settle(&shared.name, "retry", delivery.retry(delay).await).await;
+                settle(&shared.name, "retry", delivery.retry(delay).await);
                 return;
             }
             RetryMode::InProcess => {
@@ -1403,7 +1403,7 @@ async fn recover<C: Codec, E: Event, H: Handler<E>>(
                     .unwrap_or_default();
                 if !pause(&shared.shutdown, Some(delay)).await {
                     // Shutting down: hand it back rather than wait.
-                    settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await).await;
+                    settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await);
                     return;
                 }
                 attempt = attempt.saturating_add(1);
@@ -1415,7 +1415,7 @@ async fn recover<C: Codec, E: Event, H: Handler<E>>(
         };
         failure = match again {
             Ok(()) => {
-                settle(&shared.name, "ack", delivery.ack().await).await;
+                settle(&shared.name, "ack", delivery.ack().await);
                 return;
             }
             Err(failure) => failure,

@@ -29,7 +29,8 @@
 //! Run: `cargo bench -p palisade-benches --bench events_brokers` (set
 //! `EVENTS_BENCH_SCALE=0.2` for a quick pass, `EVENTS_BENCH_ROUNDS` for other than 3
 //! rounds, `EVENTS_BENCH_SKIP=redis,kafka` to leave backends out). Servers that are
-//! down are skipped.
+//! down are skipped. `EVENTS_BENCH_KAFKA_COUNT=raw|palisade|none` instead consumes one
+//! topic once, for counting instructions under callgrind (see `kafka_count`).
 
 use std::time::{Duration, Instant};
 
@@ -779,6 +780,38 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
     Ok(())
 }
 
+/// For instruction counts (`valgrind --tool=callgrind --separate-threads=yes`, see
+/// BENCHMARKS.md), not time: fills a topic of the mock cluster with
+/// `scaled(20_000)` records through our bus, then consumes them once on this (the
+/// main) thread with the in-place raw loop (`raw`), our backend (`palisade`) or not at
+/// all (`none`: the publishing to subtract).
+async fn kafka_count(side: &str) -> Result<()> {
+    let n = scaled(20_000);
+    // Leaked, as in `kafka_rows`.
+    let cluster = Box::leak(Box::new(rdkafka::mocking::MockCluster::new(1)?));
+    let topic = unique_name("bench-count");
+    cluster.create_topic(&topic, PARTITIONS, 1)?;
+    let servers = cluster.bootstrap_servers();
+    let bus = KafkaBus::with_options(KafkaOptions::new(&servers))?;
+    publish_ours(&bus, &topic, batches(n)).await?;
+    let rate = match side {
+        "raw" => raw_kafka_consume(&servers, &topic, "raw-count", n, RawRead::InPlace).await?,
+        "palisade" => {
+            let subscription = Subscription::new(&topic, "ours-count").with_prefetch(PREFETCH);
+            consume_ours(&bus, &subscription, n).await?
+        }
+        "none" => 0.0,
+        other => {
+            return Err(format!(
+                "EVENTS_BENCH_KAFKA_COUNT is raw, palisade or none, not {other:?}"
+            )
+            .into());
+        }
+    };
+    println!("kafka {side}: {n} records consumed at {rate:.0}/s");
+    Ok(())
+}
+
 /// Partitions of the topics the Kafka consume figures read.
 const PARTITIONS: i32 = 8;
 
@@ -859,6 +892,10 @@ fn main() -> Result<()> {
     let skip = |name: &str| {
         std::env::var("EVENTS_BENCH_SKIP").is_ok_and(|skip| skip.split(',').any(|s| s == name))
     };
+    if let Ok(side) = std::env::var("EVENTS_BENCH_KAFKA_COUNT") {
+        runtime.block_on(kafka_count(&side))?;
+        std::process::exit(0)
+    }
     runtime.block_on(async {
         // Every round measures raw and ours for each backend, raw first in odd rounds and
         // ours first in even ones; the table shows the median of each, and the median of

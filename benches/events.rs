@@ -50,7 +50,7 @@ fn palisade_memory(c: &mut Criterion) {
                 latch.expect(EVENTS);
                 let started = Instant::now();
                 rt.block_on(async {
-                    memory::palisade_publish(&bus, &body, EVENTS).await;
+                    memory::palisade_publish(&bus, &body, EVENTS, 0).await;
                     latch.drained().await;
                 });
                 total += started.elapsed();

@@ -2,7 +2,8 @@
 //! in-memory bus (`SIDE=palisade`, the default) or on ruststream 0.7's in-memory broker
 //! (`SIDE=ruststream`), the same setup as the `events` bench's
 //! `memory_publish_to_handler`, once, then exit: for counting instructions, which
-//! unlike time do not move with the machine's load.
+//! unlike time do not move with the machine's load. `KEYS=k` gives our events one of
+//! `k` ordering keys each (the peer's have none).
 //!
 //! ```text
 //! cargo bench -p palisade-benches --bench events_count --no-run
@@ -32,6 +33,10 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(200_000);
     let side = std::env::var("SIDE").unwrap_or_else(|_| "palisade".to_owned());
+    let keys: usize = std::env::var("KEYS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0);
     let rt = runtime();
     let latch = Latch::default();
     let body = body();
@@ -54,7 +59,7 @@ fn main() {
             let running = rt.spawn(memory::palisade_consumer(&bus, &latch).run(shutdown.clone()));
             let started = Instant::now();
             rt.block_on(async {
-                memory::palisade_publish(&bus, &body, n).await;
+                memory::palisade_publish(&bus, &body, n, keys).await;
                 latch.drained().await;
             });
             let elapsed = started.elapsed();

@@ -78,10 +78,14 @@ pub fn palisade_consumer(bus: &MemoryBus, latch: &Latch) -> Consumer<MemoryBus> 
     })
 }
 
-/// Publishes `n` events one by one, each with a payload buffer of its own.
-pub async fn palisade_publish(bus: &MemoryBus, body: &[u8], n: usize) {
-    for _ in 0..n {
-        let envelope = Envelope::new(Order::TYPE, "bench", Bytes::copy_from_slice(body));
+/// Publishes `n` events one by one, each with a payload buffer of its own, and with
+/// one of `keys` ordering keys when `keys` is not zero.
+pub async fn palisade_publish(bus: &MemoryBus, body: &[u8], n: usize, keys: usize) {
+    for i in 0..n {
+        let mut envelope = Envelope::new(Order::TYPE, "bench", Bytes::copy_from_slice(body));
+        if keys > 0 {
+            envelope = envelope.with_key(format!("order-{}", i % keys));
+        }
         if let Err(e) = bus.publish("orders", envelope).await {
             panic!("publish: {e}");
         }

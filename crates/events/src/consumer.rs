@@ -91,6 +91,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -974,7 +975,8 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
             unknown: self.unknown,
             max_payload: self.max_payload,
             inbox: self.inbox,
-            keys: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::default()),
+            chains: AtomicUsize::new(0),
             shutdown: shutdown.clone(),
         });
         let permits = Arc::new(Semaphore::new(concurrency));
@@ -1110,11 +1112,22 @@ struct Shared<C> {
     inbox: Option<Arc<dyn Inbox>>,
     /// Keys with a running chain, and the deliveries waiting behind it.
     keys: Mutex<Waiting>,
+    /// How many keys have a running chain (`keys`' length, changed under its lock):
+    /// while there are none, a keyed delivery need not look (no lock, no hashing).
+    /// Only `dispatch` starts chains, so a zero it reads cannot turn stale before it
+    /// has placed the delivery; a chain ends with a release store, so a zero read with
+    /// acquire also orders the last handling of a key before the next.
+    chains: AtomicUsize,
     shutdown: CancellationToken,
 }
 
 /// Per key with a running chain, the deliveries waiting behind it and their permits.
-type Waiting = HashMap<String, VecDeque<(Delivery, Option<OwnedSemaphorePermit>)>>;
+/// Hashed with a seeded fast hasher, as the in-memory bus's maps are.
+type Waiting = HashMap<
+    String,
+    VecDeque<(Delivery, Option<OwnedSemaphorePermit>)>,
+    foldhash::fast::RandomState,
+>;
 
 impl<C> Shared<C> {
     fn keys(&self) -> MutexGuard<'_, Waiting> {
@@ -1136,8 +1149,13 @@ fn dispatch<C: Codec>(
     // The run loop fetched this delivery with a permit free, and it is the only place
     // permits are taken, so `try_acquire` cannot fail here.
     let permit = move || permit.or_else(|| Arc::clone(permits).try_acquire_owned().ok());
-    let key = delivery.envelope().ok().and_then(|e| e.key.clone());
-    if let Some(key) = &key {
+    // The key, read through a handle on the envelope (two reference count updates)
+    // rather than copied out of it (an allocation per keyed delivery).
+    let keyed = delivery.message().ok().filter(|e| e.key.is_some()).cloned();
+    let key = keyed.as_deref().and_then(|e| e.key.as_deref());
+    if let Some(key) = key
+        && shared.chains.load(Ordering::Acquire) > 0
+    {
         let mut keys = shared.keys();
         if let Some(waiting) = keys.get_mut(key) {
             waiting.push_back((delivery, permit()));
@@ -1158,7 +1176,12 @@ fn dispatch<C: Codec>(
         });
         return;
     };
-    shared.keys().insert(key.clone(), VecDeque::new());
+    let key = key.to_owned();
+    {
+        let mut keys = shared.keys();
+        keys.insert(key.clone(), VecDeque::new());
+        shared.chains.store(keys.len(), Ordering::Release);
+    }
     let shared = Arc::clone(shared);
     tokio::spawn(async move {
         let (mut work, mut permit) = (work, permit);
@@ -1169,6 +1192,7 @@ fn dispatch<C: Codec>(
             let Some((delivery, next_permit)) = keys.get_mut(&key).and_then(VecDeque::pop_front)
             else {
                 keys.remove(&key);
+                shared.chains.store(keys.len(), Ordering::Release);
                 return;
             };
             drop(keys);

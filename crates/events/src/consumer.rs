@@ -980,11 +980,9 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
             shutdown: shutdown.clone(),
         });
         let permits = Arc::new(Semaphore::new(concurrency));
-        let mut reconnect = self.reconnect.iter();
-        // Whether `reconnect` has been drawn from since a delivery last came: only
-        // then is it started afresh (building the iterator per delivery showed in
-        // profiles).
-        let mut reconnecting = false;
+        // The reconnect delays since the last delivery: started at the first failure
+        // after one (building the iterator on every delivery showed in profiles).
+        let mut reconnect = None;
         let mut current: Option<DeliveryStream>;
         let mut turn = 0_u32;
         let outcome = 'subscribe: loop {
@@ -1000,7 +998,14 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                 Err(Error::Closed) => break Err(Error::Closed),
                 Err(error) => {
                     tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscribe failed; retrying");
-                    if pause(&shutdown, next_delay(&mut reconnect, &mut reconnecting)).await {
+                    if pause(
+                        &shutdown,
+                        reconnect
+                            .get_or_insert_with(|| self.reconnect.iter())
+                            .next(),
+                    )
+                    .await
+                    {
                         continue;
                     }
                     break Ok(());
@@ -1040,10 +1045,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                 };
                 match item {
                     Some(Ok(delivery)) => {
-                        if reconnecting {
-                            reconnect = self.reconnect.iter();
-                            reconnecting = false;
-                        }
+                        reconnect = None;
                         dispatch(&shared, delivery, permit, &permits);
                         // Handled inline, a stream that is always ready would never
                         // yield: give the worker back now and then (every 32nd delivery
@@ -1056,7 +1058,14 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                     Some(Err(error)) => {
                         tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscription failed; re-subscribing");
                         drop(permit);
-                        if pause(&shutdown, next_delay(&mut reconnect, &mut reconnecting)).await {
+                        if pause(
+                            &shutdown,
+                            reconnect
+                                .get_or_insert_with(|| self.reconnect.iter())
+                                .next(),
+                        )
+                        .await
+                        {
                             continue 'subscribe;
                         }
                         break 'subscribe Ok(());
@@ -1064,7 +1073,14 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                     None => {
                         drop(permit);
                         tracing::debug!(topic = %shared.topic, consumer = %shared.name, "subscription ended; re-subscribing");
-                        if pause(&shutdown, next_delay(&mut reconnect, &mut reconnecting)).await {
+                        if pause(
+                            &shutdown,
+                            reconnect
+                                .get_or_insert_with(|| self.reconnect.iter())
+                                .next(),
+                        )
+                        .await
+                        {
                             continue 'subscribe;
                         }
                         break 'subscribe Ok(());
@@ -1077,15 +1093,6 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
         drop(current);
         outcome
     }
-}
-
-/// The next reconnect delay, noting that the backoff has been drawn from.
-fn next_delay(
-    reconnect: &mut impl Iterator<Item = Duration>,
-    reconnecting: &mut bool,
-) -> Option<Duration> {
-    *reconnecting = true;
-    reconnect.next()
 }
 
 /// Sleeps `delay` unless shutdown comes first; returns whether to go on.
@@ -1365,12 +1372,7 @@ async fn handle<C: Codec, E: Event, H: Handler<E>>(
     delivery: Delivery,
 ) {
     let attempt = delivery.attempt();
-    // The envelope is borrowed from the delivery until it is settled.
-    let first = match delivery.message() {
-        Ok(envelope) => attempt_once(shared, handler, envelope, attempt).await,
-        Err(error) => Err(Failure::permanent(chain(error))),
-    };
-    match first {
+    match attempt_delivery(shared, handler, delivery.message(), attempt).await {
         Ok(()) => settle(&shared.name, "ack", delivery.ack().await),
         Err(failure) => {
             Box::pin(recover(shared, handler, delivery, attempt, failure)).await;
@@ -1433,17 +1435,27 @@ async fn recover<C: Codec, E: Event, H: Handler<E>>(
                 attempt = attempt.saturating_add(1);
             }
         }
-        let again = match delivery.message() {
-            Ok(envelope) => attempt_once(shared, handler, envelope, attempt).await,
-            Err(error) => Err(Failure::permanent(chain(error))),
-        };
-        failure = match again {
+        failure = match attempt_delivery(shared, handler, delivery.message(), attempt).await {
             Ok(()) => {
                 settle(&shared.name, "ack", delivery.ack().await);
                 return;
             }
             Err(failure) => failure,
         };
+    }
+}
+
+/// One attempt at a delivery's `message`, borrowed from the delivery until it is
+/// settled (a message that is no envelope fails for good).
+async fn attempt_delivery<C: Codec, E: Event, H: Handler<E>>(
+    shared: &Shared<C>,
+    handler: &H,
+    message: Result<&Arc<Envelope>, &Error>,
+    attempt: u32,
+) -> Result<(), Box<Failure>> {
+    match message {
+        Ok(envelope) => attempt_once(shared, handler, envelope, attempt).await,
+        Err(error) => Err(Failure::permanent(chain(error))),
     }
 }
 

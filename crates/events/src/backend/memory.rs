@@ -782,11 +782,12 @@ impl MemoryAck {
     /// The event again, as its group queues it (`attempt` is the delivery's: the group
     /// counts one up when it takes it back).
     fn entry(&self, envelope: Arc<Envelope>, attempt: u32) -> Entry {
-        Entry {
+        Out {
             seq: self.seq,
             attempt,
-            envelope: Body::Shared(envelope),
+            envelope,
         }
+        .into_entry()
     }
 
     /// The delivery was dropped unsettled: the event goes back to its group at once.

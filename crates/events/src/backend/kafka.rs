@@ -316,33 +316,27 @@ fn decode_with_attempt<H: Headers>(
     payload: Bytes,
 ) -> (Result<Envelope, Error>, u32) {
     let mut attempt = None;
-    let mut not_utf8 = None;
-    let pairs = record_headers
-        .into_iter()
-        .flat_map(|h| h.iter())
-        .filter_map(|header| {
-            let value = header.value?;
-            match std::str::from_utf8(value) {
-                Ok(value) => {
-                    if header.key == ATTEMPT {
-                        attempt = value.parse().ok().or(attempt);
-                    }
-                    Some((header.key, value))
-                }
-                Err(e) => {
-                    not_utf8.get_or_insert_with(|| {
-                        headers::malformed(format!("header {:?} is not UTF-8: {e}", header.key))
-                    });
-                    None
-                }
+    let mut decoder = headers::Decoder::default();
+    if let Some(record_headers) = record_headers {
+        // By index up to a count taken once: rdkafka's iterator asks librdkafka for the
+        // count again at every step.
+        for at in 0..record_headers.count() {
+            let Some(header) = record_headers.try_get(at) else {
+                break;
+            };
+            let Some(value) = header.value else {
+                continue;
+            };
+            if header.key == ATTEMPT {
+                attempt = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|value| value.parse().ok())
+                    .or(attempt);
             }
-        });
-    let decoded = headers::decode(pairs, payload);
-    let decoded = match not_utf8 {
-        Some(error) => Err(error),
-        None => decoded,
-    };
-    (decoded, attempt.unwrap_or(1).max(1))
+            decoder.pair(header.key, value);
+        }
+    }
+    (decoder.finish(payload), attempt.unwrap_or(1).max(1))
 }
 
 async fn send(
@@ -457,6 +451,7 @@ impl Subscriber for KafkaBus {
             periodic,
             window: Window::new(prefetch),
             tx,
+            retrying: AtomicUsize::new(0),
         });
         if periodic {
             tokio::spawn(store_now_and_then(
@@ -510,7 +505,10 @@ impl PartitionOffsets {
 
     /// Marks `offset` settled; returns whether the committable offset moved.
     fn settled(&mut self, offset: i64) -> bool {
-        if let Ok(at) = self.window.binary_search_by_key(&offset, |&(o, _)| o) {
+        // Usually the oldest unsettled one (records are mostly settled in order).
+        if let Some(front) = self.window.front_mut().filter(|(o, _)| *o == offset) {
+            front.1 = true;
+        } else if let Ok(at) = self.window.binary_search_by_key(&offset, |&(o, _)| o) {
             self.window[at].1 = true;
         }
         while self.window.front().is_some_and(|&(_, settled)| settled) {
@@ -652,6 +650,8 @@ struct Shared {
     /// At most `prefetch` deliveries unsettled.
     window: Window,
     tx: mpsc::Sender<Result<Delivery, Error>>,
+    /// Retries sent through `tx` and not yet taken by the reader.
+    retrying: AtomicUsize,
 }
 
 impl Drop for Shared {
@@ -761,7 +761,12 @@ impl Reader {
             // Retried deliveries go ahead of new records (one that comes back while a
             // record is already ready waits behind that record). Looked at without
             // registering a wake-up: that is done below only when no record is ready.
-            if let Ok(retried) = retries.try_recv() {
+            // The channel is looked at only when a retry was sent (a count is cheaper to
+            // read than the channel).
+            if shared.retrying.load(Ordering::Acquire) > 0
+                && let Ok(retried) = retries.try_recv()
+            {
+                shared.retrying.fetch_sub(1, Ordering::AcqRel);
                 return Some(retried);
             }
             let consumer = shared.consumer.as_ref()?;
@@ -779,7 +784,10 @@ impl Reader {
                     return Poll::Ready(Either::Left(fetched));
                 }
                 match retries.poll_recv(cx) {
-                    Poll::Ready(Some(retried)) => Poll::Ready(Either::Right(retried)),
+                    Poll::Ready(Some(retried)) => {
+                        shared.retrying.fetch_sub(1, Ordering::AcqRel);
+                        Poll::Ready(Either::Right(retried))
+                    }
                     // The sender lives in `shared`, as long as the reader: never closed.
                     Poll::Ready(None) | Poll::Pending => Poll::Pending,
                 }
@@ -890,6 +898,9 @@ impl KafkaAcker {
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let tx = self.slot.0.tx.clone();
+            // Counted before it is sent, so that the count is never below what waits
+            // in the channel.
+            self.slot.0.retrying.fetch_add(1, Ordering::AcqRel);
             let again = Delivery::kafka(message, attempt.saturating_add(1), self);
             let _ = tx.send(Ok(again)).await;
         });

@@ -34,11 +34,7 @@ pub(crate) fn name(value: &str) -> Cow<'static, str> {
     if value.len() > MAX_LEN {
         return Cow::Owned(value.to_owned());
     }
-    let recent = RECENT_NAMES
-        .try_with(|recent| recent.borrow().0.iter().copied().find(|n| *n == value))
-        .ok()
-        .flatten();
-    if let Some(kept) = recent {
+    if let Some(kept) = recent(value.as_bytes()) {
         return Cow::Borrowed(kept);
     }
     static KEPT: OnceLock<Mutex<Names>> = OnceLock::new();
@@ -55,6 +51,33 @@ pub(crate) fn name(value: &str) -> Cow<'static, str> {
         }
         None => Cow::Owned(value.to_owned()),
     }
+}
+
+/// [`name`] for a value read as bytes: a value equal to a name this thread looked up
+/// lately is that name, with no UTF-8 check (every kept name is text, so equal bytes
+/// are too); any other is checked, then looked up as [`name`] does.
+pub(crate) fn name_of_bytes(value: &[u8]) -> Result<Cow<'static, str>, std::str::Utf8Error> {
+    if value.len() <= MAX_LEN
+        && let Some(kept) = recent(value)
+    {
+        return Ok(Cow::Borrowed(kept));
+    }
+    std::str::from_utf8(value).map(name)
+}
+
+/// The name equal to `value` among the last ones this thread looked up.
+fn recent(value: &[u8]) -> Option<&'static str> {
+    RECENT_NAMES
+        .try_with(|recent| {
+            recent
+                .borrow()
+                .0
+                .iter()
+                .copied()
+                .find(|n| n.as_bytes() == value)
+        })
+        .ok()
+        .flatten()
 }
 
 /// The names kept, up to a cap.
@@ -109,6 +132,19 @@ mod tests {
         assert!(
             matches!((&here, &there), (Cow::Borrowed(a), Cow::Borrowed(b)) if std::ptr::eq(*a, *b))
         );
+    }
+
+    #[test]
+    fn bytes_resolve_to_the_same_kept_name_and_are_checked() -> Result<(), std::str::Utf8Error> {
+        let text = name("order.placed.names-test-bytes");
+        let bytes = name_of_bytes(b"order.placed.names-test-bytes")?;
+        assert!(
+            matches!((&text, &bytes), (Cow::Borrowed(a), Cow::Borrowed(b)) if std::ptr::eq(*a, *b))
+        );
+        assert!(name_of_bytes(b"not \xff text").is_err());
+        let long = "y".repeat(MAX_LEN + 1);
+        assert!(matches!(name_of_bytes(long.as_bytes())?, Cow::Owned(owned) if owned == long));
+        Ok(())
     }
 
     #[test]

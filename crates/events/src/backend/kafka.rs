@@ -55,14 +55,15 @@
 //! ```
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::Either;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -459,17 +460,12 @@ impl Subscriber for KafkaBus {
                 self.options.commit_interval.min(STORE_EVERY),
             ));
         }
-        let reader = Reader {
+        Ok(Box::pin(Reader {
             shared,
             retries: rx,
-        };
-        Ok(Box::pin(futures_util::stream::unfold(
-            reader,
-            |mut reader| async move {
-                let item = reader.next().await?;
-                Some((item, reader))
-            },
-        )))
+            waiting: None,
+            pause: None,
+        }))
     }
 }
 
@@ -568,29 +564,27 @@ impl Window {
         }
     }
 
-    /// Waits for room for one more delivery, and takes it.
-    async fn take(&self) {
-        std::future::poll_fn(|cx| {
-            loop {
-                let free = self.free.load(Ordering::Acquire);
-                if free == 0 {
-                    self.reader.register(cx.waker());
-                    // Again, now that a release after the first look would wake us.
-                    if self.free.load(Ordering::Acquire) == 0 {
-                        return std::task::Poll::Pending;
-                    }
-                    continue;
+    /// Takes room for one more delivery, or registers the reader to be woken when
+    /// there is some.
+    fn poll_take(&self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let free = self.free.load(Ordering::Acquire);
+            if free == 0 {
+                self.reader.register(cx.waker());
+                // Again, now that a release after the first look would wake us.
+                if self.free.load(Ordering::Acquire) == 0 {
+                    return Poll::Pending;
                 }
-                if self
-                    .free
-                    .compare_exchange_weak(free, free - 1, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    return std::task::Poll::Ready(());
-                }
+                continue;
             }
-        })
-        .await;
+            if self
+                .free
+                .compare_exchange_weak(free, free - 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                return Poll::Ready(());
+            }
+        }
     }
 
     fn give_back(&self) {
@@ -747,73 +741,127 @@ impl Shared {
 /// Reads records for the subscriber, in its own task (no hop through a channel): the
 /// subscription's stream polls the consumer directly. In-process retries come back
 /// through `retries`, ahead of new records.
+///
+/// A stream written out by hand rather than an `async` loop: a record librdkafka has
+/// already fetched (the usual case under load) is taken by a receive polled on the
+/// stack, with no state kept between records; only a receive that has to wait is
+/// boxed and kept, owning its handle on the consumer.
 struct Reader {
     shared: Arc<Shared>,
     retries: mpsc::Receiver<Result<Delivery, Error>>,
+    /// A receive that is waiting for a record, with its place in the window.
+    waiting: Option<Waiting>,
+    /// After a consumer error, the pause before the next receive.
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// A receive's outcome: its place in the prefetch window and the record with its
+/// attempt, or librdkafka's error (nothing once the consumer is gone, which does not
+/// happen while the stream lives).
+type Fetched = (Slot, Option<KafkaResult<(Record, u32)>>);
+
+/// A receive that had to wait.
+type Waiting = BoxFuture<'static, Fetched>;
+
 impl Reader {
+    /// The next fetched record, with its place in the window, if one is ready.
+    fn poll_fetch(&mut self, cx: &mut Context<'_>) -> Poll<Fetched> {
+        if let Some(waiting) = &mut self.waiting {
+            let fetched = ready!(waiting.as_mut().poll(cx));
+            self.waiting = None;
+            return Poll::Ready(fetched);
+        }
+        // At most `prefetch` deliveries unsettled: room before each record.
+        ready!(self.shared.window.poll_take(cx));
+        let slot = Slot(Arc::clone(&self.shared));
+        let Some(consumer) = self.shared.consumer.as_ref() else {
+            return Poll::Ready((slot, None));
+        };
+        {
+            let mut receive = std::pin::pin!(consumer.recv());
+            if let Poll::Ready(received) = receive.as_mut().poll(cx) {
+                return Poll::Ready((slot, Some(received.map(|m| Record::of(&m)))));
+            }
+        }
+        // None fetched yet: wait in a receive of its own (the one above, dropped, no
+        // longer holds a wake-up), kept until a record comes.
+        let shared = Arc::clone(&self.shared);
+        let mut waiting: Waiting = Box::pin(async move {
+            let received = match shared.consumer.as_ref() {
+                Some(consumer) => Some(consumer.recv().await.map(|m| Record::of(&m))),
+                None => None,
+            };
+            drop(shared);
+            (slot, received)
+        });
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(fetched) => Poll::Ready(fetched),
+            Poll::Pending => {
+                self.waiting = Some(waiting);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// A retried delivery that came back, taken without registering a wake-up.
+    fn retried(&mut self) -> Option<Result<Delivery, Error>> {
+        // The channel is looked at only when a retry was sent (a count is cheaper to
+        // read than the channel).
+        if self.shared.retrying.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let retried = self.retries.try_recv().ok()?;
+        self.shared.retrying.fetch_sub(1, Ordering::AcqRel);
+        Some(retried)
+    }
+}
+
+impl futures_util::Stream for Reader {
+    type Item = Result<Delivery, Error>;
+
     /// The next delivery; `None` once the consumer is gone (it lives as long as the
     /// stream, so this does not happen while the stream is polled).
-    async fn next(&mut self) -> Option<Result<Delivery, Error>> {
-        let Self { shared, retries } = self;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
         loop {
-            // Retried deliveries go ahead of new records (one that comes back while a
-            // record is already ready waits behind that record). Looked at without
-            // registering a wake-up: that is done below only when no record is ready.
-            // The channel is looked at only when a retry was sent (a count is cheaper to
-            // read than the channel).
-            if shared.retrying.load(Ordering::Acquire) > 0
-                && let Ok(retried) = retries.try_recv()
-            {
-                shared.retrying.fetch_sub(1, Ordering::AcqRel);
-                return Some(retried);
+            if let Some(pause) = &mut this.pause {
+                ready!(pause.as_mut().poll(cx));
+                this.pause = None;
             }
-            let consumer = shared.consumer.as_ref()?;
-            let mut fetch = std::pin::pin!(async {
-                // At most `prefetch` deliveries unsettled: room before each record.
-                shared.window.take().await;
-                let slot = Slot(Arc::clone(shared));
-                let received = consumer.recv().await.map(|m| Record::of(&m));
-                (slot, received)
-            });
-            // A record librdkafka has already fetched is taken at the first poll; only
-            // when there is none does the reader wait for either source.
-            let next = std::future::poll_fn(|cx| {
-                if let Poll::Ready(fetched) = fetch.as_mut().poll(cx) {
-                    return Poll::Ready(Either::Left(fetched));
-                }
-                match retries.poll_recv(cx) {
+            // Retried deliveries go ahead of new records (one that comes back while a
+            // record is already ready waits behind that record).
+            if let Some(retried) = this.retried() {
+                return Poll::Ready(Some(retried));
+            }
+            let Poll::Ready((slot, received)) = this.poll_fetch(cx) else {
+                // No record yet: a retry may come back meanwhile (the sender lives in
+                // `shared`, as long as the reader: never closed).
+                return match this.retries.poll_recv(cx) {
                     Poll::Ready(Some(retried)) => {
-                        shared.retrying.fetch_sub(1, Ordering::AcqRel);
-                        Poll::Ready(Either::Right(retried))
+                        this.shared.retrying.fetch_sub(1, Ordering::AcqRel);
+                        Poll::Ready(Some(retried))
                     }
-                    // The sender lives in `shared`, as long as the reader: never closed.
                     Poll::Ready(None) | Poll::Pending => Poll::Pending,
-                }
-            })
-            .await;
-            let (slot, received) = match next {
-                Either::Left(fetched) => fetched,
-                Either::Right(retried) => return Some(retried),
+                };
             };
-            let (record, attempt) = match received {
-                Ok(received) => received,
-                Err(e) => {
-                    tracing::warn!(topic = %shared.topic, error = %e, "kafka consumer error");
+            match received {
+                None => return Poll::Ready(None),
+                Some(Err(e)) => {
+                    tracing::warn!(topic = %this.shared.topic, error = %e, "kafka consumer error");
                     drop(slot);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
+                    this.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(100))));
                 }
-            };
-            shared.delivered(record.partition, record.offset);
-            let acker = KafkaAcker {
-                slot,
-                partition: record.partition,
-                offset: record.offset,
-                raw: record.raw,
-            };
-            return Some(Ok(Delivery::kafka(record.message, attempt, acker)));
+                Some(Ok((record, attempt))) => {
+                    this.shared.delivered(record.partition, record.offset);
+                    let acker = KafkaAcker {
+                        slot,
+                        partition: record.partition,
+                        offset: record.offset,
+                        raw: record.raw,
+                    };
+                    return Poll::Ready(Some(Ok(Delivery::kafka(record.message, attempt, acker))));
+                }
+            }
         }
     }
 }

@@ -184,33 +184,22 @@ impl TimeText {
     }
 }
 
+/// The minute of the last time read, so that a time of the same minute is read from
+/// its seconds on: a consumer reads many events of one minute in a row.
+#[derive(Default)]
+pub(crate) struct LastMinute {
+    /// `YYYY-MM-DDTHH:MM:` as last read.
+    prefix: [u8; 17],
+    /// The date, hour and minute it names, once one was read.
+    minute: Option<(chrono::NaiveDate, u32, u32)>,
+}
+
 /// Reads a time in exactly the form [`format_time`] writes (`Z`, 0, 3, 6 or 9
 /// fraction digits) from its bytes, without the general RFC 3339 parser; `None` for
 /// anything else, which the caller hands to chrono.
-fn parse_time(text: &[u8]) -> Option<DateTime<Utc>> {
+fn parse_time(text: &[u8], last: &mut LastMinute) -> Option<DateTime<Utc>> {
     let (head, rest) = text.split_first_chunk::<19>()?;
-    let &[
-        y0,
-        y1,
-        y2,
-        y3,
-        b'-',
-        mo0,
-        mo1,
-        b'-',
-        d0,
-        d1,
-        b'T',
-        h0,
-        h1,
-        b':',
-        mi0,
-        mi1,
-        b':',
-        s0,
-        s1,
-    ] = head
-    else {
+    let (prefix, &[s0, s1]) = head.split_first_chunk::<17>()? else {
         return None;
     };
     let (fraction, scale) = match rest {
@@ -231,9 +220,7 @@ fn parse_time(text: &[u8]) -> Option<DateTime<Utc>> {
         not_digit |= d > 9;
         u32::from(d)
     };
-    let mut two = |a: u8, b: u8| digit(a) * 10 + digit(b);
-    let (century, year, month, day) = (two(y0, y1), two(y2, y3), two(mo0, mo1), two(d0, d1));
-    let (hour, minute, second) = (two(h0, h1), two(mi0, mi1), two(s0, s1));
+    let second = digit(s0) * 10 + digit(s1);
     let nanos = fraction
         .iter()
         .fold(0_u32, |n, &c| n.wrapping_mul(10).wrapping_add(digit(c)))
@@ -241,11 +228,63 @@ fn parse_time(text: &[u8]) -> Option<DateTime<Utc>> {
     if not_digit {
         return None;
     }
-    // Four digits: below 10,000, so the conversion cannot fail.
-    let year = i32::try_from(century * 100 + year).ok()?;
-    let date = chrono::NaiveDate::from_ymd_opt(year, month, day)?;
+    let (date, hour, minute) = match last.minute {
+        Some(minute) if last.prefix == *prefix => minute,
+        _ => {
+            let minute = parse_minute(prefix)?;
+            *last = LastMinute {
+                prefix: *prefix,
+                minute: Some(minute),
+            };
+            minute
+        }
+    };
     let time = date.and_hms_nano_opt(hour, minute, second, nanos)?;
     Some(time.and_utc())
+}
+
+/// Reads `YYYY-MM-DDTHH:MM:`: the date, hour and minute.
+fn parse_minute(prefix: &[u8; 17]) -> Option<(chrono::NaiveDate, u32, u32)> {
+    let &[
+        y0,
+        y1,
+        y2,
+        y3,
+        b'-',
+        mo0,
+        mo1,
+        b'-',
+        d0,
+        d1,
+        b'T',
+        h0,
+        h1,
+        b':',
+        mi0,
+        mi1,
+        b':',
+    ] = prefix
+    else {
+        return None;
+    };
+    let mut not_digit = false;
+    let mut two = |a: u8, b: u8| {
+        let (a, b) = (a.wrapping_sub(b'0'), b.wrapping_sub(b'0'));
+        not_digit |= a > 9 || b > 9;
+        u32::from(a) * 10 + u32::from(b)
+    };
+    let (century, year, month, day) = (two(y0, y1), two(y2, y3), two(mo0, mo1), two(d0, d1));
+    let (hour, minute) = (two(h0, h1), two(mi0, mi1));
+    if not_digit || hour > 23 || minute > 59 {
+        return None;
+    }
+    // Four digits: below 10,000, so the conversion cannot fail.
+    let year = i32::try_from(century * 100 + year).ok()?;
+    Some((
+        chrono::NaiveDate::from_ymd_opt(year, month, day)?,
+        hour,
+        minute,
+    ))
 }
 
 /// Hands `pair` each of the envelope's attributes and free headers as a wire pair (the
@@ -381,6 +420,16 @@ impl<'a> Decoder<'a> {
 
     /// The envelope, with `payload` as its body.
     pub(crate) fn finish(self, payload: Bytes) -> Result<Envelope, Error> {
+        self.finish_after(payload, &mut LastMinute::default())
+    }
+
+    /// [`finish`](Self::finish) for a reader of many envelopes, which keeps the minute
+    /// of the last time it read.
+    pub(crate) fn finish_after(
+        self,
+        payload: Bytes,
+        last: &mut LastMinute,
+    ) -> Result<Envelope, Error> {
         if let Some(error) = self.not_utf8 {
             return Err(error);
         }
@@ -398,7 +447,7 @@ impl<'a> Decoder<'a> {
         let id = Uuid::try_parse_ascii(id)
             .map_err(|e| malformed(format!("{ID} {:?}: {e}", String::from_utf8_lossy(id))))?;
         let time = required(TIME, self.time)?;
-        let time = match parse_time(time) {
+        let time = match parse_time(time, last) {
             Some(time) => time,
             None => {
                 let time = text(TIME, time)?;
@@ -532,7 +581,11 @@ mod tests {
             let back = decode_pairs(&pairs, Bytes::new())?;
             assert_eq!(format_time(&back.time), expected, "{text}");
         }
-        assert!(parse_time(b"2026-13-24T05:00:00Z").is_none());
+        let last = &mut LastMinute::default();
+        assert!(parse_time(b"2026-13-24T05:00:00Z", last).is_none());
+        assert!(parse_time(b"2026-11-24T24:00:00Z", last).is_none());
+        assert!(parse_time(b"2026-11-24T05:60:00Z", last).is_none());
+        assert!(parse_time(b"2026-11-24T05:00:61Z", last).is_none());
         Ok(())
     }
 
@@ -586,10 +639,14 @@ mod tests {
             let time = DateTime::from_timestamp(seconds, nanos)
                 .ok_or_else(|| TestCaseError::fail("in range"))?;
             let mut text = format_time(&time).into_bytes();
-            prop_assert_eq!(parse_time(&text), Some(time));
+            let last = &mut LastMinute::default();
+            prop_assert_eq!(parse_time(&text, last), Some(time));
             let at = at % text.len();
             text[at] = byte;
-            if let Some(fast) = parse_time(&text) {
+            // Read after the original (its minute remembered), and afresh.
+            let after = parse_time(&text, last);
+            prop_assert_eq!(after, parse_time(&text, &mut LastMinute::default()));
+            if let Some(fast) = after {
                 let text = std::str::from_utf8(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 let chrono = DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc));
                 prop_assert_eq!(Ok(fast), chrono);

@@ -315,6 +315,7 @@ fn with_extra(headers: OwnedHeaders, extra: &[(&str, &str)]) -> OwnedHeaders {
 fn decode_with_attempt<H: Headers>(
     record_headers: Option<&H>,
     payload: Bytes,
+    last: &mut headers::LastMinute,
 ) -> (Result<Envelope, Error>, u32) {
     let mut attempt = None;
     let mut decoder = headers::Decoder::default();
@@ -337,7 +338,10 @@ fn decode_with_attempt<H: Headers>(
             decoder.pair(header.key, value);
         }
     }
-    (decoder.finish(payload), attempt.unwrap_or(1).max(1))
+    (
+        decoder.finish_after(payload, last),
+        attempt.unwrap_or(1).max(1),
+    )
 }
 
 async fn send(
@@ -448,7 +452,7 @@ impl Subscriber for KafkaBus {
             send_timeout: self.options.send_timeout,
             dead_letter: self.dead_letter_topic(&subscription.topic),
             topic: subscription.topic.clone(),
-            offsets: Mutex::new(Vec::new()),
+            offsets: Mutex::new(Offsets::default()),
             periodic,
             window: Window::new(prefetch),
             tx,
@@ -465,6 +469,7 @@ impl Subscriber for KafkaBus {
             retries: rx,
             waiting: None,
             pause: None,
+            last: headers::LastMinute::default(),
         }))
     }
 }
@@ -637,8 +642,8 @@ struct Shared {
     dead_letter: String,
     /// The subscribed topic (a subscription reads one).
     topic: String,
-    /// Per partition (a member holds a few: a linear search beats hashing).
-    offsets: Mutex<Vec<(i32, PartitionOffsets)>>,
+    /// Per partition.
+    offsets: Mutex<Offsets>,
     /// Store offsets for librdkafka's periodic commit (else commit each one).
     periodic: bool,
     /// At most `prefetch` deliveries unsettled.
@@ -658,24 +663,38 @@ impl Drop for Shared {
     }
 }
 
-fn partition(offsets: &mut Vec<(i32, PartitionOffsets)>, partition: i32) -> &mut PartitionOffsets {
-    let at = match offsets.iter().position(|(p, _)| *p == partition) {
-        Some(at) => at,
-        None => {
-            offsets.push((partition, PartitionOffsets::default()));
-            offsets.len() - 1
+/// The offsets of each partition this member was handed records of, indexed by
+/// partition id: a topic's partitions are numbered from 0, so the vector is as long as
+/// the highest partition delivered here (64 bytes per partition).
+#[derive(Default)]
+struct Offsets(Vec<PartitionOffsets>);
+
+impl Offsets {
+    /// The entry of `partition`, made when it is new here.
+    fn entry(&mut self, partition: i32) -> Option<&mut PartitionOffsets> {
+        let at = usize::try_from(partition).ok()?;
+        if at >= self.0.len() {
+            self.0.resize_with(at + 1, PartitionOffsets::default);
         }
-    };
-    &mut offsets[at].1
+        self.0.get_mut(at)
+    }
+
+    /// The entry of `partition`, if records of it were delivered here.
+    fn get(&mut self, partition: i32) -> Option<&mut PartitionOffsets> {
+        self.0.get_mut(usize::try_from(partition).ok()?)
+    }
 }
 
 impl Shared {
-    fn offsets(&self) -> std::sync::MutexGuard<'_, Vec<(i32, PartitionOffsets)>> {
+    fn offsets(&self) -> std::sync::MutexGuard<'_, Offsets> {
         super::lock(&self.offsets)
     }
 
     fn delivered(&self, partition_id: i32, offset: i64) {
-        partition(&mut self.offsets(), partition_id).delivered(offset);
+        // Kafka's partition ids are never negative.
+        if let Some(entry) = self.offsets().entry(partition_id) {
+            entry.delivered(offset);
+        }
     }
 
     /// Marks `offset` settled. With a commit per settle, commits the partition up to
@@ -685,7 +704,7 @@ impl Shared {
     fn settled(&self, partition_id: i32, offset: i64) -> Result<(), Error> {
         let upto = {
             let mut offsets = self.offsets();
-            let Some((_, entry)) = offsets.iter_mut().find(|(p, _)| *p == partition_id) else {
+            let Some(entry) = offsets.get(partition_id) else {
                 return Ok(());
             };
             if !entry.settled(offset) {
@@ -704,11 +723,13 @@ impl Shared {
     fn store_unstored(&self) -> Result<(), Error> {
         let due: Vec<(i32, i64)> = self
             .offsets()
+            .0
             .iter_mut()
+            .enumerate()
             .filter_map(|(p, entry)| {
                 let upto = entry.unstored()?;
                 entry.stored = upto;
-                Some((*p, upto))
+                Some((i32::try_from(p).ok()?, upto))
             })
             .collect();
         if due.is_empty() {
@@ -753,6 +774,8 @@ struct Reader {
     waiting: Option<Waiting>,
     /// After a consumer error, the pause before the next receive.
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The minute of the last record's time.
+    last: headers::LastMinute,
 }
 
 /// A receive's outcome: its place in the prefetch window and the record with its
@@ -780,7 +803,8 @@ impl Reader {
         {
             let mut receive = std::pin::pin!(consumer.recv());
             if let Poll::Ready(received) = receive.as_mut().poll(cx) {
-                return Poll::Ready((slot, Some(received.map(|m| Record::of(&m)))));
+                let last = &mut self.last;
+                return Poll::Ready((slot, Some(received.map(|m| Record::of(&m, last)))));
             }
         }
         // None fetched yet: wait in a receive of its own (the one above, dropped, no
@@ -788,7 +812,13 @@ impl Reader {
         let shared = Arc::clone(&self.shared);
         let mut waiting: Waiting = Box::pin(async move {
             let received = match shared.consumer.as_ref() {
-                Some(consumer) => Some(consumer.recv().await.map(|m| Record::of(&m))),
+                // A record after a wait starts a minute of its own.
+                Some(consumer) => Some(
+                    consumer
+                        .recv()
+                        .await
+                        .map(|m| Record::of(&m, &mut headers::LastMinute::default())),
+                ),
                 None => None,
             };
             drop(shared);
@@ -886,9 +916,12 @@ struct RawRecord {
 impl Record {
     /// The record and its delivery attempt. The payload is copied once, into the
     /// envelope (into the record's own copy only when it is malformed).
-    fn of(message: &rdkafka::message::BorrowedMessage<'_>) -> (Self, u32) {
+    fn of(
+        message: &rdkafka::message::BorrowedMessage<'_>,
+        last: &mut headers::LastMinute,
+    ) -> (Self, u32) {
         let payload = || Bytes::copy_from_slice(message.payload().unwrap_or_default());
-        let (decoded, attempt) = decode_with_attempt(message.headers(), payload());
+        let (decoded, attempt) = decode_with_attempt(message.headers(), payload(), last);
         let (decoded, raw) = match decoded {
             Ok(envelope) => (Ok(Arc::new(envelope)), None),
             Err(error) => (
@@ -1010,8 +1043,11 @@ mod tests {
             .with_causation_id("z")
             .with_header("tenant", "acme");
         let record_headers = record_headers(&envelope, &[(ATTEMPT, "3")]);
-        let (decoded, attempt) =
-            decode_with_attempt(Some(&record_headers), envelope.payload.clone());
+        let (decoded, attempt) = decode_with_attempt(
+            Some(&record_headers),
+            envelope.payload.clone(),
+            &mut headers::LastMinute::default(),
+        );
         assert_eq!(decoded?, envelope);
         assert_eq!(attempt, 3);
         Ok(())
@@ -1049,7 +1085,12 @@ mod tests {
     #[test]
     fn record_without_headers_is_malformed() {
         assert!(matches!(
-            decode_with_attempt::<OwnedHeaders>(None, Bytes::new()).0,
+            decode_with_attempt::<OwnedHeaders>(
+                None,
+                Bytes::new(),
+                &mut headers::LastMinute::default()
+            )
+            .0,
             Err(Error::Malformed { .. })
         ));
     }

@@ -135,34 +135,64 @@ async fn measure(n: usize, side: impl std::future::Future<Output = Result<f64>>)
     Ok(Side { rate, cpu })
 }
 
+/// The middle value, or the mean of the two middle ones: with an even number of
+/// rounds, half measured each side first, and neither order's rounds decide alone.
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+    let half = values.len() / 2;
+    match (
+        values.len() % 2,
+        values.get(half.wrapping_sub(1)),
+        values.get(half),
+    ) {
+        (0, Some(low), Some(high)) => (low + high) / 2.0,
+        (_, _, Some(middle)) => *middle,
+        _ => f64::NAN,
+    }
+}
+
+/// A summary row: medians of the rounds' rates, and the median per-round ratio over
+/// all rounds, over those that measured the raw side first, and over those that
+/// measured ours first.
+struct Summary {
+    row: Row,
+    ratio: f64,
+    raw_first: f64,
+    ours_first: f64,
 }
 
 /// Per (backend, operation) of the first round: the median raw and our rate, and the
-/// median ratio, over the rounds that measured it.
-fn medians(rounds: &[Vec<Row>]) -> Vec<(Row, f64)> {
+/// median ratio, over the rounds that measured it (round `i` measured ours first when
+/// `i` is odd).
+fn medians(rounds: &[Vec<Row>]) -> Vec<Summary> {
     let Some(first) = rounds.first() else {
         return Vec::new();
     };
     first
         .iter()
         .map(|row| {
-            let same: Vec<&Row> = rounds
-                .iter()
-                .flatten()
-                .filter(|r| r.backend == row.backend && r.op == row.op)
-                .collect();
-            let side = |of: fn(&Row) -> Side| Side {
-                rate: median(same.iter().map(|r| of(r).rate).collect()),
-                cpu: median(same.iter().map(|r| of(r).cpu).collect()),
+            let same = |ours_first: Option<bool>| -> Vec<&Row> {
+                rounds
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| ours_first.is_none_or(|o| (i % 2 == 1) == o))
+                    .flat_map(|(_, rows)| rows)
+                    .filter(|r| r.backend == row.backend && r.op == row.op)
+                    .collect()
             };
-            let summary = Row::new(row.backend, row.op, side(|r| r.raw), side(|r| r.ours));
-            (
-                summary,
-                median(same.iter().map(|r| r.ours.rate / r.raw.rate).collect()),
-            )
+            let all = same(None);
+            let side = |of: fn(&Row) -> Side| Side {
+                rate: median(all.iter().map(|r| of(r).rate).collect()),
+                cpu: median(all.iter().map(|r| of(r).cpu).collect()),
+            };
+            let ratio =
+                |rows: Vec<&Row>| median(rows.iter().map(|r| r.ours.rate / r.raw.rate).collect());
+            Summary {
+                row: Row::new(row.backend, row.op, side(|r| r.raw), side(|r| r.ours)),
+                ratio: ratio(all.clone()),
+                raw_first: ratio(same(Some(false))),
+                ours_first: ratio(same(Some(true))),
+            }
         })
         .collect()
 }
@@ -874,8 +904,15 @@ async fn raw_kafka_consume(
         consumer.store_offset_from_message(&message)?;
     }
     let rate = rate(n, started.map(|s| s.elapsed()).unwrap_or_default());
-    // Kafka clients of the mock cluster would block on drop; the process exits anyway.
-    std::mem::forget(consumer);
+    // Closed on a thread of its own, as our backend closes its consumer: closing leaves
+    // the group, which blocks until the mock broker answers. Left open (leaked), the
+    // raw consumers kept running beside every later measurement of the run.
+    let closing = std::thread::Builder::new()
+        .name("raw-kafka-close".to_owned())
+        .spawn(move || drop(consumer));
+    if let Err(e) = closing {
+        println!("raw consume: could not spawn a thread to close the consumer: {e}");
+    }
     Ok(rate)
 }
 
@@ -952,17 +989,25 @@ fn main() -> Result<()> {
         println!("Medians of {rounds} rounds:");
         println!();
         println!(
-            "| backend | operation | raw client msg/s | palisade msg/s | ratio (median of rounds) | CPU µs/msg raw | CPU µs/msg palisade |"
+            "| backend | operation | raw client msg/s | palisade msg/s | ratio (median of rounds) | raw first / ours first | CPU µs/msg raw | CPU µs/msg palisade |"
         );
-        println!("|---|---|---:|---:|---:|---:|---:|");
-        for (row, ratio) in &rows {
+        println!("|---|---|---:|---:|---:|---|---:|---:|");
+        for Summary {
+            row,
+            ratio,
+            raw_first,
+            ours_first,
+        } in &rows
+        {
             println!(
-                "| {} | {} | {:.0} | {:.0} | {:.2}x | {:.2} | {:.2} |",
+                "| {} | {} | {:.0} | {:.0} | {:.2}x | {:.2}x / {:.2}x | {:.2} | {:.2} |",
                 row.backend,
                 row.op,
                 row.raw.rate,
                 row.ours.rate,
                 ratio,
+                raw_first,
+                ours_first,
                 row.raw.cpu,
                 row.ours.cpu
             );

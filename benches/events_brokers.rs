@@ -31,6 +31,9 @@
 //! rounds, `EVENTS_BENCH_SKIP=redis,kafka` to leave backends out). Servers that are
 //! down are skipped. `EVENTS_BENCH_KAFKA_COUNT=raw|palisade|none` instead consumes one
 //! topic once, for counting instructions under callgrind (see `kafka_count`).
+//! `EVENTS_BENCH_KAFKA_BUFFERED=2` starts each Kafka consume clock only after the first
+//! record and a two-second wait, when librdkafka holds the whole topic locally (see
+//! `kafka_buffered`).
 
 use std::time::{Duration, Instant};
 
@@ -235,7 +238,13 @@ async fn consume_both<S: Subscriber>(
     topic: &str,
 ) -> Result<(Side, Side)> {
     let subscription = Subscription::new(topic, "g").with_prefetch(PREFETCH);
-    both(ours_first, n, raw, consume_ours(bus, &subscription, n)).await
+    both(
+        ours_first,
+        n,
+        raw,
+        consume_ours(bus, &subscription, n, Duration::ZERO),
+    )
+    .await
 }
 
 fn rate(n: usize, elapsed: Duration) -> f64 {
@@ -270,6 +279,7 @@ async fn consume_ours<S: Subscriber>(
     bus: &S,
     subscription: &Subscription,
     n: usize,
+    wait_after_first: Duration,
 ) -> Result<f64> {
     let mut stream = bus.subscribe(subscription).await?;
     let mut acks = JoinSet::new();
@@ -278,6 +288,9 @@ async fn consume_ours<S: Subscriber>(
         let delivery = tokio::time::timeout(TIMEOUT, stream.next())
             .await?
             .ok_or("subscription ended")??;
+        if started.is_none() && !wait_after_first.is_zero() {
+            tokio::time::sleep(wait_after_first).await;
+        }
         started.get_or_insert_with(Instant::now);
         // As the consumer runtime settles: at once when the ack needs no I/O (Kafka
         // stores an offset), in a task of its own when it waits for the broker. The
@@ -790,18 +803,19 @@ async fn kafka_rows(ours_first: bool, rows: &mut Vec<Row>) -> Result<()> {
         raws.reverse();
     }
     let subscription = Subscription::new(&topic, "ours").with_prefetch(PREFETCH);
+    let buffered = kafka_buffered();
     let mut ours = None;
     if ours_first {
-        ours = Some(measure(n, consume_ours(&bus, &subscription, n)).await?);
+        ours = Some(measure(n, consume_ours(&bus, &subscription, n, buffered)).await?);
     }
     let mut measured = Vec::new();
     for (read, group, op, copy) in raws {
-        let raw = raw_kafka_consume(&servers, &copy, group, n, read);
+        let raw = raw_kafka_consume(&servers, &copy, group, n, read, buffered);
         measured.push((op, measure(n, raw).await?));
     }
     let ours = match ours {
         Some(ours) => ours,
-        None => measure(n, consume_ours(&bus, &subscription, n)).await?,
+        None => measure(n, consume_ours(&bus, &subscription, n, buffered)).await?,
     };
     measured.sort_by_key(|&(op, _)| !op.contains("in place"));
     for (op, raw) in measured {
@@ -824,11 +838,14 @@ async fn kafka_count(side: &str) -> Result<()> {
     let servers = cluster.bootstrap_servers();
     let bus = KafkaBus::with_options(KafkaOptions::new(&servers))?;
     publish_ours(&bus, &topic, batches(n)).await?;
+    let buffered = kafka_buffered();
     let rate = match side {
-        "raw" => raw_kafka_consume(&servers, &topic, "raw-count", n, RawRead::InPlace).await?,
+        "raw" => {
+            raw_kafka_consume(&servers, &topic, "raw-count", n, RawRead::InPlace, buffered).await?
+        }
         "palisade" => {
             let subscription = Subscription::new(&topic, "ours-count").with_prefetch(PREFETCH);
-            consume_ours(&bus, &subscription, n).await?
+            consume_ours(&bus, &subscription, n, buffered).await?
         }
         "none" => 0.0,
         other => {
@@ -840,6 +857,20 @@ async fn kafka_count(side: &str) -> Result<()> {
     };
     println!("kafka {side}: {n} records consumed at {rate:.0}/s");
     Ok(())
+}
+
+/// `EVENTS_BENCH_KAFKA_BUFFERED=<seconds>`: each Kafka consume measurement takes its
+/// first record, waits this long (librdkafka meanwhile fetches the rest of the topic
+/// into its local queue), and only then starts the clock; 0 (the default) starts it
+/// at the first record. Buffered, a measurement counts the client's own consume path
+/// without racing librdkafka's fetcher, whose progress made single rounds swing from
+/// 0.5× to 1.5×.
+fn kafka_buffered() -> Duration {
+    std::env::var("EVENTS_BENCH_KAFKA_BUFFERED")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .unwrap_or(Duration::ZERO)
 }
 
 /// Partitions of the topics the Kafka consume figures read.
@@ -866,6 +897,7 @@ async fn raw_kafka_consume(
     group: &str,
     n: usize,
     read: RawRead,
+    wait_after_first: Duration,
 ) -> Result<f64> {
     use rdkafka::consumer::{Consumer, StreamConsumer};
     use rdkafka::message::Headers;
@@ -887,6 +919,9 @@ async fn raw_kafka_consume(
         let message = tokio::time::timeout(TIMEOUT, consumer.recv())
             .await
             .map_err(|_| format!("raw consume: no message within the deadline after {i}"))??;
+        if started.is_none() && !wait_after_first.is_zero() {
+            tokio::time::sleep(wait_after_first).await;
+        }
         started.get_or_insert_with(Instant::now);
         match read {
             RawRead::Nothing => {}

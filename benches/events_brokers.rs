@@ -189,12 +189,12 @@ fn medians(rounds: &[Vec<Row>]) -> Vec<Summary> {
                 cpu: median(all.iter().map(|r| of(r).cpu).collect()),
             };
             let ratio =
-                |rows: Vec<&Row>| median(rows.iter().map(|r| r.ours.rate / r.raw.rate).collect());
+                |rows: &[&Row]| median(rows.iter().map(|r| r.ours.rate / r.raw.rate).collect());
             Summary {
                 row: Row::new(row.backend, row.op, side(|r| r.raw), side(|r| r.ours)),
-                ratio: ratio(all.clone()),
-                raw_first: ratio(same(Some(false))),
-                ours_first: ratio(same(Some(true))),
+                ratio: ratio(&all),
+                raw_first: ratio(&same(Some(false))),
+                ours_first: ratio(&same(Some(true))),
             }
         })
         .collect()

@@ -96,7 +96,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use palisade_resilience::backoff::Backoff;
+use palisade_resilience::backoff::{Backoff, BackoffIter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -616,7 +616,7 @@ impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
 /// let bus = MemoryBus::new();
 /// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
 /// use std::time::Duration;
-/// use palisade_resilience::backoff::Backoff;
+/// use palisade_resilience::backoff::{Backoff, BackoffIter};
 /// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "shipping"))
 ///     .concurrency(32) // different keys in parallel, one key in order
 ///     .max_attempts(5)
@@ -801,7 +801,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     ///
     /// ```rust
     /// use std::time::Duration;
-    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_resilience::backoff::{Backoff, BackoffIter};
     /// use palisade_events::consumer::Consumer;
     /// use palisade_events::{MemoryBus, Subscription};
     ///
@@ -871,7 +871,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     ///
     /// ```rust
     /// use std::time::Duration;
-    /// use palisade_resilience::backoff::Backoff;
+    /// use palisade_resilience::backoff::{Backoff, BackoffIter};
     /// use palisade_events::consumer::Consumer;
     /// use palisade_events::{MemoryBus, Subscription};
     ///
@@ -980,9 +980,10 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
             shutdown: shutdown.clone(),
         });
         let permits = Arc::new(Semaphore::new(concurrency));
-        // The reconnect delays since the last delivery: started at the first failure
-        // after one (building the iterator on every delivery showed in profiles).
-        let mut reconnect = None;
+        let mut reconnect = Reconnect {
+            backoff: self.reconnect,
+            delays: None,
+        };
         let mut current: Option<DeliveryStream>;
         let mut turn = 0_u32;
         let outcome = 'subscribe: loop {
@@ -998,14 +999,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                 Err(Error::Closed) => break Err(Error::Closed),
                 Err(error) => {
                     tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscribe failed; retrying");
-                    if pause(
-                        &shutdown,
-                        reconnect
-                            .get_or_insert_with(|| self.reconnect.iter())
-                            .next(),
-                    )
-                    .await
-                    {
+                    if pause(&shutdown, reconnect.next_delay()).await {
                         continue;
                     }
                     break Ok(());
@@ -1045,7 +1039,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                 };
                 match item {
                     Some(Ok(delivery)) => {
-                        reconnect = None;
+                        reconnect.delivered();
                         dispatch(&shared, delivery, permit, &permits);
                         // Handled inline, a stream that is always ready would never
                         // yield: give the worker back now and then (every 32nd delivery
@@ -1058,14 +1052,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                     Some(Err(error)) => {
                         tracing::warn!(topic = %shared.topic, consumer = %shared.name, error = %chain(&error), "subscription failed; re-subscribing");
                         drop(permit);
-                        if pause(
-                            &shutdown,
-                            reconnect
-                                .get_or_insert_with(|| self.reconnect.iter())
-                                .next(),
-                        )
-                        .await
-                        {
+                        if pause(&shutdown, reconnect.next_delay()).await {
                             continue 'subscribe;
                         }
                         break 'subscribe Ok(());
@@ -1073,14 +1060,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                     None => {
                         drop(permit);
                         tracing::debug!(topic = %shared.topic, consumer = %shared.name, "subscription ended; re-subscribing");
-                        if pause(
-                            &shutdown,
-                            reconnect
-                                .get_or_insert_with(|| self.reconnect.iter())
-                                .next(),
-                        )
-                        .await
-                        {
+                        if pause(&shutdown, reconnect.next_delay()).await {
                             continue 'subscribe;
                         }
                         break 'subscribe Ok(());
@@ -1092,6 +1072,27 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
         let _drained = permits.acquire_many(permits_total).await;
         drop(current);
         outcome
+    }
+}
+
+/// The delays between attempts to subscribe again, from the reconnect backoff: they
+/// start over after a delivery. The iterator is made at the first failure after one
+/// (building it on every delivery showed in profiles).
+struct Reconnect {
+    backoff: Backoff,
+    delays: Option<BackoffIter>,
+}
+
+impl Reconnect {
+    /// The wait before the next attempt.
+    fn next_delay(&mut self) -> Option<Duration> {
+        let backoff = &self.backoff;
+        self.delays.get_or_insert_with(|| backoff.iter()).next()
+    }
+
+    /// A delivery came: the next failure starts the delays over.
+    fn delivered(&mut self) {
+        self.delays = None;
     }
 }
 

@@ -121,7 +121,6 @@ async fn connection_cut_mid_publish_loses_no_confirmed_event()
         &proxy,
         &topic,
         subscription,
-        false,
     )
     .await
 }

@@ -40,7 +40,10 @@
 //!   broker's redelivery: `x-delivery-count` on quorum queues, the `redelivered` flag
 //!   otherwise.
 //! - **Reconnection**: lapin does not reconnect by itself. A publish that finds the
-//!   connection gone reconnects once and fails if that fails; each subscription
+//!   connection gone reconnects once and fails if that fails. A publish that fails on
+//!   a connection lapin has not yet marked closed returns that error and makes the
+//!   next publish reconnect, so a reset costs the publishes in flight, not every
+//!   publish until lapin notices. Each subscription
 //!   re-establishes its connection, channel, topology and consumer with exponential
 //!   backoff (50 ms doubling to [`RabbitMqOptions::max_backoff`]) and resumes.
 //!   Deliveries from the lost channel can no longer be acked; the broker redelivers
@@ -207,7 +210,15 @@ struct Link {
 #[derive(Default)]
 struct LinkState {
     connection: Option<Arc<Connection>>,
-    publish: Option<Channel>,
+    publish: Option<Publishing>,
+}
+
+/// The confirm-mode channel and the connection it was opened on, which tells a
+/// failure on this channel from one on a channel opened since.
+#[derive(Clone)]
+struct Publishing {
+    connection: Arc<Connection>,
+    channel: Channel,
 }
 
 impl Link {
@@ -233,11 +244,16 @@ impl Link {
 
     /// The confirm-mode channel, reconnecting once if it was lost.
     async fn publish_channel(&self) -> Result<Channel, Error> {
+        Ok(self.publishing().await?.channel)
+    }
+
+    /// The confirm-mode channel with its connection, reconnecting once if it was lost.
+    async fn publishing(&self) -> Result<Publishing, Error> {
         let mut state = self.state.lock().await;
-        if let Some(channel) = &state.publish
-            && channel.status().connected()
+        if let Some(publishing) = &state.publish
+            && publishing.channel.status().connected()
         {
-            return Ok(channel.clone());
+            return Ok(publishing.clone());
         }
         let connection = self.connected(&mut state).await?;
         let channel = connection
@@ -249,8 +265,38 @@ impl Link {
             .await
             .map_err(broker_error)?;
         declare_exchange(&channel, &self.options.exchange).await?;
-        state.publish = Some(channel.clone());
-        Ok(channel)
+        let publishing = Publishing {
+            connection,
+            channel,
+        };
+        state.publish = Some(publishing.clone());
+        Ok(publishing)
+    }
+
+    /// Maps `e`, which a publish on `used` failed with, and makes the next publish
+    /// open a new channel, and a new connection too when `e` is the connection's failure.
+    ///
+    /// lapin marks a channel and its connection closed only once its I/O loop has
+    /// seen the reset; until then their status still says connected, and every
+    /// publish that reused them would fail the same way.
+    async fn lost(&self, used: &Publishing, e: lapin::Error) -> Error {
+        let mut state = self.state.lock().await;
+        if state
+            .publish
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(&current.connection, &used.connection))
+        {
+            state.publish = None;
+            if (e.is_io_error() || e.is_amqp_hard_error())
+                && state
+                    .connection
+                    .as_ref()
+                    .is_some_and(|current| Arc::ptr_eq(current, &used.connection))
+            {
+                state.connection = None;
+            }
+        }
+        connection_error(e)
     }
 
     /// Publishes and awaits the broker's confirmation.
@@ -261,11 +307,14 @@ impl Link {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), Error> {
-        let channel = self.publish_channel().await?;
-        let confirm = channel
+        let exchange = short(exchange)?;
+        let routing_key_name = short(routing_key)?;
+        let publishing = self.publishing().await?;
+        let sent = publishing
+            .channel
             .basic_publish(
-                short(exchange)?,
-                short(routing_key)?,
+                exchange,
+                routing_key_name,
                 BasicPublishOptions {
                     mandatory: self.options.mandatory,
                     immediate: false,
@@ -273,9 +322,15 @@ impl Link {
                 payload,
                 properties,
             )
-            .await
-            .map_err(connection_error)?;
-        confirmed(confirm.await.map_err(connection_error)?, routing_key)
+            .await;
+        let confirmation = match sent {
+            Ok(confirm) => confirm.await,
+            Err(e) => Err(e),
+        };
+        match confirmation {
+            Ok(confirmation) => confirmed(confirmation, routing_key),
+            Err(e) => Err(self.lost(&publishing, e).await),
+        }
     }
 }
 
@@ -616,29 +671,36 @@ impl Publisher for RabbitMqBus {
     }
 
     async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
-        let channel = self.link.publish_channel().await?;
         let exchange = short(&self.link.options.exchange)?;
         let routing_key = short(topic)?;
         let options = BasicPublishOptions {
             mandatory: self.link.options.mandatory,
             immediate: false,
         };
+        let publishing = self.link.publishing().await?;
         let mut confirms = Vec::with_capacity(envelopes.len());
         for envelope in &envelopes {
-            let confirm = channel
+            let properties = properties(envelope)?;
+            match publishing
+                .channel
                 .basic_publish(
                     exchange.clone(),
                     routing_key.clone(),
                     options,
                     &envelope.payload,
-                    properties(envelope)?,
+                    properties,
                 )
                 .await
-                .map_err(connection_error)?;
-            confirms.push(confirm);
+            {
+                Ok(confirm) => confirms.push(confirm),
+                Err(e) => return Err(self.link.lost(&publishing, e).await),
+            }
         }
         for confirm in confirms {
-            confirmed(confirm.await.map_err(connection_error)?, topic)?;
+            match confirm.await {
+                Ok(confirmation) => confirmed(confirmation, topic)?,
+                Err(e) => return Err(self.link.lost(&publishing, e).await),
+            }
         }
         Ok(())
     }

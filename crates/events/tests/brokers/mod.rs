@@ -297,20 +297,21 @@ pub async fn separate_groups_each_get_every_event<B: Publisher + Subscriber>(
 }
 
 /// Publishes 300 events through `proxy`, cutting it twice: every publish either
-/// errors or is confirmed, and every confirmed event reaches a subscriber of `direct`.
-/// `errors_required`: whether the backend must surface the cut as an error (one that
-/// reconnects inside a publish may hide it).
+/// errors or is confirmed, only publishes within ten of a cut fail, and every
+/// confirmed event reaches a subscriber of `direct`.
+///
+/// A cut need not surface as an error: a backend that has seen the reset before the
+/// next publish reconnects inside it.
 pub async fn connection_cut_mid_publish_loses_no_confirmed_event<B: Publisher + Subscriber>(
     through_proxy: &B,
     direct: &B,
     proxy: &palisade_testkit::FaultProxy,
     topic: &str,
     subscription: Subscription,
-    errors_required: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut stream = direct.subscribe(&subscription).await?;
     let mut confirmed = HashSet::new();
-    let mut failed = 0;
+    let mut failed = Vec::new();
     for n in 0..300 {
         if n == 100 || n == 200 {
             proxy.cut();
@@ -321,14 +322,15 @@ pub async fn connection_cut_mid_publish_loses_no_confirmed_event<B: Publisher + 
             Ok(()) => {
                 confirmed.insert(id);
             }
-            Err(_) => failed += 1,
+            Err(e) => failed.push((n, format!("{e:?}"))),
         }
     }
-    assert_eq!(confirmed.len() + failed, 300);
-    if errors_required {
-        assert!(failed >= 1, "a cut connection must surface as an error");
-    }
-    assert!(confirmed.len() >= 200, "{} confirmed", confirmed.len());
+    assert_eq!(confirmed.len() + failed.len(), 300);
+    // The bus recovers from each cut: only the publishes right after it fail.
+    assert!(
+        failed.iter().all(|(n, _)| n % 100 < 10),
+        "publishes long after a cut failed: {failed:?}"
+    );
     let mut seen = HashSet::new();
     while !confirmed.is_subset(&seen) {
         let delivery = next(&mut stream).await;

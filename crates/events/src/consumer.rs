@@ -91,10 +91,12 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use futures_util::future::Fuse;
 use futures_util::{FutureExt, StreamExt};
 use palisade_resilience::backoff::{Backoff, BackoffIter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -560,8 +562,62 @@ trait Route<C>: Send + Sync + 'static {
         span: Option<tracing::Span>,
     ) -> BoxFuture<'static, ()>;
 
+    /// A place for the run loop to handle this route's deliveries in: see [`Slot`].
+    fn slot(&self) -> Box<dyn Slot<C>>;
+
     /// `self`, to find the typed route again behind `dyn Route`.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// Where the run loop handles one route's deliveries in place: one allocation, made
+/// when the slot is and reused by every delivery that completes without waiting,
+/// instead of a boxed future per delivery (its allocation and free were a tenth of
+/// the in-memory consumer's work per event).
+trait Slot<C>: Send {
+    /// Handles `delivery` (of this slot's route, `shared.routes[at]`) in the slot,
+    /// polled once: `None` when that completed it; otherwise the work, still running,
+    /// for the caller to spawn (the slot makes itself a new place for the next).
+    fn start(
+        &mut self,
+        shared: &Arc<Shared<C>>,
+        at: usize,
+        delivery: Delivery,
+    ) -> Option<BoxFuture<'static, ()>>;
+}
+
+/// A [`Slot`] for deliveries handled by the futures `make` returns.
+struct TypedSlot<C, F> {
+    make: fn(Arc<Shared<C>>, usize, Delivery) -> F,
+    /// Terminated between deliveries; `Pin::set` puts the next one's work in.
+    place: Pin<Box<Fuse<F>>>,
+}
+
+impl<C, F: Future<Output = ()>> TypedSlot<C, F> {
+    fn new(make: fn(Arc<Shared<C>>, usize, Delivery) -> F) -> Self {
+        Self {
+            make,
+            place: Box::pin(Fuse::terminated()),
+        }
+    }
+}
+
+impl<C: Codec, F: Future<Output = ()> + Send + 'static> Slot<C> for TypedSlot<C, F> {
+    fn start(
+        &mut self,
+        shared: &Arc<Shared<C>>,
+        at: usize,
+        delivery: Delivery,
+    ) -> Option<BoxFuture<'static, ()>> {
+        self.place
+            .set((self.make)(Arc::clone(shared), at, delivery).fuse());
+        // One poll, with a waker that does nothing: the task the caller spawns polls
+        // again (registering its own waker) before anything could have been missed.
+        if self.place.as_mut().now_or_never().is_some() {
+            return None;
+        }
+        let running = std::mem::replace(&mut self.place, Box::pin(Fuse::terminated()));
+        Some(running)
+    }
 }
 
 struct TypedRoute<E, H> {
@@ -577,23 +633,34 @@ impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
         delivery: Delivery,
         span: Option<tracing::Span>,
     ) -> BoxFuture<'static, ()> {
-        let work = async move {
-            let route = shared
-                .routes
-                .get(at)
-                .and_then(|(_, route)| route.as_any().downcast_ref::<Self>());
-            match route {
-                Some(route) => handle(&shared, &route.handler, delivery).await,
-                // `at` is this route's own place, so this does not happen; were it to,
-                // the event goes back rather than being lost.
-                None => settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await),
-            }
-        };
-        traced(span, work)
+        traced(span, route_work::<C, E, H>(shared, at, delivery))
+    }
+
+    fn slot(&self) -> Box<dyn Slot<C>> {
+        Box::new(TypedSlot::new(route_work::<C, E, H>))
     }
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+/// Decodes, handles (with retries) and settles `delivery` with the route at
+/// `shared.routes[at]`, a `TypedRoute<E, H>`.
+async fn route_work<C: Codec, E: Event, H: Handler<E>>(
+    shared: Arc<Shared<C>>,
+    at: usize,
+    delivery: Delivery,
+) {
+    let route = shared
+        .routes
+        .get(at)
+        .and_then(|(_, route)| route.as_any().downcast_ref::<TypedRoute<E, H>>());
+    match route {
+        Some(route) => handle(&shared, &route.handler, delivery).await,
+        // `at` is this route's own place, so this does not happen; were it to, the
+        // event goes back rather than being lost.
+        None => settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await),
     }
 }
 
@@ -980,6 +1047,11 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
             shutdown: shutdown.clone(),
         });
         let permits = Arc::new(Semaphore::new(concurrency));
+        let mut slots: Vec<_> = shared
+            .routes
+            .iter()
+            .map(|(_, route)| route.slot())
+            .collect();
         let mut reconnect = Reconnect {
             backoff: self.reconnect,
             delays: None,
@@ -1040,7 +1112,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
                 match item {
                     Some(Ok(delivery)) => {
                         reconnect.delivered();
-                        dispatch(&shared, delivery, permit, &permits);
+                        dispatch(&shared, &mut slots, delivery, permit, &permits);
                         // Handled inline, a stream that is always ready would never
                         // yield: give the worker back now and then (every 32nd delivery
                         // spends one unit of the task's budget, so this yields every few
@@ -1150,6 +1222,7 @@ impl<C> Shared<C> {
 /// handled queues behind it.
 fn dispatch<C: Codec>(
     shared: &Arc<Shared<C>>,
+    slots: &mut [Box<dyn Slot<C>>],
     delivery: Delivery,
     permit: Option<OwnedSemaphorePermit>,
     permits: &Arc<Semaphore>,
@@ -1170,12 +1243,9 @@ fn dispatch<C: Codec>(
             return;
         }
     }
-    let mut work = process(shared, delivery);
-    // One poll, with a waker that does nothing: the task spawned below polls again
-    // (registering its own waker) before anything could have been missed.
-    if work.as_mut().now_or_never().is_some() {
+    let Some(work) = start(shared, slots, delivery) else {
         return;
-    }
+    };
     let permit = permit();
     let Some(key) = key else {
         tokio::spawn(async move {
@@ -1266,6 +1336,40 @@ fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Error>) {
     }
 }
 
+/// Handles and settles `delivery` in place, in its route's slot when spans are not
+/// recorded: `None` when that completed it, otherwise the work, still running.
+fn start<C: Codec>(
+    shared: &Arc<Shared<C>>,
+    slots: &mut [Box<dyn Slot<C>>],
+    delivery: Delivery,
+) -> Option<BoxFuture<'static, ()>> {
+    if let Ok(envelope) = delivery.envelope()
+        && let Some(at) = route_at(shared, envelope)
+        && event_span(shared, envelope).is_none()
+        && let Some(slot) = slots.get_mut(at)
+    {
+        return slot.start(shared, at, delivery);
+    }
+    let mut work = process(shared, delivery);
+    // One poll, with a waker that does nothing: the task the caller spawns polls
+    // again (registering its own waker) before anything could have been missed.
+    if work.as_mut().now_or_never().is_some() {
+        return None;
+    }
+    Some(work)
+}
+
+/// Where `envelope`'s route is in `shared.routes`, if a handler takes it.
+fn route_at<C>(shared: &Shared<C>, envelope: &Envelope) -> Option<usize> {
+    if envelope.payload.len() > shared.max_payload {
+        return None;
+    }
+    shared
+        .routes
+        .binary_search_by(|(event_type, _)| event_type.as_str().cmp(&*envelope.event_type))
+        .ok()
+}
+
 /// Handles and settles one delivery, boxed (once) so that it can be polled once in
 /// place and moved into a task if it has to wait.
 fn process<C: Codec>(shared: &Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'static, ()> {
@@ -1284,10 +1388,7 @@ fn process<C: Codec>(shared: &Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'
             });
         }
     };
-    if envelope.payload.len() <= shared.max_payload
-        && let Ok(at) = shared
-            .routes
-            .binary_search_by(|(event_type, _)| event_type.as_str().cmp(&*envelope.event_type))
+    if let Some(at) = route_at(shared, envelope)
         && let Some((_, route)) = shared.routes.get(at)
     {
         let span = event_span(shared, envelope);

@@ -199,7 +199,7 @@ struct Group {
     inbox: Mutex<Inbox>,
     state: Mutex<GroupState>,
     /// Members waiting for something to take, or for room to take it.
-    waiters: Arc<Waiters>,
+    waiters: Waiters,
 }
 
 #[derive(Debug)]
@@ -427,7 +427,7 @@ impl Group {
             bus: Arc::downgrade(bus),
             inbox: Mutex::default(),
             state: Mutex::new(GroupState::new()),
-            waiters: Arc::default(),
+            waiters: Waiters::default(),
         }
     }
 

@@ -3,6 +3,8 @@
 
 mod brokers;
 
+use std::time::Duration;
+
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
@@ -137,6 +139,39 @@ async fn connection_cut_mid_publish_loses_no_confirmed_event()
         subscription,
     )
     .await
+}
+
+/// A declaration that fails on a connection cut under it makes the next one connect
+/// afresh: lapin may still call the old connection and channel open, and reusing them
+/// would fail the same way until it notices; a step lapin would wait on for ever
+/// times out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declaring_after_a_cut_reconnects() -> Result<(), Box<dyn std::error::Error>> {
+    let Some(url) = require(Service::Amqp).await else {
+        return Ok(());
+    };
+    let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
+    let exchange = unique_name("x");
+    let bus = RabbitMqBus::with_options(
+        RabbitMqOptions::new(proxy.url_for(&url))
+            .exchange(&exchange)
+            .operation_timeout(Duration::from_secs(2)),
+    )
+    .await?;
+    let topic = unique_name("topic");
+    for round in 0..5 {
+        proxy.cut();
+        let mut failures = 0;
+        while let Err(e) = bus.declare_group(&topic, "g").await {
+            eprintln!("round {round}: declaring failed: {e}");
+            failures += 1;
+            assert!(
+                failures <= 2,
+                "round {round}: declaring still fails after {failures} tries: {e}"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

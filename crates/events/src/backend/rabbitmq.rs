@@ -110,6 +110,7 @@ pub struct RabbitMqOptions {
     dead_letter_suffix: String,
     mandatory: bool,
     max_backoff: Duration,
+    operation_timeout: Duration,
 }
 
 impl RabbitMqOptions {
@@ -128,6 +129,7 @@ impl RabbitMqOptions {
             dead_letter_suffix: ".dlq".to_owned(),
             mandatory: true,
             max_backoff: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(30),
         }
     }
 
@@ -199,6 +201,30 @@ impl RabbitMqOptions {
         self.max_backoff = max_backoff.max(Duration::from_millis(50));
         self
     }
+
+    /// Longest wait for the broker's answer to one step: connecting, opening the
+    /// publishing channel, a publish's confirmation (a batch's, for
+    /// `publish_batch`), declaring a group. Default: 30 s.
+    ///
+    /// A connection can die without lapin noticing at once (a reset under load, a
+    /// network that drops packets): a step on it would wait for ever. Past this
+    /// timeout the step fails with [`Error::Connection`] (for a publish, the caller
+    /// does not know whether the broker took the event: publishing it again is
+    /// at-least-once) and the next step connects afresh.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use palisade_events::backend::rabbitmq::RabbitMqOptions;
+    ///
+    /// let options = RabbitMqOptions::new("amqp://guest:guest@127.0.0.1:5672/%2f")
+    ///     .operation_timeout(Duration::from_secs(5));
+    /// assert!(format!("{options:?}").contains("operation_timeout: 5s"));
+    /// ```
+    #[must_use]
+    pub fn operation_timeout(mut self, timeout: Duration) -> Self {
+        self.operation_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
 }
 
 /// The connection and the confirm-mode publishing channel, re-created when lost.
@@ -211,6 +237,20 @@ struct Link {
 struct LinkState {
     connection: Option<Arc<Connection>>,
     publish: Option<Publishing>,
+}
+
+impl LinkState {
+    /// Forgets `used`, and the publishing channel on it, if they are still current.
+    fn forget_connection(&mut self, used: &Arc<Connection>) {
+        if self
+            .connection
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, used))
+        {
+            self.connection = None;
+            self.publish = None;
+        }
+    }
 }
 
 /// The confirm-mode channel and the connection it was opened on, which tells a
@@ -234,17 +274,15 @@ impl Link {
             return Ok(connection.clone());
         }
         state.publish = None;
-        let connection = Connection::connect(&self.options.url, ConnectionProperties::default())
-            .await
-            .map_err(connection_error)?;
+        let connecting = Connection::connect(&self.options.url, ConnectionProperties::default());
+        let connection =
+            match tokio::time::timeout(self.options.operation_timeout, connecting).await {
+                Ok(connected) => connected.map_err(connection_error)?,
+                Err(_) => return Err(self.timed_out("connecting")),
+            };
         let connection = Arc::new(connection);
         state.connection = Some(connection.clone());
         Ok(connection)
-    }
-
-    /// The confirm-mode channel, reconnecting once if it was lost.
-    async fn publish_channel(&self) -> Result<Channel, Error> {
-        Ok(self.publishing().await?.channel)
     }
 
     /// The confirm-mode channel with its connection, reconnecting once if it was lost.
@@ -256,15 +294,22 @@ impl Link {
             return Ok(publishing.clone());
         }
         let connection = self.connected(&mut state).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(connection_error)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker_error)?;
-        declare_exchange(&channel, &self.options.exchange).await?;
+        let opening = open_publishing(&connection, &self.options.exchange);
+        let channel = match tokio::time::timeout(self.options.operation_timeout, opening).await {
+            Ok(Ok(channel)) => channel,
+            Ok(Err((error, connection_failed))) => {
+                // A connection lapin has not yet marked closed: the next call
+                // connects afresh rather than failing the same way.
+                if connection_failed {
+                    state.connection = None;
+                }
+                return Err(error);
+            }
+            Err(_) => {
+                state.connection = None;
+                return Err(self.timed_out("opening the publishing channel"));
+            }
+        };
         let publishing = Publishing {
             connection,
             channel,
@@ -280,6 +325,14 @@ impl Link {
     /// seen the reset; until then their status still says connected, and every
     /// publish that reused them would fail the same way.
     async fn lost(&self, used: &Publishing, e: lapin::Error) -> Error {
+        self.forget(used, socket_failed(&e)).await;
+        connection_error(e)
+    }
+
+    /// Makes the next publish open a new channel instead of `used`, and a new
+    /// connection too if `connection_too`. A channel an operation failed on is
+    /// closed (AMQP closes a channel on its errors) or about to be found so.
+    async fn forget(&self, used: &Publishing, connection_too: bool) {
         let mut state = self.state.lock().await;
         if state
             .publish
@@ -287,16 +340,48 @@ impl Link {
             .is_some_and(|current| Arc::ptr_eq(&current.connection, &used.connection))
         {
             state.publish = None;
-            if (e.is_io_error() || e.is_amqp_hard_error())
-                && state
-                    .connection
-                    .as_ref()
-                    .is_some_and(|current| Arc::ptr_eq(current, &used.connection))
-            {
-                state.connection = None;
+        }
+        if connection_too {
+            state.forget_connection(&used.connection);
+        }
+    }
+
+    /// Makes the next step connect afresh instead of using `used`, which failed.
+    async fn drop_connection(&self, used: &Arc<Connection>) {
+        self.state.lock().await.forget_connection(used);
+    }
+
+    /// The error of a step that had no answer within the operation timeout.
+    fn timed_out(&self, step: &str) -> Error {
+        Error::connection(
+            BACKEND,
+            format!(
+                "no answer from the broker within {:?} ({step})",
+                self.options.operation_timeout
+            ),
+        )
+    }
+
+    /// Runs `step` on `used` within the operation timeout; a step that fails makes
+    /// the next one open a new channel (AMQP closes a channel on its errors), and
+    /// one that times out a new connection too.
+    async fn step<T>(
+        &self,
+        used: &Publishing,
+        name: &str,
+        step: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.options.operation_timeout, step).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(error)) => {
+                self.forget(used, false).await;
+                Err(error)
+            }
+            Err(_) => {
+                self.forget(used, true).await;
+                Err(self.timed_out(name))
             }
         }
-        connection_error(e)
     }
 
     /// Publishes and awaits the broker's confirmation.
@@ -310,28 +395,54 @@ impl Link {
         let exchange = short(exchange)?;
         let routing_key_name = short(routing_key)?;
         let publishing = self.publishing().await?;
-        let sent = publishing
-            .channel
-            .basic_publish(
-                exchange,
-                routing_key_name,
-                BasicPublishOptions {
-                    mandatory: self.options.mandatory,
-                    immediate: false,
-                },
-                payload,
-                properties,
-            )
-            .await;
-        let confirmation = match sent {
-            Ok(confirm) => confirm.await,
-            Err(e) => Err(e),
+        let confirming = async {
+            let confirm = publishing
+                .channel
+                .basic_publish(
+                    exchange,
+                    routing_key_name,
+                    BasicPublishOptions {
+                        mandatory: self.options.mandatory,
+                        immediate: false,
+                    },
+                    payload,
+                    properties,
+                )
+                .await?;
+            confirm.await
         };
-        match confirmation {
-            Ok(confirmation) => confirmed(confirmation, routing_key),
-            Err(e) => Err(self.lost(&publishing, e).await),
+        match tokio::time::timeout(self.options.operation_timeout, confirming).await {
+            Ok(Ok(confirmation)) => confirmed(confirmation, routing_key),
+            Ok(Err(e)) => Err(self.lost(&publishing, e).await),
+            Err(_) => {
+                self.forget(&publishing, true).await;
+                Err(self.timed_out("a publish's confirmation"))
+            }
         }
     }
+}
+
+/// Opens a confirm-mode channel on `connection` with `exchange` declared; a failure
+/// says whether the connection itself failed.
+async fn open_publishing(
+    connection: &Connection,
+    exchange: &str,
+) -> Result<Channel, (Error, bool)> {
+    let channel = connection.create_channel().await.map_err(|e| {
+        let failed = socket_failed(&e);
+        (connection_error(e), failed)
+    })?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| {
+            let failed = socket_failed(&e);
+            (broker_error(e), failed)
+        })?;
+    declare_exchange(&channel, exchange)
+        .await
+        .map_err(|error| (error, false))?;
+    Ok(channel)
 }
 
 fn confirmed(confirmation: Confirmation, routing_key: &str) -> Result<(), Error> {
@@ -352,6 +463,12 @@ fn confirmed(confirmation: Confirmation, routing_key: &str) -> Result<(), Error>
             reason: "the channel is not in confirm mode".to_owned(),
         }),
     }
+}
+
+/// Whether `e` says the connection itself failed (its socket, or a connection-level
+/// protocol error), not only a channel.
+fn socket_failed(e: &lapin::Error) -> bool {
+    e.is_io_error() || e.is_amqp_hard_error()
 }
 
 fn connection_error(e: lapin::Error) -> Error {
@@ -557,7 +674,7 @@ impl RabbitMqBus {
             options,
             state: Mutex::new(LinkState::default()),
         });
-        link.publish_channel().await?;
+        link.publishing().await?;
         Ok(Self { link })
     }
 
@@ -606,8 +723,15 @@ impl RabbitMqBus {
     /// # fn main() {}
     /// ```
     pub async fn declare_group(&self, topic: &str, group: &str) -> Result<(), Error> {
-        let channel = self.link.publish_channel().await?;
-        declare_group(&channel, &self.topology(topic, group)).await
+        let publishing = self.link.publishing().await?;
+        let topology = self.topology(topic, group);
+        self.link
+            .step(
+                &publishing,
+                "declaring a group",
+                declare_group(&publishing.channel, &topology),
+            )
+            .await
     }
 
     fn topology(&self, topic: &str, group: &str) -> Topology {
@@ -677,30 +801,43 @@ impl Publisher for RabbitMqBus {
             mandatory: self.link.options.mandatory,
             immediate: false,
         };
+        let all = envelopes
+            .iter()
+            .map(properties)
+            .collect::<Result<Vec<_>, Error>>()?;
         let publishing = self.link.publishing().await?;
-        let mut confirms = Vec::with_capacity(envelopes.len());
-        for envelope in &envelopes {
-            let properties = properties(envelope)?;
-            match publishing
-                .channel
-                .basic_publish(
-                    exchange.clone(),
-                    routing_key.clone(),
-                    options,
-                    &envelope.payload,
-                    properties,
-                )
-                .await
-            {
-                Ok(confirm) => confirms.push(confirm),
-                Err(e) => return Err(self.link.lost(&publishing, e).await),
+        let confirming = async {
+            let mut confirms = Vec::with_capacity(envelopes.len());
+            for (envelope, properties) in envelopes.iter().zip(all) {
+                let confirm = publishing
+                    .channel
+                    .basic_publish(
+                        exchange.clone(),
+                        routing_key.clone(),
+                        options,
+                        &envelope.payload,
+                        properties,
+                    )
+                    .await?;
+                confirms.push(confirm);
             }
-        }
-        for confirm in confirms {
-            match confirm.await {
-                Ok(confirmation) => confirmed(confirmation, topic)?,
-                Err(e) => return Err(self.link.lost(&publishing, e).await),
+            let mut confirmations = Vec::with_capacity(confirms.len());
+            for confirm in confirms {
+                confirmations.push(confirm.await?);
             }
+            Ok(confirmations)
+        };
+        let confirmations =
+            match tokio::time::timeout(self.link.options.operation_timeout, confirming).await {
+                Ok(Ok(confirmations)) => confirmations,
+                Ok(Err(e)) => return Err(self.link.lost(&publishing, e).await),
+                Err(_) => {
+                    self.link.forget(&publishing, true).await;
+                    return Err(self.link.timed_out("a batch's confirmations"));
+                }
+            };
+        for confirmation in confirmations {
+            confirmed(confirmation, topic)?;
         }
         Ok(())
     }
@@ -765,26 +902,59 @@ impl Consumer {
         }
     }
 
-    async fn consume(&self) -> Result<Ended, Error> {
-        let connection = self.link.connection().await?;
+    /// Opens a channel on `connection`, declares the group and starts consuming; a
+    /// failure says whether the connection itself failed.
+    async fn start(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Channel, lapin::Consumer), (Error, bool)> {
+        let lapin_error = |map: fn(lapin::Error) -> Error| {
+            move |e: lapin::Error| {
+                let failed = socket_failed(&e);
+                (map(e), failed)
+            }
+        };
         let channel = connection
             .create_channel()
             .await
-            .map_err(connection_error)?;
+            .map_err(lapin_error(connection_error))?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
-            .map_err(broker_error)?;
-        declare_group(&channel, &self.topology).await?;
-        let mut consumer = channel
+            .map_err(lapin_error(broker_error))?;
+        declare_group(&channel, &self.topology)
+            .await
+            .map_err(|error| (error, false))?;
+        let queue = short(&self.topology.queue).map_err(|error| (error, false))?;
+        let consumer = channel
             .basic_consume(
-                short(&self.topology.queue)?,
+                queue,
                 ShortString::from(""),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(broker_error)?;
+            .map_err(lapin_error(broker_error))?;
+        Ok((channel, consumer))
+    }
+
+    async fn consume(&self) -> Result<Ended, Error> {
+        let connection = self.link.connection().await?;
+        let starting = self.start(&connection);
+        let (channel, mut consumer) =
+            match tokio::time::timeout(self.link.options.operation_timeout, starting).await {
+                Ok(Ok(started)) => started,
+                Ok(Err((error, connection_failed))) => {
+                    if connection_failed {
+                        self.link.drop_connection(&connection).await;
+                    }
+                    return Err(error);
+                }
+                Err(_) => {
+                    self.link.drop_connection(&connection).await;
+                    return Err(self.link.timed_out("starting a consumer"));
+                }
+            };
         let window = Arc::new(std::sync::Mutex::new(TagWindow::default()));
         let acks = {
             let (channel, window) = (channel.clone(), Arc::clone(&window));
@@ -973,7 +1143,7 @@ impl Acknowledge for RabbitMqAcker {
         Box::pin(async move {
             let ms = delay_bucket(delay);
             let delay_queue = format!("{}.delay.{ms}", self.topology.queue);
-            let channel = self.link.publish_channel().await?;
+            let publishing = self.link.publishing().await?;
             let mut arguments = FieldTable::default();
             arguments.insert(
                 "x-message-ttl".into(),
@@ -990,7 +1160,13 @@ impl Acknowledge for RabbitMqAcker {
                 "x-expires".into(),
                 AMQPValue::LongLongInt(i64::try_from(expires).unwrap_or(i64::MAX)),
             );
-            declare_queue(&channel, &delay_queue, arguments).await?;
+            self.link
+                .step(
+                    &publishing,
+                    "declaring a delay queue",
+                    declare_queue(&publishing.channel, &delay_queue, arguments),
+                )
+                .await?;
             let properties =
                 self.copy_properties(&[(ATTEMPT, self.attempt.saturating_add(1).to_string())]);
             self.link

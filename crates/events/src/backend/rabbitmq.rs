@@ -43,7 +43,9 @@
 //!   connection gone reconnects once and fails if that fails. A publish that fails on
 //!   a connection lapin has not yet marked closed returns that error and makes the
 //!   next publish reconnect, so a reset costs the publishes in flight, not every
-//!   publish until lapin notices. Each subscription
+//!   publish until lapin notices. No step waits for the broker longer than
+//!   [`RabbitMqOptions::operation_timeout`]: one that times out fails with
+//!   [`Error::Connection`] and the next connects afresh. Each subscription
 //!   re-establishes its connection, channel, topology and consumer with exponential
 //!   backoff (50 ms doubling to [`RabbitMqOptions::max_backoff`]) and resumes.
 //!   Deliveries from the lost channel can no longer be acked; the broker redelivers

@@ -211,7 +211,8 @@ struct GroupState {
     arrived: VecDeque<Entry>,
     /// Available events, sorted by `seq`.
     queue: VecDeque<Entry>,
-    /// Keys with unsettled or reserved deliveries: their member and how many.
+    /// Keys with unsettled or reserved deliveries: their member and how many. Up to
+    /// [`KEPT_KEYS`] keys whose count fell to 0 stay, owned by nobody, for reuse.
     owners: Map<String, Owner>,
     /// Events reserved for the member owning their key, sorted by `seq`.
     direct: Map<u64, VecDeque<Entry>>,
@@ -260,6 +261,12 @@ impl Waiters {
         }
     }
 }
+
+/// How many released keys a group keeps (at count 0) in its owners map: a key seen
+/// again then costs a lookup, not a copy of the key and an insertion and a removal
+/// (with keyed events handled as they come, that was an allocation and a free per
+/// event). Past this many entries, a released key is removed.
+const KEPT_KEYS: usize = 1024;
 
 #[derive(Debug)]
 struct Owner {
@@ -325,6 +332,7 @@ impl GroupState {
     fn requeue(&mut self, entry: Entry) {
         if let Some(key) = &entry.envelope.get().key
             && let Some(owner) = self.owners.get_mut(key)
+            && owner.count > 0
         {
             owner.count += 1;
             insert_sorted(self.direct.entry(owner.member).or_default(), entry);
@@ -373,6 +381,12 @@ impl GroupState {
             return false;
         };
         match self.owners.get_mut(key) {
+            Some(owner) if owner.count == 0 => {
+                // Released and kept: `member` takes it.
+                *owner = Owner { member, count: 1 };
+                out.push_back(entry);
+                false
+            }
             Some(owner) if owner.member != member => {
                 owner.count += 1;
                 let owner = owner.member;
@@ -397,7 +411,7 @@ impl GroupState {
             && owner.member == member
         {
             owner.count = owner.count.saturating_sub(1);
-            if owner.count == 0 {
+            if owner.count == 0 && self.owners.len() > KEPT_KEYS {
                 self.owners.remove(key);
             }
         }
@@ -985,6 +999,35 @@ mod tests {
         for d in [second, other] {
             d.ack().await?;
         }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn released_keys_are_kept_for_reuse_up_to_a_bound() -> Result<(), Error> {
+        let bus = MemoryBus::new();
+        let mut s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        let kept = |bus: &MemoryBus| {
+            let topics = lock(&bus.inner.topics);
+            let group = topics.get("t").and_then(|t| t.groups.get("g"));
+            group.map_or(0, |g| lock(&g.state).owners.len())
+        };
+        for n in 0..3 * u32::try_from(KEPT_KEYS).unwrap_or(u32::MAX) {
+            bus.publish("t", keyed(&format!("k{n}"), n)).await?;
+            let d = next(&mut s).await;
+            assert_eq!(number(&d), n);
+            d.ack().await?;
+        }
+        assert!(kept(&bus) <= KEPT_KEYS + 1, "{} keys kept", kept(&bus));
+        // A kept key, released, is handed out again and held while unsettled.
+        let mut other = bus.subscribe(&Subscription::new("t", "g")).await?;
+        bus.publish_batch("t", vec![keyed("k0", 0), keyed("k0", 1)])
+            .await?;
+        let first = next(&mut s).await;
+        nothing(&mut other).await;
+        let second = next(&mut s).await;
+        assert_eq!((number(&first), number(&second)), (0, 1));
+        first.ack().await?;
+        second.ack().await?;
         Ok(())
     }
 

@@ -1343,16 +1343,27 @@ fn start<C: Codec>(
     slots: &mut [Box<dyn Slot<C>>],
     delivery: Delivery,
 ) -> Option<BoxFuture<'static, ()>> {
-    if let Ok(envelope) = delivery.envelope()
-        && let Some(at) = route_at(shared, envelope)
-        && event_span(shared, envelope).is_none()
-        && let Some(slot) = slots.get_mut(at)
-    {
-        return slot.start(shared, at, delivery);
-    }
-    let mut work = process(shared, delivery);
-    // One poll, with a waker that does nothing: the task the caller spawns polls
-    // again (registering its own waker) before anything could have been missed.
+    let work = match delivery.envelope() {
+        Ok(envelope) => match (route_at(shared, envelope), event_span(shared, envelope)) {
+            (Some(at), None) => match slots.get_mut(at) {
+                Some(slot) => return slot.start(shared, at, delivery),
+                None => process(shared, delivery),
+            },
+            (Some(at), Some(span)) => match shared.routes.get(at) {
+                Some((_, route)) => route.run(Arc::clone(shared), at, delivery, Some(span)),
+                None => process(shared, delivery),
+            },
+            (None, _) => process(shared, delivery),
+        },
+        Err(_) => process(shared, delivery),
+    };
+    poll_once(work)
+}
+
+/// Polls `work` once, with a waker that does nothing: `None` when that completed it,
+/// otherwise the work, for the caller to spawn (the task polls again, registering its
+/// own waker, before anything could have been missed).
+fn poll_once(mut work: BoxFuture<'static, ()>) -> Option<BoxFuture<'static, ()>> {
     if work.as_mut().now_or_never().is_some() {
         return None;
     }

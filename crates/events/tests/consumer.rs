@@ -728,3 +728,70 @@ async fn events_a_stopped_consumer_did_not_finish_are_handled_by_the_next_once()
     assert_eq!(all, (0..20).collect::<Vec<_>>());
     Ok(())
 }
+
+/// Counts the spans named `event` it is asked to make, with everything enabled.
+struct EventSpans(Arc<AtomicUsize>);
+
+impl tracing::Subscriber for EventSpans {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        if span.metadata().name() == "event" {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        tracing::span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+
+    fn event(&self, _: &tracing::Event<'_>) {}
+
+    fn enter(&self, _: &tracing::span::Id) {}
+
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// With spans recorded, each delivery is handled in a span of its own (the path that
+/// does not reuse the route's slot), and every event is handled once.
+#[test]
+fn with_spans_recorded_each_delivery_is_handled_in_its_span() -> Result<(), Error> {
+    let spans = Arc::new(AtomicUsize::new(0));
+    let (handled, mut done) = tokio::sync::mpsc::unbounded_channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    tracing::subscriber::with_default(EventSpans(Arc::clone(&spans)), || {
+        runtime.block_on(async {
+            let bus = MemoryBus::new();
+            let consumer = Consumer::new(bus.clone(), Subscription::new("t", "g")).handle(
+                move |event: Numbered, _: Context| {
+                    let _ = handled.send(event.n);
+                    async { Ok::<_, HandlerError>(()) }
+                },
+            );
+            let shutdown = CancellationToken::new();
+            let task = tokio::spawn(consumer.run(shutdown.clone()));
+            for n in 0..5 {
+                bus.publish("t", numbered(&format!("k{n}"), n)).await?;
+            }
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                match tokio::time::timeout(Duration::from_secs(5), done.recv()).await {
+                    Ok(Some(n)) => got.push(n),
+                    other => panic!("handled {got:?}, then {other:?}"),
+                }
+            }
+            got.sort_unstable();
+            assert_eq!(got, vec![0, 1, 2, 3, 4]);
+            shutdown.cancel();
+            task.await.map_err(|e| Error::Config(e.to_string()))?
+        })
+    })?;
+    assert_eq!(spans.load(Ordering::SeqCst), 5);
+    Ok(())
+}

@@ -231,6 +231,9 @@ struct GroupState {
 /// tokio channel here cost a third of the publishing thread's time: each send's
 /// atomic on a slot bitmap the receiver polls moved a cache line between the cores
 /// per event, and every 32 sends allocated a block the receiving thread freed.)
+///
+/// Lock order: the bus's topics or a group's state, then the group's inbox; nothing is
+/// locked while the inbox is.
 #[derive(Debug, Default)]
 struct Inbox {
     entries: VecDeque<Entry>,
@@ -316,6 +319,7 @@ impl GroupState {
     /// Swaps what `inbox` holds into `arrived`, which must be empty; returns whether
     /// anything arrived.
     fn receive(&mut self, inbox: &Mutex<Inbox>) -> bool {
+        debug_assert!(self.arrived.is_empty(), "swapping out events not yet taken");
         // The (empty) buffer going back to the publishers keeps the room a burst grew
         // it to while bursts go on; once the batch it held was small for its size,
         // the burst is over and it shrinks, outside the lock.

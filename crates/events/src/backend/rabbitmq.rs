@@ -413,12 +413,27 @@ impl Link {
                 .await?;
             confirm.await
         };
-        match tokio::time::timeout(self.options.operation_timeout, confirming).await {
-            Ok(Ok(confirmation)) => confirmed(confirmation, routing_key),
-            Ok(Err(e)) => Err(self.lost(&publishing, e).await),
+        let confirmation = self
+            .confirming(&publishing, "a publish's confirmation", confirming)
+            .await?;
+        confirmed(confirmation, routing_key)
+    }
+
+    /// Runs `sending` (lapin's sends on `used` and their confirmations) within the
+    /// operation timeout; what failed is forgotten as [`Link::lost`] says, and a
+    /// timeout forgets the connection too.
+    async fn confirming<T>(
+        &self,
+        used: &Publishing,
+        what: &str,
+        sending: impl Future<Output = Result<T, lapin::Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout(self.options.operation_timeout, sending).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(e)) => Err(self.lost(used, e).await),
             Err(_) => {
-                self.forget(&publishing, true).await;
-                Err(self.timed_out("a publish's confirmation"))
+                self.forget(used, true).await;
+                Err(self.timed_out(what))
             }
         }
     }
@@ -829,15 +844,10 @@ impl Publisher for RabbitMqBus {
             }
             Ok(confirmations)
         };
-        let confirmations =
-            match tokio::time::timeout(self.link.options.operation_timeout, confirming).await {
-                Ok(Ok(confirmations)) => confirmations,
-                Ok(Err(e)) => return Err(self.link.lost(&publishing, e).await),
-                Err(_) => {
-                    self.link.forget(&publishing, true).await;
-                    return Err(self.link.timed_out("a batch's confirmations"));
-                }
-            };
+        let confirmations = self
+            .link
+            .confirming(&publishing, "a batch's confirmations", confirming)
+            .await?;
         for confirmation in confirmations {
             confirmed(confirmation, topic)?;
         }

@@ -1336,34 +1336,25 @@ fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Error>) {
     }
 }
 
-/// Handles and settles `delivery` in place, in its route's slot when spans are not
-/// recorded: `None` when that completed it, otherwise the work, still running.
+/// Handles and settles `delivery` in place: `None` when that completed it, otherwise
+/// the work, still running. Without spans, a delivery a handler takes runs in its
+/// route's slot; anything else (in its span, if spans are recorded) is boxed by
+/// `process`, which makes the span once.
 fn start<C: Codec>(
     shared: &Arc<Shared<C>>,
     slots: &mut [Box<dyn Slot<C>>],
     delivery: Delivery,
 ) -> Option<BoxFuture<'static, ()>> {
-    let work = match delivery.envelope() {
-        Ok(envelope) => match (route_at(shared, envelope), event_span(shared, envelope)) {
-            (Some(at), None) => match slots.get_mut(at) {
-                Some(slot) => return slot.start(shared, at, delivery),
-                None => process(shared, delivery),
-            },
-            (Some(at), Some(span)) => match shared.routes.get(at) {
-                Some((_, route)) => route.run(Arc::clone(shared), at, delivery, Some(span)),
-                None => process(shared, delivery),
-            },
-            (None, _) => process(shared, delivery),
-        },
-        Err(_) => process(shared, delivery),
-    };
-    poll_once(work)
-}
-
-/// Polls `work` once, with a waker that does nothing: `None` when that completed it,
-/// otherwise the work, for the caller to spawn (the task polls again, registering its
-/// own waker, before anything could have been missed).
-fn poll_once(mut work: BoxFuture<'static, ()>) -> Option<BoxFuture<'static, ()>> {
+    if !spans_recorded()
+        && let Ok(envelope) = delivery.envelope()
+        && let Some(at) = route_at(shared, envelope)
+        && let Some(slot) = slots.get_mut(at)
+    {
+        return slot.start(shared, at, delivery);
+    }
+    let mut work = process(shared, delivery);
+    // One poll, with a waker that does nothing: the task the caller spawns polls
+    // again (registering its own waker) before anything could have been missed.
     if work.as_mut().now_or_never().is_some() {
         return None;
     }
@@ -1410,12 +1401,16 @@ fn process<C: Codec>(shared: &Arc<Shared<C>>, delivery: Delivery) -> BoxFuture<'
     traced(span, async move { refuse(&shared, delivery).await })
 }
 
+/// Whether a subscriber takes `info`, so that deliveries get spans. Without one, no
+/// span at all: a disabled span still costs its callsite check and, with tracing's
+/// `log` feature on (sqlx turns it on), a pass over its fields for `log`, per delivery.
+fn spans_recorded() -> bool {
+    tracing::level_enabled!(tracing::Level::INFO)
+}
+
 /// The span a delivery is handled in, if spans are recorded at all.
 fn event_span<C>(shared: &Shared<C>, envelope: &Envelope) -> Option<tracing::Span> {
-    // Without a subscriber taking `info`, no span at all: a disabled span still costs
-    // its callsite check and, with tracing's `log` feature on (sqlx turns it on), a
-    // pass over its fields for `log`, per delivery.
-    if !tracing::level_enabled!(tracing::Level::INFO) {
+    if !spans_recorded() {
         return None;
     }
     let span = tracing::info_span!(

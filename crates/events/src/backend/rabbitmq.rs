@@ -276,12 +276,15 @@ impl Link {
             return Ok(connection.clone());
         }
         state.publish = None;
-        let connecting = Connection::connect(&self.options.url, ConnectionProperties::default());
-        let connection =
-            match tokio::time::timeout(self.options.operation_timeout, connecting).await {
-                Ok(connected) => connected.map_err(connection_error)?,
-                Err(_) => return Err(self.timed_out("connecting")),
-            };
+        let connecting = async {
+            Connection::connect(&self.options.url, ConnectionProperties::default())
+                .await
+                .map_err(failed(connection_error))
+        };
+        let connection = self
+            .within("connecting", connecting)
+            .await
+            .map_err(|failed| failed.error)?;
         let connection = Arc::new(connection);
         state.connection = Some(connection.clone());
         Ok(connection)
@@ -297,19 +300,15 @@ impl Link {
         }
         let connection = self.connected(&mut state).await?;
         let opening = open_publishing(&connection, &self.options.exchange);
-        let channel = match tokio::time::timeout(self.options.operation_timeout, opening).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err((error, connection_failed))) => {
+        let channel = match self.within("opening the publishing channel", opening).await {
+            Ok(channel) => channel,
+            Err(failed) => {
                 // A connection lapin has not yet marked closed: the next call
                 // connects afresh rather than failing the same way.
-                if connection_failed {
+                if failed.connection {
                     state.connection = None;
                 }
-                return Err(error);
-            }
-            Err(_) => {
-                state.connection = None;
-                return Err(self.timed_out("opening the publishing channel"));
+                return Err(failed.error);
             }
         };
         let publishing = Publishing {
@@ -320,20 +319,13 @@ impl Link {
         Ok(publishing)
     }
 
-    /// Maps `e`, which a publish on `used` failed with, and makes the next publish
-    /// open a new channel, and a new connection too when `e` is the connection's failure.
+    /// Makes the next publish open a new channel instead of `used`, and a new
+    /// connection too if `connection_too`. A channel an operation failed on is
+    /// closed (AMQP closes a channel on its errors) or about to be found so.
     ///
     /// lapin marks a channel and its connection closed only once its I/O loop has
     /// seen the reset; until then their status still says connected, and every
     /// publish that reused them would fail the same way.
-    async fn lost(&self, used: &Publishing, e: lapin::Error) -> Error {
-        self.forget(used, socket_failed(&e)).await;
-        connection_error(e)
-    }
-
-    /// Makes the next publish open a new channel instead of `used`, and a new
-    /// connection too if `connection_too`. A channel an operation failed on is
-    /// closed (AMQP closes a channel on its errors) or about to be found so.
     async fn forget(&self, used: &Publishing, connection_too: bool) {
         let mut state = self.state.lock().await;
         if state
@@ -364,24 +356,36 @@ impl Link {
         )
     }
 
+    /// `step` within the operation timeout; one that has no answer by then fails as
+    /// the connection's failure.
+    async fn within<T>(
+        &self,
+        name: &str,
+        step: impl Future<Output = Result<T, Failed>>,
+    ) -> Result<T, Failed> {
+        match tokio::time::timeout(self.options.operation_timeout, step).await {
+            Ok(done) => done,
+            Err(_) => Err(Failed {
+                error: self.timed_out(name),
+                connection: true,
+            }),
+        }
+    }
+
     /// Runs `step` on `used` within the operation timeout; a step that fails makes
-    /// the next one open a new channel (AMQP closes a channel on its errors), and
-    /// one that times out a new connection too.
+    /// the next one open a new channel, and a new connection too when the connection
+    /// failed or did not answer.
     async fn step<T>(
         &self,
         used: &Publishing,
         name: &str,
-        step: impl Future<Output = Result<T, Error>>,
+        step: impl Future<Output = Result<T, Failed>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.options.operation_timeout, step).await {
-            Ok(Ok(done)) => Ok(done),
-            Ok(Err(error)) => {
-                self.forget(used, false).await;
-                Err(error)
-            }
-            Err(_) => {
-                self.forget(used, true).await;
-                Err(self.timed_out(name))
+        match self.within(name, step).await {
+            Ok(done) => Ok(done),
+            Err(failed) => {
+                self.forget(used, failed.connection).await;
+                Err(failed.error)
             }
         }
     }
@@ -410,56 +414,53 @@ impl Link {
                     payload,
                     properties,
                 )
-                .await?;
-            confirm.await
+                .await
+                .map_err(failed(connection_error))?;
+            confirm.await.map_err(failed(connection_error))
         };
         let confirmation = self
-            .confirming(&publishing, "a publish's confirmation", confirming)
+            .step(&publishing, "a publish's confirmation", confirming)
             .await?;
         confirmed(confirmation, routing_key)
     }
+}
 
-    /// Runs `sending` (lapin's sends on `used` and their confirmations) within the
-    /// operation timeout; what failed is forgotten as [`Link::lost`] says, and a
-    /// timeout forgets the connection too.
-    async fn confirming<T>(
-        &self,
-        used: &Publishing,
-        what: &str,
-        sending: impl Future<Output = Result<T, lapin::Error>>,
-    ) -> Result<T, Error> {
-        match tokio::time::timeout(self.options.operation_timeout, sending).await {
-            Ok(Ok(done)) => Ok(done),
-            Ok(Err(e)) => Err(self.lost(used, e).await),
-            Err(_) => {
-                self.forget(used, true).await;
-                Err(self.timed_out(what))
-            }
+/// Opens a confirm-mode channel on `connection` with `exchange` declared.
+async fn open_publishing(connection: &Connection, exchange: &str) -> Result<Channel, Failed> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(failed(connection_error))?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(failed(broker_error))?;
+    declare_exchange(&channel, exchange).await?;
+    Ok(channel)
+}
+
+/// Why a step failed, and whether the connection itself failed (or did not answer),
+/// so that the next step connects afresh rather than only opening a channel.
+struct Failed {
+    error: Error,
+    connection: bool,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            connection: false,
         }
     }
 }
 
-/// Opens a confirm-mode channel on `connection` with `exchange` declared; a failure
-/// says whether the connection itself failed.
-async fn open_publishing(
-    connection: &Connection,
-    exchange: &str,
-) -> Result<Channel, (Error, bool)> {
-    let channel = connection.create_channel().await.map_err(|e| {
-        let failed = socket_failed(&e);
-        (connection_error(e), failed)
-    })?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(|e| {
-            let failed = socket_failed(&e);
-            (broker_error(e), failed)
-        })?;
-    declare_exchange(&channel, exchange)
-        .await
-        .map_err(|error| (error, false))?;
-    Ok(channel)
+/// Maps lapin's error with `map`, noting whether the connection itself failed.
+fn failed(map: fn(lapin::Error) -> Error) -> impl Fn(lapin::Error) -> Failed {
+    move |e| Failed {
+        connection: socket_failed(&e),
+        error: map(e),
+    }
 }
 
 fn confirmed(confirmation: Confirmation, routing_key: &str) -> Result<(), Error> {
@@ -742,12 +743,9 @@ impl RabbitMqBus {
     pub async fn declare_group(&self, topic: &str, group: &str) -> Result<(), Error> {
         let publishing = self.link.publishing().await?;
         let topology = self.topology(topic, group);
+        let declaring = async { Ok(declare_group(&publishing.channel, &topology).await?) };
         self.link
-            .step(
-                &publishing,
-                "declaring a group",
-                declare_group(&publishing.channel, &topology),
-            )
+            .step(&publishing, "declaring a group", declaring)
             .await
     }
 
@@ -835,18 +833,19 @@ impl Publisher for RabbitMqBus {
                         &envelope.payload,
                         properties,
                     )
-                    .await?;
+                    .await
+                    .map_err(failed(connection_error))?;
                 confirms.push(confirm);
             }
             let mut confirmations = Vec::with_capacity(confirms.len());
             for confirm in confirms {
-                confirmations.push(confirm.await?);
+                confirmations.push(confirm.await.map_err(failed(connection_error))?);
             }
             Ok(confirmations)
         };
         let confirmations = self
             .link
-            .confirming(&publishing, "a batch's confirmations", confirming)
+            .step(&publishing, "a batch's confirmations", confirming)
             .await?;
         for confirmation in confirmations {
             confirmed(confirmation, topic)?;
@@ -914,59 +913,43 @@ impl Consumer {
         }
     }
 
-    /// Opens a channel on `connection`, declares the group and starts consuming; a
-    /// failure says whether the connection itself failed.
-    async fn start(
-        &self,
-        connection: &Connection,
-    ) -> Result<(Channel, lapin::Consumer), (Error, bool)> {
-        let lapin_error = |map: fn(lapin::Error) -> Error| {
-            move |e: lapin::Error| {
-                let failed = socket_failed(&e);
-                (map(e), failed)
-            }
-        };
+    /// Opens a channel on `connection`, declares the group and starts consuming.
+    async fn start(&self, connection: &Connection) -> Result<(Channel, lapin::Consumer), Failed> {
         let channel = connection
             .create_channel()
             .await
-            .map_err(lapin_error(connection_error))?;
+            .map_err(failed(connection_error))?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await
-            .map_err(lapin_error(broker_error))?;
-        declare_group(&channel, &self.topology)
-            .await
-            .map_err(|error| (error, false))?;
-        let queue = short(&self.topology.queue).map_err(|error| (error, false))?;
+            .map_err(failed(broker_error))?;
+        declare_group(&channel, &self.topology).await?;
         let consumer = channel
             .basic_consume(
-                queue,
+                short(&self.topology.queue)?,
                 ShortString::from(""),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
-            .map_err(lapin_error(broker_error))?;
+            .map_err(failed(broker_error))?;
         Ok((channel, consumer))
     }
 
     async fn consume(&self) -> Result<Ended, Error> {
         let connection = self.link.connection().await?;
-        let starting = self.start(&connection);
-        let (channel, mut consumer) =
-            match tokio::time::timeout(self.link.options.operation_timeout, starting).await {
-                Ok(Ok(started)) => started,
-                Ok(Err((error, connection_failed))) => {
-                    if connection_failed {
-                        self.link.drop_connection(&connection).await;
-                    }
-                    return Err(error);
-                }
-                Err(_) => {
+        let starting = self
+            .link
+            .within("starting a consumer", self.start(&connection));
+        let (channel, mut consumer) = match starting.await {
+            Ok(started) => started,
+            Err(failed) => {
+                if failed.connection {
                     self.link.drop_connection(&connection).await;
-                    return Err(self.link.timed_out("starting a consumer"));
                 }
-            };
+                return Err(failed.error);
+            }
+        };
         let window = Arc::new(std::sync::Mutex::new(TagWindow::default()));
         let acks = {
             let (channel, window) = (channel.clone(), Arc::clone(&window));
@@ -1172,12 +1155,10 @@ impl Acknowledge for RabbitMqAcker {
                 "x-expires".into(),
                 AMQPValue::LongLongInt(i64::try_from(expires).unwrap_or(i64::MAX)),
             );
+            let declaring =
+                async { Ok(declare_queue(&publishing.channel, &delay_queue, arguments).await?) };
             self.link
-                .step(
-                    &publishing,
-                    "declaring a delay queue",
-                    declare_queue(&publishing.channel, &delay_queue, arguments),
-                )
+                .step(&publishing, "declaring a delay queue", declaring)
                 .await?;
             let properties =
                 self.copy_properties(&[(ATTEMPT, self.attempt.saturating_add(1).to_string())]);

@@ -702,12 +702,11 @@ impl Member {
     }
 
     fn deliver(&self, entry: Entry) -> Delivery {
-        let out = Out::from(entry);
         let acker = MemoryAck {
             seat: Arc::clone(&self.seat),
-            seq: out.seq,
+            seq: entry.seq,
         };
-        Delivery::in_memory(out.envelope, out.attempt, acker)
+        Delivery::in_memory(entry.envelope.into_shared(), entry.attempt, acker)
     }
 
     /// Takes a batch from the group into the (empty) buffer, within the prefetch
@@ -787,34 +786,6 @@ pub(crate) struct MemoryAck {
     seq: u64,
 }
 
-/// An event handed out: what is needed to put it back (an [`Entry`] is as large as an
-/// envelope, this three words).
-struct Out {
-    seq: u64,
-    attempt: u32,
-    envelope: Arc<Envelope>,
-}
-
-impl From<Entry> for Out {
-    fn from(entry: Entry) -> Self {
-        Self {
-            seq: entry.seq,
-            attempt: entry.attempt,
-            envelope: entry.envelope.into_shared(),
-        }
-    }
-}
-
-impl Out {
-    fn into_entry(self) -> Entry {
-        Entry {
-            seq: self.seq,
-            attempt: self.attempt,
-            envelope: Body::Shared(self.envelope),
-        }
-    }
-}
-
 impl MemoryAck {
     /// Gives back the delivery's prefetch room and its key.
     fn release(&self, envelope: Option<&Envelope>) {
@@ -830,12 +801,11 @@ impl MemoryAck {
     /// The event again, as its group queues it (`attempt` is the delivery's: the group
     /// counts one up when it takes it back).
     fn entry(&self, envelope: Arc<Envelope>, attempt: u32) -> Entry {
-        Out {
+        Entry {
             seq: self.seq,
             attempt,
-            envelope,
+            envelope: Body::Shared(envelope),
         }
-        .into_entry()
     }
 
     /// The delivery was dropped unsettled: the event goes back to its group at once.

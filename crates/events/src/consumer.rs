@@ -563,7 +563,8 @@ trait Route<C>: Send + Sync + 'static {
     ) -> BoxFuture<'static, ()>;
 
     /// A place for the run loop to handle this route's deliveries in: see [`Slot`].
-    fn slot(&self) -> Box<dyn Slot<C>>;
+    /// `direct`: without an inbox, a [`CallSlot`], which calls the handler itself.
+    fn slot(&self, direct: bool) -> Box<dyn Slot<C>>;
 
     /// `self`, to find the typed route again behind `dyn Route`.
     fn as_any(&self) -> &dyn Any;
@@ -620,6 +621,158 @@ impl<C: Codec, F: Future<Output = ()> + Send + 'static> Slot<C> for TypedSlot<C,
     }
 }
 
+/// A [`Slot`] that calls the handler itself, for a consumer without an inbox: the
+/// event is decoded and the delivery acked here, synchronously, and only the handler's
+/// call goes into the slot's place. So a delivery whose handler completes at once
+/// costs no per-delivery state machine around the call: [`route_work`]'s future (512
+/// bytes to fill per delivery, four `async` layers to step through) is kept for what
+/// this one does not handle (an event that does not decode goes through it to its
+/// dead letter), and a failed attempt goes on in [`recover`] as there.
+struct CallSlot<C, E, H, F> {
+    make: fn(Arc<Shared<C>>, usize, E, Context) -> F,
+    /// Terminated between deliveries; `Pin::set` puts the next call in.
+    place: Pin<Box<Fuse<F>>>,
+    _route: PhantomData<fn() -> H>,
+}
+
+impl<C, E, H, F: Future> CallSlot<C, E, H, F> {
+    fn new(make: fn(Arc<Shared<C>>, usize, E, Context) -> F) -> Self {
+        Self {
+            make,
+            place: Box::pin(Fuse::terminated()),
+            _route: PhantomData,
+        }
+    }
+}
+
+impl<C, E, H, F> Slot<C> for CallSlot<C, E, H, F>
+where
+    C: Codec,
+    E: Event,
+    H: Handler<E>,
+    F: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn start(
+        &mut self,
+        shared: &Arc<Shared<C>>,
+        at: usize,
+        delivery: Delivery,
+    ) -> Option<BoxFuture<'static, ()>> {
+        let attempt = delivery.attempt();
+        let decoded = delivery.message().ok().and_then(|envelope| {
+            Some((envelope.decode_with::<C, E>(&shared.codec).ok()?, envelope))
+        });
+        let Some((event, envelope)) = decoded else {
+            // Not an event of this type after all: dead-lettered as the slot-less path
+            // does it, with the decode error.
+            return now_or_later(Box::pin(route_work::<C, E, H>(
+                Arc::clone(shared),
+                at,
+                delivery,
+            )));
+        };
+        let ctx = Context {
+            envelope: Arc::clone(envelope),
+            attempt,
+            consumer: Arc::clone(&shared.name),
+        };
+        self.place
+            .set((self.make)(Arc::clone(shared), at, event, ctx).fuse());
+        // One poll, with a waker that does nothing: the task the caller spawns polls
+        // again (registering its own waker) before anything could have been missed.
+        let polled =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.place.as_mut().now_or_never()));
+        let called = match polled {
+            Ok(Some(called)) => Ok(called),
+            Err(panic) => {
+                // What panicked is not polled again.
+                self.place.set(Fuse::terminated());
+                Err(panic)
+            }
+            Ok(None) => {
+                let call = std::mem::replace(&mut self.place, Box::pin(Fuse::terminated()));
+                let shared = Arc::clone(shared);
+                return Some(Box::pin(async move {
+                    let called = AssertUnwindSafe(call).catch_unwind().await;
+                    conclude::<C, E, H>(shared, at, delivery, attempt, outcome(called)).await;
+                }));
+            }
+        };
+        match outcome(called) {
+            Ok(()) => {
+                let mut ack = delivery.ack();
+                if let Some(acked) = ack.as_mut().now_or_never() {
+                    settle(&shared.name, "ack", acked);
+                    return None;
+                }
+                let name = Arc::clone(&shared.name);
+                Some(Box::pin(async move { settle(&name, "ack", ack.await) }))
+            }
+            Err(failure) => Some(Box::pin(conclude::<C, E, H>(
+                Arc::clone(shared),
+                at,
+                delivery,
+                attempt,
+                Err(failure),
+            ))),
+        }
+    }
+}
+
+/// `work` polled once in place: `None` when that completed it, else the work, still
+/// running, to spawn.
+fn now_or_later(mut work: BoxFuture<'static, ()>) -> Option<BoxFuture<'static, ()>> {
+    match work.as_mut().now_or_never() {
+        Some(()) => None,
+        None => Some(work),
+    }
+}
+
+/// The handler's call for one event of the route at `shared.routes[at]`, a
+/// `TypedRoute<E, H>`: what a [`CallSlot`] holds.
+async fn route_call<C: Codec, E: Event, H: Handler<E>>(
+    shared: Arc<Shared<C>>,
+    at: usize,
+    event: E,
+    ctx: Context,
+) -> Result<(), HandlerError> {
+    match typed_route::<C, E, H>(&shared, at) {
+        Some(route) => route.handler.handle(event, ctx).await,
+        // `at` is this route's own place, so this does not happen; were it to, the
+        // attempt fails and is retried.
+        None => Err(HandlerError::transient("the consumer's route moved")),
+    }
+}
+
+/// After a [`CallSlot`]'s call of `delivery`'s attempt came to `result`: acks, or
+/// retries and dead-letters as [`handle`] does.
+async fn conclude<C: Codec, E: Event, H: Handler<E>>(
+    shared: Arc<Shared<C>>,
+    at: usize,
+    delivery: Delivery,
+    attempt: u32,
+    result: Result<(), Box<Failure>>,
+) {
+    match (result, typed_route::<C, E, H>(&shared, at)) {
+        (Ok(()), _) => settle(&shared.name, "ack", delivery.ack().await),
+        (Err(failure), Some(route)) => {
+            recover(&shared, &route.handler, delivery, attempt, failure).await;
+        }
+        (Err(_), None) => settle(&shared.name, "retry", delivery.retry(Duration::ZERO).await),
+    }
+}
+
+/// The typed route at `shared.routes[at]`.
+fn typed_route<C: Codec, E: Event, H: Handler<E>>(
+    shared: &Shared<C>,
+    at: usize,
+) -> Option<&TypedRoute<E, H>> {
+    shared
+        .routes
+        .get(at)
+        .and_then(|(_, route)| route.as_any().downcast_ref::<TypedRoute<E, H>>())
+}
+
 struct TypedRoute<E, H> {
     handler: H,
     _event: PhantomData<fn() -> E>,
@@ -636,8 +789,12 @@ impl<C: Codec, E: Event, H: Handler<E>> Route<C> for TypedRoute<E, H> {
         traced(span, route_work::<C, E, H>(shared, at, delivery))
     }
 
-    fn slot(&self) -> Box<dyn Slot<C>> {
-        Box::new(TypedSlot::new(route_work::<C, E, H>))
+    fn slot(&self, direct: bool) -> Box<dyn Slot<C>> {
+        if direct {
+            Box::new(CallSlot::<C, E, H, _>::new(route_call::<C, E, H>))
+        } else {
+            Box::new(TypedSlot::new(route_work::<C, E, H>))
+        }
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -652,11 +809,7 @@ async fn route_work<C: Codec, E: Event, H: Handler<E>>(
     at: usize,
     delivery: Delivery,
 ) {
-    let route = shared
-        .routes
-        .get(at)
-        .and_then(|(_, route)| route.as_any().downcast_ref::<TypedRoute<E, H>>());
-    match route {
+    match typed_route::<C, E, H>(&shared, at) {
         Some(route) => handle(&shared, &route.handler, delivery).await,
         // `at` is this route's own place, so this does not happen; were it to, the
         // event goes back rather than being lost.
@@ -1050,7 +1203,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
         let mut slots: Vec<_> = shared
             .routes
             .iter()
-            .map(|(_, route)| route.slot())
+            .map(|(_, route)| route.slot(shared.inbox.is_none()))
             .collect();
         let mut reconnect = Reconnect {
             backoff: self.reconnect,

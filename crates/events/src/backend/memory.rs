@@ -385,6 +385,23 @@ impl GroupState {
                 handed_over |= self.hand_out(member, entry, out);
                 continue;
             }
+            // Nothing reserved for `member` and nothing queued: a run of unkeyed events
+            // goes to it as it arrived, stamped in place and moved once (one at a time,
+            // each was copied out and in again, and looked up in `direct` on the way).
+            let run = self
+                .arrived
+                .iter()
+                .take(max - out.len())
+                .take_while(|entry| entry.envelope.get().key.is_none())
+                .count();
+            if run > 0 {
+                for entry in self.arrived.range_mut(..run) {
+                    entry.seq = self.next_seq;
+                    self.next_seq += 1;
+                }
+                out.extend(self.arrived.drain(..run));
+                continue;
+            }
             if let Some(entry) = self.arrived.pop_front() {
                 let entry = self.stamp(entry);
                 handed_over |= self.hand_out(member, entry, out);

@@ -720,7 +720,8 @@ where
 }
 
 /// `work` polled once in place: `None` when that completed it, else the work, still
-/// running, to spawn.
+/// running, to spawn. The poll's waker does nothing: the task the caller spawns polls
+/// again (registering its own waker) before anything could have been missed.
 fn now_or_later(mut work: BoxFuture<'static, ()>) -> Option<BoxFuture<'static, ()>> {
     match work.as_mut().now_or_never() {
         Some(()) => None,
@@ -1505,13 +1506,7 @@ fn start<C: Codec>(
     {
         return slot.start(shared, at, delivery);
     }
-    let mut work = process(shared, delivery);
-    // One poll, with a waker that does nothing: the task the caller spawns polls
-    // again (registering its own waker) before anything could have been missed.
-    if work.as_mut().now_or_never().is_some() {
-        return None;
-    }
-    Some(work)
+    now_or_later(process(shared, delivery))
 }
 
 /// Where `envelope`'s route is in `shared.routes`, if a handler takes it.

@@ -837,7 +837,7 @@ async fn route_work<C: Codec, E: Event, H: Handler<E>>(
 /// let bus = MemoryBus::new();
 /// let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
 /// use std::time::Duration;
-/// use palisade_resilience::backoff::{Backoff, BackoffIter};
+/// use palisade_resilience::backoff::Backoff;
 /// let consumer = Consumer::new(bus.clone(), Subscription::new("orders", "shipping"))
 ///     .concurrency(32) // different keys in parallel, one key in order
 ///     .max_attempts(5)
@@ -1022,7 +1022,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     ///
     /// ```rust
     /// use std::time::Duration;
-    /// use palisade_resilience::backoff::{Backoff, BackoffIter};
+    /// use palisade_resilience::backoff::Backoff;
     /// use palisade_events::consumer::Consumer;
     /// use palisade_events::{MemoryBus, Subscription};
     ///
@@ -1092,7 +1092,7 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
     ///
     /// ```rust
     /// use std::time::Duration;
-    /// use palisade_resilience::backoff::{Backoff, BackoffIter};
+    /// use palisade_resilience::backoff::Backoff;
     /// use palisade_events::consumer::Consumer;
     /// use palisade_events::{MemoryBus, Subscription};
     ///

@@ -586,18 +586,45 @@ trait Slot<C>: Send {
     ) -> Option<BoxFuture<'static, ()>>;
 }
 
+/// A slot's home for the future it runs: one allocation, reused by every future that
+/// completes in its first poll, terminated between them.
+struct Place<F>(Pin<Box<Fuse<F>>>);
+
+impl<F: Future> Place<F> {
+    fn new() -> Self {
+        Self(Box::pin(Fuse::terminated()))
+    }
+
+    /// Puts `work` in and polls it once, with a waker that does nothing (the task the
+    /// caller spawns for work still running polls again, registering its own waker,
+    /// before anything could have been missed): its output if that completed it.
+    fn run(&mut self, work: F) -> Option<F::Output> {
+        self.0.set(work.fuse());
+        self.0.as_mut().now_or_never()
+    }
+
+    /// The work still running here, to spawn; the place gets a new home for the next.
+    fn take(&mut self) -> Pin<Box<Fuse<F>>> {
+        std::mem::replace(&mut self.0, Box::pin(Fuse::terminated()))
+    }
+
+    /// Drops what is here (work whose poll panicked, not to be polled again).
+    fn clear(&mut self) {
+        self.0.set(Fuse::terminated());
+    }
+}
+
 /// A [`Slot`] for deliveries handled by the futures `make` returns.
 struct TypedSlot<C, F> {
     make: fn(Arc<Shared<C>>, usize, Delivery) -> F,
-    /// Terminated between deliveries; `Pin::set` puts the next one's work in.
-    place: Pin<Box<Fuse<F>>>,
+    place: Place<F>,
 }
 
 impl<C, F: Future<Output = ()>> TypedSlot<C, F> {
     fn new(make: fn(Arc<Shared<C>>, usize, Delivery) -> F) -> Self {
         Self {
             make,
-            place: Box::pin(Fuse::terminated()),
+            place: Place::new(),
         }
     }
 }
@@ -609,15 +636,11 @@ impl<C: Codec, F: Future<Output = ()> + Send + 'static> Slot<C> for TypedSlot<C,
         at: usize,
         delivery: Delivery,
     ) -> Option<BoxFuture<'static, ()>> {
-        self.place
-            .set((self.make)(Arc::clone(shared), at, delivery).fuse());
-        // One poll, with a waker that does nothing: the task the caller spawns polls
-        // again (registering its own waker) before anything could have been missed.
-        if self.place.as_mut().now_or_never().is_some() {
-            return None;
+        let work = (self.make)(Arc::clone(shared), at, delivery);
+        match self.place.run(work) {
+            Some(()) => None,
+            None => Some(self.place.take()),
         }
-        let running = std::mem::replace(&mut self.place, Box::pin(Fuse::terminated()));
-        Some(running)
     }
 }
 
@@ -630,8 +653,7 @@ impl<C: Codec, F: Future<Output = ()> + Send + 'static> Slot<C> for TypedSlot<C,
 /// dead letter), and a failed attempt goes on in [`recover`] as there.
 struct CallSlot<C, E, H, F> {
     make: fn(Arc<Shared<C>>, usize, E, Context) -> F,
-    /// Terminated between deliveries; `Pin::set` puts the next call in.
-    place: Pin<Box<Fuse<F>>>,
+    place: Place<F>,
     _route: PhantomData<fn() -> H>,
 }
 
@@ -639,7 +661,7 @@ impl<C, E, H, F: Future> CallSlot<C, E, H, F> {
     fn new(make: fn(Arc<Shared<C>>, usize, E, Context) -> F) -> Self {
         Self {
             make,
-            place: Box::pin(Fuse::terminated()),
+            place: Place::new(),
             _route: PhantomData,
         }
     }
@@ -676,21 +698,16 @@ where
             attempt,
             consumer: Arc::clone(&shared.name),
         };
-        self.place
-            .set((self.make)(Arc::clone(shared), at, event, ctx).fuse());
-        // One poll, with a waker that does nothing: the task the caller spawns polls
-        // again (registering its own waker) before anything could have been missed.
-        let polled =
-            std::panic::catch_unwind(AssertUnwindSafe(|| self.place.as_mut().now_or_never()));
+        let call = (self.make)(Arc::clone(shared), at, event, ctx);
+        let polled = std::panic::catch_unwind(AssertUnwindSafe(|| self.place.run(call)));
         let called = match polled {
             Ok(Some(called)) => Ok(called),
             Err(panic) => {
-                // What panicked is not polled again.
-                self.place.set(Fuse::terminated());
+                self.place.clear();
                 Err(panic)
             }
             Ok(None) => {
-                let call = std::mem::replace(&mut self.place, Box::pin(Fuse::terminated()));
+                let call = self.place.take();
                 let shared = Arc::clone(shared);
                 return Some(Box::pin(async move {
                     let called = AssertUnwindSafe(call).catch_unwind().await;

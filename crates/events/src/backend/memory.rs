@@ -286,6 +286,13 @@ struct Owner {
     count: usize,
 }
 
+/// Gives a newly published event its place in its group's order: `next_seq`, which
+/// moves on.
+fn stamp(next_seq: &mut u64, entry: &mut Entry) {
+    entry.seq = *next_seq;
+    *next_seq += 1;
+}
+
 fn insert_sorted(queue: &mut VecDeque<Entry>, entry: Entry) {
     let at = queue.partition_point(|e| e.seq < entry.seq);
     queue.insert(at, entry);
@@ -304,15 +311,8 @@ impl GroupState {
         }
     }
 
-    /// Gives a newly published event its place in the group's order.
-    fn stamp(&mut self, mut entry: Entry) -> Entry {
-        entry.seq = self.next_seq;
-        self.next_seq += 1;
-        entry
-    }
-
-    fn push(&mut self, entry: Entry) {
-        let entry = self.stamp(entry);
+    fn push(&mut self, mut entry: Entry) {
+        stamp(&mut self.next_seq, &mut entry);
         self.queue.push_back(entry);
     }
 
@@ -396,14 +396,13 @@ impl GroupState {
                 .count();
             if run > 0 {
                 for entry in self.arrived.range_mut(..run) {
-                    entry.seq = self.next_seq;
-                    self.next_seq += 1;
+                    stamp(&mut self.next_seq, entry);
                 }
                 out.extend(self.arrived.drain(..run));
                 continue;
             }
-            if let Some(entry) = self.arrived.pop_front() {
-                let entry = self.stamp(entry);
+            if let Some(mut entry) = self.arrived.pop_front() {
+                stamp(&mut self.next_seq, &mut entry);
                 handed_over |= self.hand_out(member, entry, out);
                 continue;
             }

@@ -14,7 +14,9 @@
 //! With `--separate-threads=yes` callgrind writes one count per thread: the publishing
 //! thread (`-01`) and the runtime's workers, one of which runs the consumer. Divide by
 //! `N`; the difference between two values of `N` removes the start-up. Also prints the
-//! rate, which under valgrind means nothing.
+//! rate, which under valgrind means nothing. `ROUNDS=r` repeats the publish-and-drain
+//! `r` times on one consumer, as criterion's iterations do, and prints the median
+//! round's rate: for timing two builds against each other without criterion.
 #![allow(missing_docs, unreachable_pub)]
 
 use std::time::Instant;
@@ -37,42 +39,53 @@ fn main() {
         .ok()
         .and_then(|k| k.parse().ok())
         .unwrap_or(0);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let rt = runtime();
     let latch = Latch::default();
     let body = body();
-    latch.expect(n);
-    let elapsed = match side.as_str() {
+    let mut times = Vec::with_capacity(rounds);
+    match side.as_str() {
         "ruststream" => {
             let (running, publisher) = memory::ruststream_app(&rt, &latch);
-            let started = Instant::now();
-            rt.block_on(async {
-                memory::ruststream_publish(&publisher, &body, n).await;
-                latch.drained().await;
-            });
-            let elapsed = started.elapsed();
+            for _ in 0..rounds {
+                latch.expect(n);
+                let started = Instant::now();
+                rt.block_on(async {
+                    memory::ruststream_publish(&publisher, &body, n).await;
+                    latch.drained().await;
+                });
+                times.push(started.elapsed());
+            }
             drop(running);
-            elapsed
         }
         "palisade" => {
             let bus = MemoryBus::new();
             let shutdown = CancellationToken::new();
             let running = rt.spawn(memory::palisade_consumer(&bus, &latch).run(shutdown.clone()));
-            let started = Instant::now();
-            rt.block_on(async {
-                memory::palisade_publish(&bus, &body, n, keys).await;
-                latch.drained().await;
-            });
-            let elapsed = started.elapsed();
+            for _ in 0..rounds {
+                latch.expect(n);
+                let started = Instant::now();
+                rt.block_on(async {
+                    memory::palisade_publish(&bus, &body, n, keys).await;
+                    latch.drained().await;
+                });
+                times.push(started.elapsed());
+            }
             shutdown.cancel();
             if let Ok(Err(e)) = rt.block_on(running) {
                 panic!("consumer: {e}");
             }
-            elapsed
         }
         other => panic!("SIDE is palisade or ruststream, not {other:?}"),
-    };
+    }
+    times.sort();
+    let elapsed = times[times.len() / 2];
     println!(
-        "{side}: {n} events, {:.2}M events/s",
+        "{side}: {n} events, {:.2}M events/s (median of {rounds} rounds)",
         n as f64 / elapsed.as_secs_f64() / 1e6
     );
 }

@@ -237,9 +237,39 @@ pub trait Acknowledge: Send + 'static {
 /// # Ok(()) }
 /// ```
 pub struct Delivery {
-    message: Result<Arc<Envelope>, Error>,
+    message: Message,
     attempt: u32,
     acker: Acker,
+}
+
+/// A delivery's message. The error is boxed so that a delivery stays small to move
+/// (64 bytes, not 96 with the error inline): a delivery moves through several
+/// calls between its backend and its handler.
+enum Message {
+    Envelope(Arc<Envelope>),
+    Unreadable(Box<Error>),
+    /// Taken out to settle or to put back (a delivery being settled or dropped).
+    Taken,
+}
+
+/// What [`Message::get`] shows for a message already taken out.
+static TAKEN: Error = Error::Closed;
+
+impl Message {
+    fn of(message: Result<Arc<Envelope>, Error>) -> Self {
+        match message {
+            Ok(envelope) => Self::Envelope(envelope),
+            Err(error) => Self::Unreadable(Box::new(error)),
+        }
+    }
+
+    fn get(&self) -> Result<&Arc<Envelope>, &Error> {
+        match self {
+            Self::Envelope(envelope) => Ok(envelope),
+            Self::Unreadable(error) => Err(error),
+            Self::Taken => Err(&TAKEN),
+        }
+    }
 }
 
 /// How a delivery is settled.
@@ -273,7 +303,7 @@ impl Drop for Delivery {
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Delivery")
-            .field("message", &self.message)
+            .field("message", &self.message.get())
             .field("attempt", &self.attempt)
             .finish_non_exhaustive()
     }
@@ -299,7 +329,7 @@ impl Delivery {
     /// ```
     pub fn new(envelope: Envelope, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
         Self {
-            message: Ok(Arc::new(envelope)),
+            message: Message::Envelope(Arc::new(envelope)),
             attempt: attempt.max(1),
             acker: Acker::Boxed(acker),
         }
@@ -325,7 +355,7 @@ impl Delivery {
     /// ```
     pub fn from_shared(envelope: Arc<Envelope>, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
         Self {
-            message: Ok(envelope),
+            message: Message::Envelope(envelope),
             attempt: attempt.max(1),
             acker: Acker::Boxed(acker),
         }
@@ -338,7 +368,7 @@ impl Delivery {
         acker: crate::backend::memory::MemoryAck,
     ) -> Self {
         Self {
-            message: Ok(envelope),
+            message: Message::Envelope(envelope),
             attempt: attempt.max(1),
             acker: Acker::Memory(acker),
         }
@@ -346,7 +376,7 @@ impl Delivery {
 
     /// The envelope's shared handle, borrowed, or why the message is not one.
     pub(crate) fn message(&self) -> Result<&Arc<Envelope>, &Error> {
-        self.message.as_ref()
+        self.message.get()
     }
 
     /// A Kafka delivery, settled by its inline acker.
@@ -357,7 +387,7 @@ impl Delivery {
         acker: crate::backend::kafka::KafkaAcker,
     ) -> Self {
         Self {
-            message,
+            message: Message::of(message),
             attempt: attempt.max(1),
             acker: Acker::Kafka(acker),
         }
@@ -365,7 +395,11 @@ impl Delivery {
 
     /// The message, leaving a placeholder (for a delivery being settled or dropped).
     fn take_message(&mut self) -> Result<Arc<Envelope>, Error> {
-        std::mem::replace(&mut self.message, Err(Error::Closed))
+        match std::mem::replace(&mut self.message, Message::Taken) {
+            Message::Envelope(envelope) => Ok(envelope),
+            Message::Unreadable(error) => Err(*error),
+            Message::Taken => Err(Error::Closed),
+        }
     }
 
     /// The acker, leaving [`Acker::Settled`], so that dropping the rest does nothing.
@@ -381,7 +415,7 @@ impl Delivery {
         acker: Box<dyn Acknowledge>,
     ) -> Self {
         Self {
-            message,
+            message: Message::of(message),
             attempt: attempt.max(1),
             acker: Acker::Boxed(acker),
         }
@@ -408,7 +442,7 @@ impl Delivery {
     /// ```
     pub fn malformed(error: Error, attempt: u32, acker: Box<dyn Acknowledge>) -> Self {
         Self {
-            message: Err(error),
+            message: Message::Unreadable(Box::new(error)),
             attempt: attempt.max(1),
             acker: Acker::Boxed(acker),
         }
@@ -431,7 +465,7 @@ impl Delivery {
     /// # Ok(()) }
     /// ```
     pub fn envelope(&self) -> Result<&Envelope, &Error> {
-        self.message.as_deref()
+        self.message.get().map(|envelope| &**envelope)
     }
 
     /// The envelope as a shared handle (no copy), or why the message is not one.
@@ -453,7 +487,7 @@ impl Delivery {
     /// # Ok(()) }
     /// ```
     pub fn shared_envelope(&self) -> Result<Arc<Envelope>, &Error> {
-        self.message.as_ref().map(Arc::clone)
+        self.message.get().map(Arc::clone)
     }
 
     /// Which delivery of this event this is, starting at 1, as far as the broker
@@ -504,7 +538,7 @@ impl Delivery {
     pub fn ack(mut self) -> BoxFuture<'static, Result<(), Error>> {
         match self.take_acker() {
             Acker::Boxed(acker) => acker.ack(),
-            Acker::Memory(acker) => acker.ack(self.message.as_deref().ok()),
+            Acker::Memory(acker) => acker.ack(self.message.get().ok().map(|e| &**e)),
             #[cfg(feature = "kafka")]
             Acker::Kafka(acker) => acker.ack(),
             Acker::Settled => crate::backend::settled(),
@@ -574,5 +608,30 @@ impl Delivery {
             }
             Acker::Settled => crate::backend::settled(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_delivery_is_small_to_move() {
+        // What a backend hands to the consumer moves through several calls per event.
+        assert!(
+            std::mem::size_of::<Delivery>() <= 64,
+            "Delivery is {} bytes",
+            std::mem::size_of::<Delivery>()
+        );
+    }
+
+    #[test]
+    fn a_taken_message_reads_as_closed() {
+        let mut message = Message::of(Err(Error::Malformed {
+            reason: "no ce_id".into(),
+        }));
+        assert!(matches!(message.get(), Err(Error::Malformed { .. })));
+        message = Message::Taken;
+        assert!(matches!(message.get(), Err(Error::Closed)));
     }
 }

@@ -256,6 +256,7 @@ enum Message {
 static TAKEN: Error = Error::Closed;
 
 impl Message {
+    #[cfg(any(feature = "kafka", feature = "redis"))]
     fn of(message: Result<Arc<Envelope>, Error>) -> Self {
         match message {
             Ok(envelope) => Self::Envelope(envelope),
@@ -627,7 +628,7 @@ mod tests {
 
     #[test]
     fn a_taken_message_reads_as_closed() {
-        let mut message = Message::of(Err(Error::Malformed {
+        let mut message = Message::Unreadable(Box::new(Error::Malformed {
             reason: "no ce_id".into(),
         }));
         assert!(matches!(message.get(), Err(Error::Malformed { .. })));

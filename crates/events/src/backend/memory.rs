@@ -8,9 +8,10 @@
 //!   after the group was created (fan-out); the members of one group share them
 //!   (competing consumers), each holding at most its subscription's `prefetch`
 //!   unsettled deliveries (taken from the group up to 64 at a time, like a broker's
-//!   prefetch: a member with room takes what is queued). Events published to a topic that has no group yet are kept
-//!   for the first group that subscribes, so nothing is lost by subscribing late —
-//!   in particular a dead-letter topic can be read after the fact.
+//!   prefetch: a member with room takes what is queued). Events published to a topic
+//!   that has no group yet are kept for the first group that subscribes, so nothing is
+//!   lost by subscribing late — in particular a dead-letter topic can be read after
+//!   the fact.
 //! - **At-least-once.** A delivery that is dropped without being settled goes back to
 //!   its group at once (as if its consumer died), [`retry(delay)`](Delivery::retry)
 //!   brings it back after `delay` (a `tokio::time` sleep, so paused clocks work), each
@@ -25,6 +26,11 @@
 //!   once. A redelivered event (dropped or retried) goes back in front of later events
 //!   of its key that are still queued.
 //! - **Confirmation.** `publish` returns once the event is queued for every group.
+//! - **Capacity.** [`MemoryBus::new`] queues without a bound, as a broker with room
+//!   to spare would. [`MemoryBus::with_capacity`] bounds what each group holds
+//!   waiting: a publish waits while a group of its topic is full, so a publisher
+//!   cannot outrun its slowest consumer group by more than that, and memory stays
+//!   bounded.
 //!
 //! Nothing is persisted: the bus lives as long as its last clone.
 //!
@@ -136,6 +142,9 @@ struct Bus {
     topics: Mutex<Map<String, Topic>>,
     closed: AtomicBool,
     next_member: AtomicU64,
+    /// How many events a group holds waiting before a publish waits for room; `None`:
+    /// no bound.
+    capacity: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -200,6 +209,56 @@ struct Group {
     state: Mutex<GroupState>,
     /// Members waiting for something to take, or for room to take it.
     waiters: Waiters,
+    /// The bus's capacity, kept here: see [`Room`].
+    room: Option<Room>,
+}
+
+/// A bounded group's count of waiting events, and the publishers waiting for it to
+/// fall below the bus's capacity.
+///
+/// An event counts from its publish (or its return: a redelivery, a retry after its
+/// delay, an event a leaving member had buffered) until a member takes it; one
+/// reserved for the member owning its key still counts. Only bounded buses keep the
+/// count, so an unbounded bus's publish does no more than before.
+#[derive(Debug)]
+struct Room {
+    capacity: usize,
+    waiting: AtomicUsize,
+    /// Woken when `waiting` falls below `capacity`, and when the bus closes.
+    freed: tokio::sync::Notify,
+}
+
+impl Room {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            waiting: AtomicUsize::new(0),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.waiting.load(Ordering::Acquire) >= self.capacity
+    }
+
+    fn added(&self, events: usize) {
+        self.waiting.fetch_add(events, Ordering::AcqRel);
+    }
+
+    /// `events` were taken by a member: wakes the waiting publishers if that made room.
+    fn taken(&self, events: usize) {
+        // Saturating: were the count ever short, a wrap would leave the group full for
+        // good and its publishers waiting for ever.
+        let before = self
+            .waiting
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(events))
+            })
+            .unwrap_or_else(|n| n);
+        if before >= self.capacity && before.saturating_sub(events) < self.capacity {
+            self.freed.notify_waiters();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -482,6 +541,7 @@ impl Group {
             inbox: Mutex::default(),
             state: Mutex::new(GroupState::new()),
             waiters: Waiters::default(),
+            room: bus.capacity.map(Room::new),
         }
     }
 
@@ -489,7 +549,11 @@ impl Group {
     fn publish(&self, entries: impl Iterator<Item = Entry>) {
         let armed = {
             let mut inbox = lock(&self.inbox);
+            let before = inbox.entries.len();
             inbox.entries.extend(entries);
+            if let Some(room) = &self.room {
+                room.added(inbox.entries.len() - before);
+            }
             std::mem::take(&mut inbox.armed)
         };
         if armed {
@@ -515,6 +579,9 @@ impl Group {
 
     fn redeliver(&self, mut entry: Entry) {
         entry.attempt = entry.attempt.saturating_add(1);
+        if let Some(room) = &self.room {
+            room.added(1);
+        }
         lock(&self.state).requeue(entry);
         self.waiters.wake_all();
     }
@@ -531,6 +598,50 @@ impl MemoryBus {
     /// ```
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A bus whose groups each hold at most about `capacity` events waiting: a publish
+    /// to a topic waits while one of its groups holds `capacity` or more events that
+    /// no member has taken yet, and goes on once members took some (or fails with
+    /// [`Error::Closed`] when the bus closes meanwhile). So a publisher cannot run
+    /// further ahead of its slowest group than that, and memory stays bounded.
+    ///
+    /// The bound is soft by what is let through once there is room: a batch is queued
+    /// whole (`publish_batch` of more than `capacity` events still goes through, into
+    /// a group with room), and publishes racing for the same room all go in. Events
+    /// coming back are never held up — a redelivery, a retry, an event a leaving member
+    /// had buffered, a dead letter (a consumer settling must not wait for publishers)
+    /// — nor are events kept for a topic's first group while it has none. A capacity
+    /// of 0 is taken as 1.
+    ///
+    /// [`MemoryBus::new`] has no bound, like a broker with room to spare.
+    ///
+    /// ```rust
+    /// use std::time::Duration;
+    /// use futures_util::StreamExt;
+    /// use palisade_events::{Envelope, MemoryBus, Publisher, Subscriber, Subscription};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// let bus = MemoryBus::with_capacity(2);
+    /// let mut billing = bus.subscribe(&Subscription::new("orders", "billing")).await?;
+    /// for id in 0..2 {
+    ///     bus.publish("orders", Envelope::new("order.placed", "shop", format!("{{\"id\":{id}}}"))).await?;
+    /// }
+    /// // The group is full: the next publish waits until a member takes an event.
+    /// let third = bus.publish("orders", Envelope::new("order.placed", "shop", "{}"));
+    /// assert!(tokio::time::timeout(Duration::from_secs(1), third).await.is_err());
+    /// billing.next().await.expect("a delivery")?.ack().await?;
+    /// bus.publish("orders", Envelope::new("order.placed", "shop", "{}")).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Bus {
+                capacity: Some(capacity.max(1)),
+                ..Bus::default()
+            }),
+        }
     }
 
     /// Closes the bus: publishing fails with [`Error::Closed`] and every subscription
@@ -552,6 +663,9 @@ impl MemoryBus {
         for topic in lock(&self.inner.topics).values() {
             for group in topic.groups.values() {
                 group.waiters.wake_all();
+                if let Some(room) = &group.room {
+                    room.freed.notify_waiters();
+                }
             }
         }
     }
@@ -579,6 +693,39 @@ impl MemoryBus {
                 None => 0,
             },
             None => 0,
+        }
+    }
+
+    /// Waits until no group of `topic` is full (at once on an unbounded bus).
+    async fn room(&self, topic: &str) -> Result<(), Error> {
+        if self.inner.capacity.is_none() {
+            return Ok(());
+        }
+        loop {
+            self.open()?;
+            let full = {
+                let topics = lock(&self.inner.topics);
+                topics.get(topic).and_then(|t| {
+                    t.groups
+                        .values()
+                        .find(|g| g.room.as_ref().is_some_and(Room::full))
+                        .cloned()
+                })
+            };
+            let Some(group) = full else {
+                return Ok(());
+            };
+            let Some(room) = &group.room else {
+                return Ok(());
+            };
+            let freed = room.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            // Registered before looking again: room made (or a close) after the look
+            // wakes this wait.
+            freed.as_mut().enable();
+            if room.full() && !self.inner.closed.load(Ordering::SeqCst) {
+                freed.await;
+            }
         }
     }
 
@@ -632,6 +779,9 @@ impl Bus {
         let group = Arc::new(Group::new(topic, name, self));
         {
             let mut state = lock(&group.state);
+            if let Some(room) = &group.room {
+                room.added(t.backlog.len());
+            }
             for entry in std::mem::take(&mut t.backlog) {
                 state.push(entry);
             }
@@ -643,11 +793,13 @@ impl Bus {
 
 impl Publisher for MemoryBus {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
+        self.room(topic).await?;
         self.open()?.publish_each(topic, std::iter::once(envelope));
         Ok(())
     }
 
     async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
+        self.room(topic).await?;
         self.open()?.publish_each(topic, envelopes.into_iter());
         Ok(())
     }
@@ -682,6 +834,9 @@ impl Drop for Member {
         // Deliveries still out keep settling through their ackers; buffered ones go back.
         let mut state = lock(&self.seat.group.state);
         state.leave(self.seat.id);
+        if let Some(room) = &self.seat.group.room {
+            room.added(self.buffer.len());
+        }
         for entry in self.buffer.drain(..) {
             state.requeue(entry);
         }
@@ -761,6 +916,12 @@ impl Member {
         // Events of keys other members own went to them: wake them.
         if handed_over {
             self.seat.group.waiters.wake_all();
+        }
+        // The buffer was empty: all it holds now was taken.
+        if let Some(room) = &self.seat.group.room
+            && !self.buffer.is_empty()
+        {
+            room.taken(self.buffer.len());
         }
         !self.buffer.is_empty()
     }
@@ -895,7 +1056,7 @@ impl MemoryAck {
 mod tests {
     use std::collections::HashSet;
 
-    use futures_util::StreamExt;
+    use futures_util::{FutureExt, StreamExt};
 
     use super::*;
 
@@ -904,6 +1065,14 @@ mod tests {
             Ok(Some(Ok(d))) => d,
             other => panic!("no delivery: {other:?}"),
         }
+    }
+
+    /// A publish expected to go through: fails the test rather than hang it when it
+    /// waits for room instead.
+    async fn goes_in(publish: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+        tokio::time::timeout(Duration::from_secs(5), publish)
+            .await
+            .map_err(|_| Error::Config("the publish waited for room".into()))?
     }
 
     async fn nothing(stream: &mut DeliveryStream) {
@@ -1094,6 +1263,129 @@ mod tests {
         Ok(())
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_full_group_holds_a_publish_until_a_member_takes() -> Result<(), Error> {
+        let bus = MemoryBus::with_capacity(3);
+        let mut s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        goes_in(bus.publish_batch("t", (0..3).map(|n| keyed("k", n)).collect())).await?;
+        // Not queued while it waits: given up, it leaves nothing behind.
+        let refused =
+            tokio::time::timeout(Duration::from_secs(60), bus.publish("t", keyed("k", 9)));
+        assert!(refused.await.is_err(), "published into a full group");
+        assert_eq!(bus.pending("t", "g"), 3);
+        let waiting = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish("t", keyed("k", 3)).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished());
+        // The member takes what is queued (all three, into its buffer): room again.
+        let first = next(&mut s).await;
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .map_err(|_| Error::Closed)?
+            .map_err(|e| Error::Config(e.to_string()))??;
+        first.ack().await?;
+        for n in 1..4 {
+            let d = next(&mut s).await;
+            assert_eq!(number(&d), n);
+            d.ack().await?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_kept_for_the_first_group_count_against_its_capacity() -> Result<(), Error> {
+        let bus = MemoryBus::with_capacity(2);
+        // No group yet: kept for the first one, whatever the capacity.
+        goes_in(bus.publish_batch("t", (0..3).map(|n| keyed("k", n)).collect())).await?;
+        let mut s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        let full = tokio::time::timeout(Duration::from_secs(60), bus.publish("t", keyed("k", 3)));
+        assert!(
+            full.await.is_err(),
+            "the first group took the backlog over its capacity"
+        );
+        for n in 0..3 {
+            let d = next(&mut s).await;
+            assert_eq!(number(&d), n);
+            d.ack().await?;
+        }
+        goes_in(bus.publish("t", keyed("k", 3))).await?;
+        assert_eq!(number(&next(&mut s).await), 3);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_publish_waits_for_the_slowest_group() -> Result<(), Error> {
+        let bus = MemoryBus::with_capacity(2);
+        let mut fast = bus.subscribe(&Subscription::new("t", "fast")).await?;
+        let mut slow = bus.subscribe(&Subscription::new("t", "slow")).await?;
+        for n in 0..2 {
+            goes_in(bus.publish("t", keyed("k", n))).await?;
+            next(&mut fast).await.ack().await?;
+        }
+        let third = tokio::time::timeout(Duration::from_secs(60), bus.publish("t", keyed("k", 2)));
+        assert!(third.await.is_err(), "ran ahead of the slow group");
+        next(&mut slow).await.ack().await?;
+        goes_in(bus.publish("t", keyed("k", 2))).await?;
+        assert_eq!(number(&next(&mut fast).await), 2);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_the_bus_fails_a_waiting_publish() -> Result<(), Error> {
+        let bus = MemoryBus::with_capacity(1);
+        let _s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        goes_in(bus.publish("t", keyed("k", 0))).await?;
+        let waiting = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish("t", keyed("k", 1)).await }
+        });
+        tokio::task::yield_now().await;
+        bus.close();
+        let outcome = tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .map_err(|_| Error::Config("still waiting after the close".into()))?
+            .map_err(|e| Error::Config(e.to_string()))?;
+        assert!(matches!(outcome, Err(Error::Closed)), "{outcome:?}");
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_coming_back_are_not_held_by_the_bound() -> Result<(), Error> {
+        let bus = MemoryBus::with_capacity(1);
+        let mut s = bus.subscribe(&Subscription::new("t", "g")).await?;
+        let _dlq = bus.subscribe(&Subscription::new("t.dlq", "ops")).await?;
+        goes_in(bus.publish_batch("t", (0..3).map(|n| keyed(&n.to_string(), n)).collect())).await?;
+        let (a, b, c) = (next(&mut s).await, next(&mut s).await, next(&mut s).await);
+        // Full again; settling never waits for room.
+        goes_in(bus.publish("t", keyed("3", 3))).await?;
+        drop(a);
+        assert!(b.retry(Duration::from_secs(1)).now_or_never().is_some());
+        assert!(c.dead_letter("bad").now_or_never().is_some());
+        // The dead letter filled its topic's group: a publish there waits.
+        let over = bus.publish("t.dlq", keyed("5", 5));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), over)
+                .await
+                .is_err()
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Over the capacity with what came back: the dropped event, the retried one.
+        assert_eq!(bus.pending("t", "g"), 3);
+        let mut seen: Vec<u32> = Vec::new();
+        for _ in 0..3 {
+            let d = next(&mut s).await;
+            seen.push(number(&d));
+            d.ack().await?;
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [0, 1, 3]);
+        Ok(())
+    }
+
     #[tokio::test]
     async fn each_group_gets_every_event_and_members_share() -> Result<(), Error> {
         let bus = MemoryBus::new();
@@ -1205,8 +1497,9 @@ mod tests {
             fn invariants_hold_under_any_schedule(
                 ops in prop::collection::vec(op(), 1..120),
                 only_acks in any::<bool>(),
+                capacity in prop::option::of(1usize..8),
             ) {
-                let bus = MemoryBus::new();
+                let bus = capacity.map_or_else(MemoryBus::new, MemoryBus::with_capacity);
                 let mut members: Vec<Member> = (0..3).map(|_| join(&bus)).collect::<Result<_, _>>()?;
                 let mut published = 0u32;
                 let mut acked: Vec<u32> = Vec::new();
@@ -1216,8 +1509,17 @@ mod tests {
                     match op {
                         Op::Publish { key } => {
                             let e = Envelope::new("n", "t", published.to_string()).with_key(format!("k{key}"));
-                            published += 1;
-                            prop_assert!(bus.publish("t", e).now_or_never().is_some());
+                            // Bounded: a publish goes in exactly while the group holds
+                            // fewer than `capacity` events no member has taken.
+                            let before = bus.pending("t", "g");
+                            let admitted = bus.publish("t", e).now_or_never();
+                            if capacity.is_some_and(|c| before >= c) {
+                                prop_assert!(admitted.is_none(), "published into a full group ({} waiting)", before);
+                            } else {
+                                prop_assert!(matches!(admitted, Some(Ok(()))));
+                                prop_assert_eq!(bus.pending("t", "g"), before + 1);
+                                published += 1;
+                            }
                         }
                         Op::Take { member } => {
                             let m = &mut members[member];

@@ -104,6 +104,7 @@ impl Codec for JsonCodec {
             .map_err(|e| Error::Encode(Box::new(e)))
     }
 
+    #[inline]
     fn decode<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, Error> {
         serde_json::from_slice(payload).map_err(|e| Error::Decode(Box::new(e)))
     }

@@ -549,10 +549,13 @@ impl Group {
     fn publish(&self, entries: impl Iterator<Item = Entry>) {
         let armed = {
             let mut inbox = lock(&self.inbox);
-            let before = inbox.entries.len();
-            inbox.entries.extend(entries);
-            if let Some(room) = &self.room {
-                room.added(inbox.entries.len() - before);
+            match &self.room {
+                None => inbox.entries.extend(entries),
+                Some(room) => {
+                    let before = inbox.entries.len();
+                    inbox.entries.extend(entries);
+                    room.added(inbox.entries.len() - before);
+                }
             }
             std::mem::take(&mut inbox.armed)
         };
@@ -696,11 +699,8 @@ impl MemoryBus {
         }
     }
 
-    /// Waits until no group of `topic` is full (at once on an unbounded bus).
+    /// Waits until no group of `topic` is full.
     async fn room(&self, topic: &str) -> Result<(), Error> {
-        if self.inner.capacity.is_none() {
-            return Ok(());
-        }
         loop {
             self.open()?;
             let full = {
@@ -793,13 +793,18 @@ impl Bus {
 
 impl Publisher for MemoryBus {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
-        self.room(topic).await?;
+        if self.inner.capacity.is_some() {
+            // Boxed: kept inline, the wait made every publish's future larger.
+            Box::pin(self.room(topic)).await?;
+        }
         self.open()?.publish_each(topic, std::iter::once(envelope));
         Ok(())
     }
 
     async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
-        self.room(topic).await?;
+        if self.inner.capacity.is_some() {
+            Box::pin(self.room(topic)).await?;
+        }
         self.open()?.publish_each(topic, envelopes.into_iter());
         Ok(())
     }

@@ -28,13 +28,33 @@ fn backend() -> Memory {
     Memory(MemoryBus::new())
 }
 
+/// A bus whose groups hold at most this many events waiting. The scenarios publish one
+/// batch each, which goes in whole, and send events back (redeliveries, retries, a
+/// departed member's buffer) into groups already over it: none of that may wait for
+/// room or be lost.
+const CAPACITY: usize = 8;
+
 macro_rules! scenarios {
-    ($($name:ident),* $(,)?) => {$(
-        #[tokio::test]
-        async fn $name() -> Result<(), Failure> {
-            conformance::$name(&backend()).await
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() -> Result<(), Failure> {
+                conformance::$name(&backend()).await
+            }
+        )*
+
+        /// Every promise holds on a bounded bus too (`MemoryBus::with_capacity`).
+        mod bounded {
+            use super::*;
+
+            $(
+                #[tokio::test]
+                async fn $name() -> Result<(), Failure> {
+                    conformance::$name(&Memory(MemoryBus::with_capacity(CAPACITY))).await
+                }
+            )*
         }
-    )*};
+    };
 }
 
 scenarios!(

@@ -795,3 +795,57 @@ fn with_spans_recorded_each_delivery_is_handled_in_its_span() -> Result<(), Erro
     assert_eq!(spans.load(Ordering::SeqCst), 5);
     Ok(())
 }
+
+/// A bounded bus holds a fast publisher back to its slow consumer: every publish
+/// returns with no more than the capacity waiting, and every event is handled once, in
+/// order per key.
+#[tokio::test(start_paused = true)]
+async fn a_bounded_bus_holds_a_publisher_to_its_slow_consumer() -> Result<(), Error> {
+    const CAPACITY: usize = 16;
+    let bus = MemoryBus::with_capacity(CAPACITY);
+    let seen = log();
+    let log2 = Arc::clone(&seen);
+    let running = start(
+        Consumer::new(bus.clone(), Subscription::new("t", "g").with_prefetch(4))
+            .concurrency(4)
+            .handle(move |e: Numbered, _: Context| {
+                let log = Arc::clone(&log2);
+                async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if let Ok(mut l) = log.lock() {
+                        l.push((e.key, e.n));
+                    }
+                    Ok::<_, HandlerError>(())
+                }
+            }),
+    );
+    let keys = ["a", "b", "c"];
+    // Once the consumer's group exists: events for a topic without one are kept for it
+    // whatever the capacity.
+    bus.publish("t", numbered("a", 0)).await?;
+    eventually(|| entries(&seen).len() == 1).await;
+    let started = tokio::time::Instant::now();
+    let mut most = 0;
+    for n in 1..300_u32 {
+        bus.publish("t", numbered(keys[n as usize % 3], n)).await?;
+        let waiting = bus.pending("t", "g");
+        assert!(waiting <= CAPACITY, "{waiting} waiting after publish {n}");
+        most = most.max(waiting);
+    }
+    // Held back: publishing took about as long as handling (299 events, 3 keys at a
+    // time, 5 ms each), not no time at all.
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(most, CAPACITY, "the bound was never reached");
+    eventually(|| entries(&seen).len() == 300).await;
+    running.stop().await?;
+    let handled = entries(&seen);
+    assert_in_order_per_key(&handled);
+    let mut numbers: Vec<u32> = handled.iter().map(|(_, n)| *n).collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..300).collect::<Vec<_>>());
+    Ok(())
+}

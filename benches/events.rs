@@ -16,7 +16,7 @@
 //! ```
 #![allow(missing_docs, unreachable_pub)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -47,13 +47,8 @@ fn palisade_memory(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                latch.expect(EVENTS);
-                let started = Instant::now();
-                rt.block_on(async {
-                    memory::palisade_publish(&bus, &body, EVENTS, 0).await;
-                    latch.drained().await;
-                });
-                total += started.elapsed();
+                let publish = memory::palisade_publish(&bus, &body, EVENTS, 0);
+                total += memory::round(&rt, &latch, EVENTS, publish);
             }
             total
         });
@@ -62,9 +57,7 @@ fn palisade_memory(c: &mut Criterion) {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                latch.expect(EVENTS);
-                let started = Instant::now();
-                rt.block_on(async {
+                let publish = async {
                     for _ in 0..EVENTS / 100 {
                         let batch = (0..100)
                             .map(|_| {
@@ -75,9 +68,8 @@ fn palisade_memory(c: &mut Criterion) {
                             panic!("publish: {e}");
                         }
                     }
-                    latch.drained().await;
-                });
-                total += started.elapsed();
+                };
+                total += memory::round(&rt, &latch, EVENTS, publish);
             }
             total
         });
@@ -97,13 +89,8 @@ fn ruststream_memory(group: &mut criterion::BenchmarkGroup<'_, criterion::measur
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                latch.expect(EVENTS);
-                let started = Instant::now();
-                rt.block_on(async {
-                    memory::ruststream_publish(&publisher, &body, EVENTS).await;
-                    latch.drained().await;
-                });
-                total += started.elapsed();
+                let publish = memory::ruststream_publish(&publisher, &body, EVENTS);
+                total += memory::round(&rt, &latch, EVENTS, publish);
             }
             total
         });

@@ -19,8 +19,6 @@
 //! round's rate: for timing two builds against each other without criterion.
 #![allow(missing_docs, unreachable_pub)]
 
-use std::time::Instant;
-
 use palisade_events::MemoryBus;
 use tokio_util::sync::CancellationToken;
 
@@ -52,13 +50,8 @@ fn main() {
         "ruststream" => {
             let (running, publisher) = memory::ruststream_app(&rt, &latch);
             for _ in 0..rounds {
-                latch.expect(n);
-                let started = Instant::now();
-                rt.block_on(async {
-                    memory::ruststream_publish(&publisher, &body, n).await;
-                    latch.drained().await;
-                });
-                times.push(started.elapsed());
+                let publish = memory::ruststream_publish(&publisher, &body, n);
+                times.push(memory::round(&rt, &latch, n, publish));
             }
             drop(running);
         }
@@ -67,13 +60,8 @@ fn main() {
             let shutdown = CancellationToken::new();
             let running = rt.spawn(memory::palisade_consumer(&bus, &latch).run(shutdown.clone()));
             for _ in 0..rounds {
-                latch.expect(n);
-                let started = Instant::now();
-                rt.block_on(async {
-                    memory::palisade_publish(&bus, &body, n, keys).await;
-                    latch.drained().await;
-                });
-                times.push(started.elapsed());
+                let publish = memory::palisade_publish(&bus, &body, n, keys);
+                times.push(memory::round(&rt, &latch, n, publish));
             }
             shutdown.cancel();
             if let Ok(Err(e)) = rt.block_on(running) {

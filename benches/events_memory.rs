@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use palisade_events::consumer::{Consumer, Context, HandlerError};
@@ -60,6 +61,18 @@ impl Latch {
             self.0.1.notified().await;
         }
     }
+}
+
+/// One measured round: expects `n` handled events on `latch`, runs `publish` on `rt`
+/// and waits until the handler has counted them all; the time that took.
+pub fn round(rt: &Runtime, latch: &Latch, n: usize, publish: impl Future<Output = ()>) -> Duration {
+    latch.expect(n);
+    let started = Instant::now();
+    rt.block_on(async {
+        publish.await;
+        latch.drained().await;
+    });
+    started.elapsed()
 }
 
 /// Our side: a consumer of `orders` on `bus` whose handler decodes each event and counts

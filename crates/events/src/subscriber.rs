@@ -539,7 +539,7 @@ impl Delivery {
     pub fn ack(mut self) -> BoxFuture<'static, Result<(), Error>> {
         match self.take_acker() {
             Acker::Boxed(acker) => acker.ack(),
-            Acker::Memory(acker) => acker.ack(self.message.get().ok().map(|e| &**e)),
+            Acker::Memory(acker) => acker.ack(self.envelope().ok()),
             #[cfg(feature = "kafka")]
             Acker::Kafka(acker) => acker.ack(),
             Acker::Settled => crate::backend::settled(),

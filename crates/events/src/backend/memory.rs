@@ -699,6 +699,21 @@ impl MemoryBus {
         }
     }
 
+    /// Queues `envelopes` for `topic`'s groups once none is full (see
+    /// [`with_capacity`](Self::with_capacity)).
+    async fn queue(
+        &self,
+        topic: &str,
+        envelopes: impl Iterator<Item = Envelope>,
+    ) -> Result<(), Error> {
+        if self.inner.capacity.is_some() {
+            // Boxed: kept inline, the wait made every publish's future larger.
+            Box::pin(self.room(topic)).await?;
+        }
+        self.open()?.publish_each(topic, envelopes);
+        Ok(())
+    }
+
     /// Waits until no group of `topic` is full.
     async fn room(&self, topic: &str) -> Result<(), Error> {
         loop {
@@ -793,20 +808,11 @@ impl Bus {
 
 impl Publisher for MemoryBus {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
-        if self.inner.capacity.is_some() {
-            // Boxed: kept inline, the wait made every publish's future larger.
-            Box::pin(self.room(topic)).await?;
-        }
-        self.open()?.publish_each(topic, std::iter::once(envelope));
-        Ok(())
+        self.queue(topic, std::iter::once(envelope)).await
     }
 
     async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
-        if self.inner.capacity.is_some() {
-            Box::pin(self.room(topic)).await?;
-        }
-        self.open()?.publish_each(topic, envelopes.into_iter());
-        Ok(())
+        self.queue(topic, envelopes.into_iter()).await
     }
 }
 
@@ -1088,6 +1094,15 @@ mod tests {
             .is_err()
     }
 
+    /// A publish of `envelope` to `t` in a task of its own, to wait for room there.
+    fn publishing(
+        bus: &MemoryBus,
+        envelope: Envelope,
+    ) -> tokio::task::JoinHandle<Result<(), Error>> {
+        let bus = bus.clone();
+        tokio::spawn(async move { bus.publish("t", envelope).await })
+    }
+
     async fn nothing(stream: &mut DeliveryStream) {
         let got = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
         assert!(got.is_err(), "unexpected delivery {got:?}");
@@ -1286,10 +1301,7 @@ mod tests {
             "published into a full group"
         );
         assert_eq!(bus.pending("t", "g"), 3);
-        let waiting = tokio::spawn({
-            let bus = bus.clone();
-            async move { bus.publish("t", keyed("k", 3)).await }
-        });
+        let waiting = publishing(&bus, keyed("k", 3));
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
@@ -1353,10 +1365,7 @@ mod tests {
         let bus = MemoryBus::with_capacity(1);
         let _s = bus.subscribe(&Subscription::new("t", "g")).await?;
         goes_in(bus.publish("t", keyed("k", 0))).await?;
-        let waiting = tokio::spawn({
-            let bus = bus.clone();
-            async move { bus.publish("t", keyed("k", 1)).await }
-        });
+        let waiting = publishing(&bus, keyed("k", 1));
         tokio::task::yield_now().await;
         bus.close();
         let outcome = tokio::time::timeout(Duration::from_secs(1), waiting)

@@ -133,6 +133,25 @@ fn recorder(
     }
 }
 
+/// A handler that takes `delay` (a sleep: it waits, so it runs in a task), then logs.
+fn slow_recorder(
+    log: &Log,
+    delay: Duration,
+) -> impl Fn(Numbered, Context) -> BoxFuture<'static, Result<(), HandlerError>> + Send + Sync + 'static
+{
+    let log = Arc::clone(log);
+    move |event: Numbered, _ctx: Context| {
+        let log = Arc::clone(&log);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            if let Ok(mut l) = log.lock() {
+                l.push((event.key, event.n));
+            }
+            Ok(())
+        })
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn typed_handler_gets_decoded_events_and_they_are_acked() -> Result<(), Error> {
     let bus = MemoryBus::new();
@@ -690,24 +709,11 @@ async fn events_a_stopped_consumer_did_not_finish_are_handled_by_the_next_once()
 {
     let bus = MemoryBus::new();
     let seen = log();
-    let slow = |log: &Log| {
-        let log = Arc::clone(log);
-        move |e: Numbered, _: Context| {
-            let log = Arc::clone(&log);
-            async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                if let Ok(mut l) = log.lock() {
-                    l.push((e.key, e.n));
-                }
-                Ok::<_, HandlerError>(())
-            }
-        }
-    };
     let sub = Subscription::new("t", "g").with_prefetch(4);
     let first = start(
         Consumer::new(bus.clone(), sub.clone())
             .concurrency(4)
-            .handle(slow(&seen)),
+            .handle(slow_recorder(&seen, Duration::from_secs(1))),
     );
     bus.publish_batch("t", (0..20).map(|n| numbered(&n.to_string(), n)).collect())
         .await?;
@@ -718,7 +724,7 @@ async fn events_a_stopped_consumer_did_not_finish_are_handled_by_the_next_once()
     let second = start(
         Consumer::new(bus.clone(), sub)
             .concurrency(4)
-            .handle(slow(&seen)),
+            .handle(slow_recorder(&seen, Duration::from_secs(1))),
     );
     eventually(|| entries(&seen).len() >= 20).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -804,20 +810,10 @@ async fn a_bounded_bus_holds_a_publisher_to_its_slow_consumer() -> Result<(), Er
     const CAPACITY: usize = 16;
     let bus = MemoryBus::with_capacity(CAPACITY);
     let seen = log();
-    let log2 = Arc::clone(&seen);
     let running = start(
         Consumer::new(bus.clone(), Subscription::new("t", "g").with_prefetch(4))
             .concurrency(4)
-            .handle(move |e: Numbered, _: Context| {
-                let log = Arc::clone(&log2);
-                async move {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    if let Ok(mut l) = log.lock() {
-                        l.push((e.key, e.n));
-                    }
-                    Ok::<_, HandlerError>(())
-                }
-            }),
+            .handle(slow_recorder(&seen, Duration::from_millis(5))),
     );
     let keys = ["a", "b", "c"];
     // Once the consumer's group exists: events for a topic without one are kept for it

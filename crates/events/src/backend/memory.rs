@@ -699,21 +699,6 @@ impl MemoryBus {
         }
     }
 
-    /// Queues `envelopes` for `topic`'s groups once none is full (see
-    /// [`with_capacity`](Self::with_capacity)).
-    async fn queue(
-        &self,
-        topic: &str,
-        envelopes: impl Iterator<Item = Envelope>,
-    ) -> Result<(), Error> {
-        if self.inner.capacity.is_some() {
-            // Boxed: kept inline, the wait made every publish's future larger.
-            Box::pin(self.room(topic)).await?;
-        }
-        self.open()?.publish_each(topic, envelopes);
-        Ok(())
-    }
-
     /// Waits until no group of `topic` is full.
     async fn room(&self, topic: &str) -> Result<(), Error> {
         loop {
@@ -807,12 +792,25 @@ impl Bus {
 }
 
 impl Publisher for MemoryBus {
+    // Each writes the wait and the queueing out rather than sharing a helper: through
+    // one (an `async fn` taking the envelopes, or its future returned as is), the
+    // envelope moved once more and the publishing thread did 28-36 instructions more
+    // per event (callgrind, events_count).
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
-        self.queue(topic, std::iter::once(envelope)).await
+        if self.inner.capacity.is_some() {
+            // Boxed: kept inline, the wait made every publish's future larger.
+            Box::pin(self.room(topic)).await?;
+        }
+        self.open()?.publish_each(topic, std::iter::once(envelope));
+        Ok(())
     }
 
     async fn publish_batch(&self, topic: &str, envelopes: Vec<Envelope>) -> Result<(), Error> {
-        self.queue(topic, envelopes.into_iter()).await
+        if self.inner.capacity.is_some() {
+            Box::pin(self.room(topic)).await?;
+        }
+        self.open()?.publish_each(topic, envelopes.into_iter());
+        Ok(())
     }
 }
 

@@ -4,6 +4,9 @@
 
 use palisade_events::conformance::{self, Capabilities};
 
+#[cfg(feature = "rabbitmq")]
+mod exchange;
+
 /// Runs the suite and prints which scenarios ran.
 #[allow(dead_code)]
 async fn check<B: conformance::Backend>(name: &str, backend: &B, caps: Capabilities) {
@@ -51,19 +54,23 @@ mod rabbitmq {
     use palisade_events::Error;
     use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
     use palisade_events::conformance::{Backend, Capabilities};
-    use palisade_testkit::{Service, require, unique_name};
+    use palisade_testkit::{Service, require};
+
+    use crate::exchange::TestExchange;
 
     struct Rabbit {
         url: String,
-        exchange: String,
+        exchange: TestExchange,
     }
 
     impl Backend for Rabbit {
         type Bus = RabbitMqBus;
 
         async fn connect(&self) -> Result<RabbitMqBus, Error> {
-            RabbitMqBus::with_options(RabbitMqOptions::new(&self.url).exchange(&self.exchange))
-                .await
+            RabbitMqBus::with_options(
+                RabbitMqOptions::new(&self.url).exchange(self.exchange.name()),
+            )
+            .await
         }
     }
 
@@ -72,10 +79,8 @@ mod rabbitmq {
         let Some(url) = require(Service::Amqp).await else {
             return;
         };
-        let backend = Rabbit {
-            url,
-            exchange: unique_name("x"),
-        };
+        let exchange = TestExchange::new(&url);
+        let backend = Rabbit { url, exchange };
         super::check("rabbitmq", &backend, Capabilities::ALL).await;
     }
 }

@@ -2,6 +2,7 @@
 #![cfg(feature = "rabbitmq")]
 
 mod brokers;
+mod exchange;
 
 use std::time::Duration;
 
@@ -11,9 +12,11 @@ use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
 use palisade_events::{Envelope, Error, Publisher, Subscriber, Subscription};
 use palisade_testkit::{FaultProxy, Service, require, unique_name};
 
+use crate::exchange::TestExchange;
+
 /// Each test on an exchange of its own.
-async fn bus_at(url: &str) -> Result<RabbitMqBus, Error> {
-    RabbitMqBus::with_options(RabbitMqOptions::new(url).exchange(unique_name("x"))).await
+async fn bus_at(url: &str, exchange: &TestExchange) -> Result<RabbitMqBus, Error> {
+    RabbitMqBus::with_options(RabbitMqOptions::new(url).exchange(exchange.name())).await
 }
 
 macro_rules! scenario {
@@ -23,7 +26,8 @@ macro_rules! scenario {
             let Some(url) = require(Service::Amqp).await else {
                 return Ok(());
             };
-            let bus = bus_at(&url).await?;
+            let exchange = TestExchange::new(&url);
+            let bus = bus_at(&url, &exchange).await?;
             brokers::$name(&bus, &unique_name("topic")).await
         }
     };
@@ -43,7 +47,8 @@ async fn dead_letter_carries_the_reason() -> Result<(), Error> {
     let Some(url) = require(Service::Amqp).await else {
         return Ok(());
     };
-    let bus = bus_at(&url).await?;
+    let exchange = TestExchange::new(&url);
+    let bus = bus_at(&url, &exchange).await?;
     let topic = unique_name("topic");
     brokers::dead_letter_carries_the_reason(&bus, &topic, &bus.dead_letter_topic(&topic)).await
 }
@@ -53,7 +58,8 @@ async fn publish_with_no_queue_bound_is_an_error_not_a_silent_drop() -> Result<(
     let Some(url) = require(Service::Amqp).await else {
         return Ok(());
     };
-    let bus = bus_at(&url).await?;
+    let exchange = TestExchange::new(&url);
+    let bus = bus_at(&url, &exchange).await?;
     let result = bus
         .publish(&unique_name("topic"), Envelope::new("t", "test", "x"))
         .await;
@@ -79,8 +85,9 @@ async fn message_without_envelope_headers_is_delivered_malformed_and_can_be_dead
     let Some(url) = require(Service::Amqp).await else {
         return Ok(());
     };
-    let exchange = unique_name("x");
-    let bus = RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(&exchange)).await?;
+    let exchange = TestExchange::new(&url);
+    let bus =
+        RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(exchange.name())).await?;
     let topic = unique_name("topic");
     let mut stream = bus
         .subscribe(&Subscription::new(&topic, unique_name("g")))
@@ -95,7 +102,7 @@ async fn message_without_envelope_headers_is_delivered_malformed_and_can_be_dead
     let channel = connection.create_channel().await?;
     channel
         .basic_publish(
-            exchange.as_str().into(),
+            exchange.name().into(),
             topic.as_str().into(),
             BasicPublishOptions::default(),
             b"raw",
@@ -124,11 +131,13 @@ async fn connection_cut_mid_publish_loses_no_confirmed_event()
         return Ok(());
     };
     let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
-    let exchange = unique_name("x");
-    let through_proxy =
-        RabbitMqBus::with_options(RabbitMqOptions::new(proxy.url_for(&url)).exchange(&exchange))
-            .await?;
-    let direct = RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(&exchange)).await?;
+    let exchange = TestExchange::new(&url);
+    let through_proxy = RabbitMqBus::with_options(
+        RabbitMqOptions::new(proxy.url_for(&url)).exchange(exchange.name()),
+    )
+    .await?;
+    let direct =
+        RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(exchange.name())).await?;
     let topic = unique_name("topic");
     let subscription = Subscription::new(&topic, unique_name("g")).with_prefetch(100);
     brokers::connection_cut_mid_publish_loses_no_confirmed_event(
@@ -151,10 +160,10 @@ async fn declaring_after_a_cut_reconnects() -> Result<(), Box<dyn std::error::Er
         return Ok(());
     };
     let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
-    let exchange = unique_name("x");
+    let exchange = TestExchange::new(&url);
     let bus = RabbitMqBus::with_options(
         RabbitMqOptions::new(proxy.url_for(&url))
-            .exchange(&exchange)
+            .exchange(exchange.name())
             .operation_timeout(Duration::from_secs(2)),
     )
     .await?;
@@ -181,11 +190,13 @@ async fn connection_cut_mid_consume_reconnects_and_loses_nothing()
         return Ok(());
     };
     let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
-    let exchange = unique_name("x");
-    let through_proxy =
-        RabbitMqBus::with_options(RabbitMqOptions::new(proxy.url_for(&url)).exchange(&exchange))
-            .await?;
-    let direct = RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(&exchange)).await?;
+    let exchange = TestExchange::new(&url);
+    let through_proxy = RabbitMqBus::with_options(
+        RabbitMqOptions::new(proxy.url_for(&url)).exchange(exchange.name()),
+    )
+    .await?;
+    let direct =
+        RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(exchange.name())).await?;
     let topic = unique_name("topic");
     brokers::connection_cut_mid_consume_reconnects_and_loses_nothing(
         &through_proxy,

@@ -4,19 +4,24 @@
 use palisade_events::Error;
 use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
 use palisade_events::conformance::{self, Backend, Failure};
-use palisade_testkit::{Service, require, unique_name};
+use palisade_testkit::{Service, require};
+
+mod exchange;
+
+use exchange::TestExchange;
 
 /// Every client of one scenario uses the same (fresh) exchange.
 struct RabbitMq {
     url: String,
-    exchange: String,
+    exchange: TestExchange,
 }
 
 impl Backend for RabbitMq {
     type Bus = RabbitMqBus;
 
     async fn connect(&self) -> Result<RabbitMqBus, Error> {
-        RabbitMqBus::with_options(RabbitMqOptions::new(&self.url).exchange(&self.exchange)).await
+        RabbitMqBus::with_options(RabbitMqOptions::new(&self.url).exchange(self.exchange.name()))
+            .await
     }
 }
 
@@ -25,7 +30,8 @@ macro_rules! scenarios {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() -> Result<(), Failure> {
             let Some(url) = require(Service::Amqp).await else { return Ok(()) };
-            conformance::$name(&RabbitMq { url, exchange: unique_name("conformance") }).await
+            let exchange = TestExchange::new(&url);
+            conformance::$name(&RabbitMq { url, exchange }).await
         }
     )*};
 }

@@ -86,8 +86,7 @@ async fn message_without_envelope_headers_is_delivered_malformed_and_can_be_dead
         return Ok(());
     };
     let exchange = TestExchange::new(&url);
-    let bus =
-        RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(exchange.name())).await?;
+    let bus = bus_at(&url, &exchange).await?;
     let topic = unique_name("topic");
     let mut stream = bus
         .subscribe(&Subscription::new(&topic, unique_name("g")))
@@ -132,12 +131,8 @@ async fn connection_cut_mid_publish_loses_no_confirmed_event()
     };
     let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
     let exchange = TestExchange::new(&url);
-    let through_proxy = RabbitMqBus::with_options(
-        RabbitMqOptions::new(proxy.url_for(&url)).exchange(exchange.name()),
-    )
-    .await?;
-    let direct =
-        RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(exchange.name())).await?;
+    let through_proxy = bus_at(&proxy.url_for(&url), &exchange).await?;
+    let direct = bus_at(&url, &exchange).await?;
     let topic = unique_name("topic");
     let subscription = Subscription::new(&topic, unique_name("g")).with_prefetch(100);
     brokers::connection_cut_mid_publish_loses_no_confirmed_event(
@@ -191,12 +186,8 @@ async fn connection_cut_mid_consume_reconnects_and_loses_nothing()
     };
     let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
     let exchange = TestExchange::new(&url);
-    let through_proxy = RabbitMqBus::with_options(
-        RabbitMqOptions::new(proxy.url_for(&url)).exchange(exchange.name()),
-    )
-    .await?;
-    let direct =
-        RabbitMqBus::with_options(RabbitMqOptions::new(&url).exchange(exchange.name())).await?;
+    let through_proxy = bus_at(&proxy.url_for(&url), &exchange).await?;
+    let direct = bus_at(&url, &exchange).await?;
     let topic = unique_name("topic");
     brokers::connection_cut_mid_consume_reconnects_and_loses_nothing(
         &through_proxy,

@@ -1101,6 +1101,17 @@ mod tests {
         tokio::spawn(async move { bus.publish("t", envelope).await })
     }
 
+    /// What a publish spawned by [`publishing`] returned, once it ended within a
+    /// second; an error of its own (failing the test) when it still waits, or panicked.
+    async fn finished(
+        waiting: tokio::task::JoinHandle<Result<(), Error>>,
+    ) -> Result<Result<(), Error>, Error> {
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .map_err(|_| Error::Config("the publish still waits".into()))?
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
     async fn nothing(stream: &mut DeliveryStream) {
         let got = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
         assert!(got.is_err(), "unexpected delivery {got:?}");
@@ -1306,10 +1317,7 @@ mod tests {
         assert!(!waiting.is_finished());
         // The member takes what is queued (all three, into its buffer): room again.
         let first = next(&mut s).await;
-        tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .map_err(|_| Error::Closed)?
-            .map_err(|e| Error::Config(e.to_string()))??;
+        finished(waiting).await??;
         first.ack().await?;
         for n in 1..4 {
             let d = next(&mut s).await;
@@ -1366,10 +1374,7 @@ mod tests {
         let waiting = publishing(&bus, keyed("k", 1));
         tokio::task::yield_now().await;
         bus.close();
-        let outcome = tokio::time::timeout(Duration::from_secs(1), waiting)
-            .await
-            .map_err(|_| Error::Config("still waiting after the close".into()))?
-            .map_err(|e| Error::Config(e.to_string()))?;
+        let outcome = finished(waiting).await?;
         assert!(matches!(outcome, Err(Error::Closed)), "{outcome:?}");
         Ok(())
     }

@@ -322,7 +322,17 @@ fn decode_with_attempt<H: Headers>(
     if let Some(record_headers) = record_headers {
         // By index up to a count taken once: rdkafka's iterator asks librdkafka for the
         // count again at every step.
-        for at in 0..record_headers.count() {
+        let count = record_headers.count();
+        // The attributes as our publisher writes them first, then the rest pair by pair
+        // (a header without a value is left to that loop, which skips it).
+        let first = decoder.leading(|at| {
+            if at >= count {
+                return None;
+            }
+            let header = record_headers.try_get(at)?;
+            Some((header.key, header.value?))
+        });
+        for at in first..count {
             let Some(header) = record_headers.try_get(at) else {
                 break;
             };

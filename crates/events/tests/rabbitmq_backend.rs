@@ -14,11 +14,6 @@ use palisade_testkit::{FaultProxy, Service, require, unique_name};
 
 use crate::exchange::TestExchange;
 
-/// Each test on an exchange of its own.
-async fn bus_at(url: &str, exchange: &TestExchange) -> Result<RabbitMqBus, Error> {
-    RabbitMqBus::with_options(RabbitMqOptions::new(url).exchange(exchange.name())).await
-}
-
 macro_rules! scenario {
     ($name:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,8 +21,9 @@ macro_rules! scenario {
             let Some(url) = require(Service::Amqp).await else {
                 return Ok(());
             };
+            // Each test on an exchange of its own.
             let exchange = TestExchange::new(&url);
-            let bus = bus_at(&url, &exchange).await?;
+            let bus = exchange.bus_at(&url).await?;
             brokers::$name(&bus, &unique_name("topic")).await
         }
     };
@@ -48,7 +44,7 @@ async fn dead_letter_carries_the_reason() -> Result<(), Error> {
         return Ok(());
     };
     let exchange = TestExchange::new(&url);
-    let bus = bus_at(&url, &exchange).await?;
+    let bus = exchange.bus_at(&url).await?;
     let topic = unique_name("topic");
     brokers::dead_letter_carries_the_reason(&bus, &topic, &bus.dead_letter_topic(&topic)).await
 }
@@ -59,7 +55,7 @@ async fn publish_with_no_queue_bound_is_an_error_not_a_silent_drop() -> Result<(
         return Ok(());
     };
     let exchange = TestExchange::new(&url);
-    let bus = bus_at(&url, &exchange).await?;
+    let bus = exchange.bus_at(&url).await?;
     let result = bus
         .publish(&unique_name("topic"), Envelope::new("t", "test", "x"))
         .await;
@@ -86,7 +82,7 @@ async fn message_without_envelope_headers_is_delivered_malformed_and_can_be_dead
         return Ok(());
     };
     let exchange = TestExchange::new(&url);
-    let bus = bus_at(&url, &exchange).await?;
+    let bus = exchange.bus_at(&url).await?;
     let topic = unique_name("topic");
     let mut stream = bus
         .subscribe(&Subscription::new(&topic, unique_name("g")))
@@ -131,8 +127,8 @@ async fn connection_cut_mid_publish_loses_no_confirmed_event()
     };
     let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
     let exchange = TestExchange::new(&url);
-    let through_proxy = bus_at(&proxy.url_for(&url), &exchange).await?;
-    let direct = bus_at(&url, &exchange).await?;
+    let through_proxy = exchange.bus_at(&proxy.url_for(&url)).await?;
+    let direct = exchange.bus_at(&url).await?;
     let topic = unique_name("topic");
     let subscription = Subscription::new(&topic, unique_name("g")).with_prefetch(100);
     brokers::connection_cut_mid_publish_loses_no_confirmed_event(
@@ -186,8 +182,8 @@ async fn connection_cut_mid_consume_reconnects_and_loses_nothing()
     };
     let proxy = FaultProxy::start(&Service::Amqp.host_port()).await?;
     let exchange = TestExchange::new(&url);
-    let through_proxy = bus_at(&proxy.url_for(&url), &exchange).await?;
-    let direct = bus_at(&url, &exchange).await?;
+    let through_proxy = exchange.bus_at(&proxy.url_for(&url)).await?;
+    let direct = exchange.bus_at(&url).await?;
     let topic = unique_name("topic");
     brokers::connection_cut_mid_consume_reconnects_and_loses_nothing(
         &through_proxy,

@@ -1,11 +1,14 @@
-//! A RabbitMQ test's exchange, deleted when the test ends, shared by the RabbitMQ test
-//! files. Queues go away by themselves (the bus declares them with `x-expires`), but a
+//! A RabbitMQ test's exchange, deleted when the test ends, and the buses on it, shared
+//! by the RabbitMQ test files. Queues go away by themselves (the bus declares them with `x-expires`), but a
 //! durable exchange stays until deleted: without this, every CI run left one exchange
 //! per RabbitMQ test on the broker.
 #![allow(dead_code, unreachable_pub)]
 
 use lapin::options::ExchangeDeleteOptions;
 use lapin::{Connection, ConnectionProperties};
+use palisade_events::Error;
+use palisade_events::backend::rabbitmq::{RabbitMqBus, RabbitMqOptions};
+use palisade_events::conformance::Backend;
 use palisade_testkit::unique_name;
 
 /// A fresh exchange name, deleted from the broker at `url` on drop: also when the test
@@ -27,6 +30,22 @@ impl TestExchange {
     /// Its name, for `RabbitMqOptions::exchange`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A bus on this exchange, connected through `url`: the broker's, or a fault
+    /// proxy's in front of it.
+    pub async fn bus_at(&self, url: &str) -> Result<RabbitMqBus, Error> {
+        RabbitMqBus::with_options(RabbitMqOptions::new(url).exchange(self.name())).await
+    }
+}
+
+/// The conformance suite's backend: every client of one scenario a bus of its own on
+/// this exchange, connected to the broker directly.
+impl Backend for TestExchange {
+    type Bus = RabbitMqBus;
+
+    async fn connect(&self) -> Result<RabbitMqBus, Error> {
+        self.bus_at(&self.url).await
     }
 }
 

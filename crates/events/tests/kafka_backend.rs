@@ -306,3 +306,42 @@ async fn broker_down_mid_consume_resumes_and_loses_nothing() -> BoxResult {
     assert_eq!(seen, all);
     Ok(())
 }
+
+/// At most `prefetch` deliveries are unsettled: with three held, the fourth waits
+/// (though librdkafka holds it locally) until one is settled or dropped, and each
+/// settle or drop lets exactly one more through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_bounds_the_unsettled_deliveries() -> BoxResult {
+    let topic = unique_name("topic");
+    let (_cluster, bus) = cluster(&topic)?;
+    let subscription = Subscription::new(&topic, unique_name("g")).with_prefetch(3);
+    let mut stream = bus.subscribe(&subscription).await?;
+    let events: Vec<Envelope> = (0..6)
+        .map(|n| Envelope::new("t", "test", n.to_string()).with_key("one"))
+        .collect();
+    let ids: Vec<_> = events.iter().map(|e| e.id).collect();
+    bus.publish_batch(&topic, events).await?;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(brokers::next(&mut stream).await);
+    }
+    brokers::nothing_within(&mut stream, Duration::from_secs(1)).await;
+    // A settle makes room for one.
+    held.remove(0).ack().await?;
+    held.push(brokers::next(&mut stream).await);
+    brokers::nothing_within(&mut stream, Duration::from_millis(500)).await;
+    // So does a delivery dropped unsettled.
+    drop(held.remove(0));
+    held.push(brokers::next(&mut stream).await);
+    brokers::nothing_within(&mut stream, Duration::from_millis(500)).await;
+    let order: Vec<_> = held.iter().map(|d| brokers::envelope(d).id).collect();
+    assert_eq!(order, ids[2..5], "one key: in order");
+    for delivery in held {
+        delivery.ack().await?;
+    }
+    let last = brokers::next(&mut stream).await;
+    assert_eq!(brokers::envelope(&last).id, ids[5]);
+    last.ack().await?;
+    drop(stream);
+    Ok(())
+}

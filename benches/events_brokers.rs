@@ -30,7 +30,9 @@
 //! `EVENTS_BENCH_SCALE=0.2` for a quick pass, `EVENTS_BENCH_ROUNDS` for other than 3
 //! rounds, `EVENTS_BENCH_SKIP=redis,kafka` to leave backends out). Servers that are
 //! down are skipped. `EVENTS_BENCH_KAFKA_COUNT=raw|palisade|none` instead consumes one
-//! topic once, for counting instructions under callgrind (see `kafka_count`).
+//! topic once, for counting instructions under callgrind (see `kafka_count`), and
+//! `EVENTS_BENCH_KAFKA_COUNT=pairs` measures the in-place raw loop and ours in
+//! alternating pairs (see `kafka_pairs`).
 //! `EVENTS_BENCH_KAFKA_BUFFERED=2` starts each Kafka consume clock only after the first
 //! record and a two-second wait, when librdkafka holds the whole topic locally (see
 //! `kafka_buffered`).
@@ -837,8 +839,11 @@ async fn kafka_count(side: &str) -> Result<()> {
     cluster.create_topic(&topic, PARTITIONS, 1)?;
     let servers = cluster.bootstrap_servers();
     let bus = KafkaBus::with_options(KafkaOptions::new(&servers))?;
-    publish_ours(&bus, &topic, batches(n)).await?;
     let buffered = kafka_buffered();
+    if side == "pairs" {
+        return kafka_pairs(cluster, &bus, n, buffered).await;
+    }
+    publish_ours(&bus, &topic, batches(n)).await?;
     let rate = match side {
         "raw" => {
             raw_kafka_consume(&servers, &topic, "raw-count", n, RawRead::InPlace, buffered).await?
@@ -856,6 +861,60 @@ async fn kafka_count(side: &str) -> Result<()> {
         }
     };
     println!("kafka {side}: {n} records consumed at {rate:.0}/s");
+    Ok(())
+}
+
+/// `EVENTS_BENCH_KAFKA_COUNT=pairs`: `EVENTS_BENCH_ROUNDS` pairs (default 6) of the
+/// in-place raw loop and our backend, each over a fresh topic of `scaled(20_000)`
+/// records, alternating which goes first; prints each pair's ratio and their median.
+/// Pairs measured seconds apart in one process share the machine's state, which on
+/// these shared machines moves single measurements by up to a factor of two.
+async fn kafka_pairs(
+    cluster: &rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    bus: &KafkaBus,
+    n: usize,
+    buffered: Duration,
+) -> Result<()> {
+    let rounds: usize = std::env::var("EVENTS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(6)
+        .max(1);
+    let servers = cluster.bootstrap_servers();
+    let mut ratios = Vec::new();
+    for round in 0..rounds {
+        let raw_topic = unique_name("bench-pairs-raw");
+        let topic = unique_name("bench-pairs-ours");
+        for topic in [&raw_topic, &topic] {
+            cluster.create_topic(topic, PARTITIONS, 1)?;
+            publish_ours(bus, topic, batches(n)).await?;
+        }
+        let raw_group = unique_name("raw-pairs");
+        let raw = raw_kafka_consume(
+            &servers,
+            &raw_topic,
+            &raw_group,
+            n,
+            RawRead::InPlace,
+            buffered,
+        );
+        let subscription =
+            Subscription::new(&topic, unique_name("ours-pairs")).with_prefetch(PREFETCH);
+        let ours = consume_ours(bus, &subscription, n, buffered);
+        let (raw, ours) = if round % 2 == 0 {
+            let raw = raw.await?;
+            (raw, ours.await?)
+        } else {
+            let ours = ours.await?;
+            (raw.await?, ours)
+        };
+        println!(
+            "pair {round}: raw {raw:.0}, ours {ours:.0}, {:.3}x",
+            ours / raw
+        );
+        ratios.push(ours / raw);
+    }
+    println!("median of {rounds} pairs: {:.3}x", median(ratios));
     Ok(())
 }
 
@@ -881,7 +940,8 @@ const PARTITIONS: i32 = 8;
 enum RawRead {
     /// Nothing: neither headers nor payload are looked at.
     Nothing,
-    /// Reads every header (name and UTF-8 value) and the payload, in place.
+    /// Reads every header (name and UTF-8 value) and every byte of the payload (as
+    /// UTF-8), in place.
     InPlace,
     /// Detaches the record (an owned copy of payload and headers).
     Detach,
@@ -930,7 +990,10 @@ async fn raw_kafka_consume(
                     let value = header.value.map(std::str::from_utf8);
                     std::hint::black_box((header.key, value));
                 }
-                std::hint::black_box(message.payload());
+                // Every byte read, as our backend reads each (it copies the payload into
+                // the envelope): a slice passed on unread would leave the record's bytes
+                // in memory the loop never touches.
+                std::hint::black_box(message.payload().map(std::str::from_utf8));
             }
             RawRead::Detach => {
                 std::hint::black_box(message.detach());

@@ -518,6 +518,10 @@ impl PartitionOffsets {
     /// Marks `offset` settled; returns whether the committable offset moved, or `None`
     /// when `offset` is not in the window (not entered yet).
     fn settled(&mut self, offset: i64) -> Option<bool> {
+        if offset >= self.next {
+            // Past every entered offset: not entered yet.
+            return None;
+        }
         // Usually the oldest unsettled one (records are mostly settled in order).
         if let Some(front) = self.window.front_mut().filter(|(o, _)| *o == offset) {
             front.1 = true;

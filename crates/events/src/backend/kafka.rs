@@ -20,7 +20,10 @@
 //!   are batched: a settle stores at once when its partition's committable offset is
 //!   64 past the last store, otherwise the member stores within 100 ms (or the commit
 //!   interval, if shorter) and when the subscription ends. A `commit_interval` of zero
-//!   commits at every settle instead. At most `prefetch` deliveries are unsettled at
+//!   commits at every settle instead. The reader enters the offsets it hands out in
+//!   batches of up to 32 (and whenever it waits for records, and when the stream is
+//!   dropped), so a settle that comes first counts from that entry on: while records
+//!   flow, at most 32 records later. At most `prefetch` deliveries are unsettled at
 //!   once.
 //! - **Settle**: ack marks the record done. Retry hands the same record out again in
 //!   process after the delay, with the attempt raised, keeping its offset uncommitted
@@ -175,8 +178,9 @@ impl KafkaOptions {
     /// How often a consumer commits the offsets of settled records (librdkafka's
     /// `auto.commit.interval.ms` over offsets we store only once settled). Default:
     /// 1 s. A crash redelivers what was settled since the last commit; zero commits
-    /// at every settle, one commit request per record, which a busy partition pays for
-    /// in throughput.
+    /// at every settle (or, for a record settled before the reader entered its offset,
+    /// at that entry: see the module's notes), up to one commit request per record, which a
+    /// busy partition pays for in throughput.
     ///
     /// ```rust
     /// use std::time::Duration;

@@ -545,9 +545,14 @@ impl PartitionOffsets {
         Some(moved)
     }
 
-    /// The committable offset, if it is past what librdkafka was last given.
-    fn unstored(&self) -> Option<i64> {
-        (self.committable > self.stored).then_some(self.committable)
+    /// The committable offset, marked stored, when it is at least `gap` (at least 1)
+    /// past the offset librdkafka was last given.
+    fn take_due(&mut self, gap: i64) -> Option<i64> {
+        if self.committable - self.stored < gap {
+            return None;
+        }
+        self.stored = self.committable;
+        Some(self.committable)
     }
 }
 
@@ -555,6 +560,13 @@ impl PartitionOffsets {
 /// stored with librdkafka before a settle stores it at once; `store_now_and_then`
 /// stores the rest.
 const STORE_BATCH: i64 = 64;
+
+/// How far a partition's committable offset runs ahead of the stored one before a
+/// settle hands it over: [`STORE_BATCH`] with periodic commits, any step with a
+/// commit per settle.
+fn store_gap(periodic: bool) -> i64 {
+    if periodic { STORE_BATCH } else { 1 }
+}
 
 /// How often settled offsets not yet stored are stored (at most; the commit interval
 /// when it is shorter).
@@ -681,6 +693,16 @@ impl Offsets {
     fn get(&mut self, partition: i32) -> Option<&mut PartitionOffsets> {
         self.0.get_mut(usize::try_from(partition).ok()?)
     }
+
+    /// Each partition's committable offset at least `gap` past its stored one, marked
+    /// stored (see [`PartitionOffsets::take_due`]).
+    fn take_due(&mut self, gap: i64) -> Vec<(i32, i64)> {
+        self.0
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(p, entry)| Some((i32::try_from(p).ok()?, entry.take_due(gap)?)))
+            .collect()
+    }
 }
 
 /// How many records the reader hands out between two visits to the [`Ledger`]: it
@@ -728,7 +750,8 @@ impl Ledger {
             .get(partition)
             .and_then(|entry| Some((entry.settled(offset)?, entry)));
         match entered {
-            Some((moved, entry)) => due(entry, moved, periodic),
+            Some((true, entry)) => entry.take_due(store_gap(periodic)),
+            Some((false, _)) => None,
             None => {
                 self.early.push((partition, offset));
                 None
@@ -757,15 +780,7 @@ impl Ledger {
         if !moved {
             return Vec::new();
         }
-        self.offsets
-            .0
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(p, entry)| {
-                let upto = due(entry, entry.unstored().is_some(), periodic)?;
-                Some((i32::try_from(p).ok()?, upto))
-            })
-            .collect()
+        self.offsets.take_due(store_gap(periodic))
     }
 
     /// Claims room for up to [`CLAIM`] deliveries; 0 when there is none, and then
@@ -778,18 +793,6 @@ impl Ledger {
         }
         claimed
     }
-}
-
-/// The offset to hand over for `entry` after a settle that moved its committable
-/// offset (`moved`), marked stored: with a commit per settle, whenever it moved; with
-/// periodic commits, once it is [`STORE_BATCH`] past the last store
-/// (`store_now_and_then` and the end of the subscription store the rest).
-fn due(entry: &mut PartitionOffsets, moved: bool, periodic: bool) -> Option<i64> {
-    if !moved || (periodic && entry.committable - entry.stored < STORE_BATCH) {
-        return None;
-    }
-    entry.stored = entry.committable;
-    Some(entry.committable)
 }
 
 impl Shared {
@@ -820,18 +823,7 @@ impl Shared {
 
     /// Stores every partition's committable offset not stored yet.
     fn store_unstored(&self) -> Result<(), Error> {
-        let due: Vec<(i32, i64)> = self
-            .ledger()
-            .offsets
-            .0
-            .iter_mut()
-            .enumerate()
-            .filter_map(|(p, entry)| {
-                let upto = entry.unstored()?;
-                entry.stored = upto;
-                Some((i32::try_from(p).ok()?, upto))
-            })
-            .collect();
+        let due = self.ledger().offsets.take_due(1);
         if due.is_empty() {
             return Ok(());
         }

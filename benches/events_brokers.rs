@@ -875,11 +875,7 @@ async fn kafka_pairs(
     n: usize,
     buffered: Duration,
 ) -> Result<()> {
-    let rounds: usize = std::env::var("EVENTS_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(6)
-        .max(1);
+    let rounds = rounds(6);
     let servers = cluster.bootstrap_servers();
     let mut ratios = Vec::new();
     for round in 0..rounds {
@@ -916,6 +912,15 @@ async fn kafka_pairs(
     }
     println!("median of {rounds} pairs: {:.3}x", median(ratios));
     Ok(())
+}
+
+/// `EVENTS_BENCH_ROUNDS`, or `default`; at least one.
+fn rounds(default: usize) -> usize {
+    std::env::var("EVENTS_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+        .max(1)
 }
 
 /// `EVENTS_BENCH_KAFKA_BUFFERED=<seconds>`: each Kafka consume measurement takes its
@@ -1019,11 +1024,7 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let rounds: usize = std::env::var("EVENTS_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3)
-        .max(1);
+    let rounds = rounds(3);
     let skip = |name: &str| {
         std::env::var("EVENTS_BENCH_SKIP").is_ok_and(|skip| skip.split(',').any(|s| s == name))
     };

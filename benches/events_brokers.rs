@@ -304,7 +304,10 @@ async fn consume_ours<S: Subscriber>(
                 acks.spawn(ack);
             }
         }
-        while let Some(done) = acks.try_join_next() {
+        // Only when an ack went into a task: an empty set's look locks its lists.
+        while !acks.is_empty()
+            && let Some(done) = acks.try_join_next()
+        {
             done??;
         }
     }

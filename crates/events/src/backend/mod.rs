@@ -17,7 +17,7 @@ pub mod headers;
 pub mod kafka;
 pub mod memory;
 #[allow(dead_code)] // used by `headers::decode`, which the broker backends use
-mod names;
+pub(crate) mod names;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
 pub mod nats;

@@ -16,7 +16,9 @@ pub mod headers;
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka;
 pub mod memory;
-#[allow(dead_code)] // used by `headers::decode`, which the broker backends use
+// Used by the consumer (its name in each handler's context) and by `headers::decode`;
+// `name_of_bytes` only by the broker backends.
+#[allow(dead_code)]
 pub(crate) mod names;
 #[cfg(feature = "nats")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nats")))]

@@ -1,4 +1,5 @@
-//! Event types and sources read off the wire, each kept once per process.
+//! Event types and sources read off the wire, and consumers' names, each kept once per
+//! process.
 //!
 //! A consumer sees the same few event types and sources over and over, and after the
 //! payload, allocating a `String` for each of them was the largest cost of decoding an
@@ -9,6 +10,9 @@
 //!
 //! Each thread remembers the last [`RECENT`] names it looked up, so the usual lookup
 //! compares a few strings and takes no lock.
+//!
+//! A consumer keeps its own name here once per run, so that each handler's context
+//! copies a `&'static str` instead of taking and giving back a reference count.
 
 use std::borrow::Cow;
 use std::cell::RefCell;

@@ -156,11 +156,11 @@ pub struct Context {
     consumer: Name,
 }
 
-/// A consumer's name as each handler's [`Context`] carries it: kept once per process
-/// when there is room (see the `names` module), so that a context copies it with no
-/// reference count to take and give back; a lock-prefixed operation each way cost a
-/// few percent of the consuming thread on AMD EPYC machines. Shared when there is no
-/// room.
+/// A consumer's name, as the consumer and each handler's [`Context`] hold it: kept
+/// once per process when there is room (see the `names` module), so that a context
+/// copies it with no reference count to take and give back; a lock-prefixed operation
+/// each way cost a few percent of the consuming thread on AMD EPYC machines. Shared
+/// when there is no room.
 #[derive(Clone, Debug)]
 enum Name {
     Kept(&'static str),
@@ -168,18 +168,28 @@ enum Name {
 }
 
 impl Name {
-    fn of(name: &Arc<str>) -> Self {
-        match crate::backend::names::name(name) {
+    fn of(name: String) -> Self {
+        match crate::backend::names::name(&name) {
             std::borrow::Cow::Borrowed(kept) => Self::Kept(kept),
-            std::borrow::Cow::Owned(_) => Self::Shared(Arc::clone(name)),
+            std::borrow::Cow::Owned(_) => Self::Shared(Arc::from(name)),
         }
     }
+}
 
-    fn as_str(&self) -> &str {
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
         match self {
             Self::Kept(name) => name,
             Self::Shared(name) => name,
         }
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
     }
 }
 
@@ -346,7 +356,7 @@ impl Context {
     /// # Ok(()) }
     /// ```
     pub fn consumer(&self) -> &str {
-        self.consumer.as_str()
+        &self.consumer
     }
 }
 
@@ -739,7 +749,7 @@ where
         let ctx = Context {
             envelope: Arc::clone(envelope),
             attempt,
-            consumer: shared.context_name.clone(),
+            consumer: shared.name.clone(),
         };
         let call = (self.make)(Arc::clone(shared), at, event, ctx);
         let polled = std::panic::catch_unwind(AssertUnwindSafe(|| self.place.run(call)));
@@ -765,7 +775,7 @@ where
                     settle(&shared.name, "ack", acked);
                     return None;
                 }
-                let name = Arc::clone(&shared.name);
+                let name = shared.name.clone();
                 Some(Box::pin(async move { settle(&name, "ack", ack.await) }))
             }
             Err(failure) => Some(Box::pin(conclude::<C, E, H>(
@@ -1236,14 +1246,12 @@ impl<S: Subscriber, C: Codec> Consumer<S, C> {
         let concurrency = self.concurrency;
         let permits_total = u32::try_from(concurrency)
             .map_err(|_| Error::Config(format!("concurrency {concurrency} is too large")))?;
-        let name: Arc<str> = Arc::from(
-            self.name
-                .clone()
-                .unwrap_or_else(|| self.subscription.group.clone()),
-        );
         let shared = Arc::new(Shared {
-            context_name: Name::of(&name),
-            name,
+            name: Name::of(
+                self.name
+                    .clone()
+                    .unwrap_or_else(|| self.subscription.group.clone()),
+            ),
             topic: self.subscription.topic.clone(),
             codec: self.codec,
             routes: {
@@ -1395,9 +1403,7 @@ async fn pause(shutdown: &CancellationToken, delay: Option<Duration>) -> bool {
 }
 
 struct Shared<C> {
-    name: Arc<str>,
-    /// `name` as contexts carry it.
-    context_name: Name,
+    name: Name,
     topic: String,
     codec: C,
     /// Sorted by event type.
@@ -1537,7 +1543,7 @@ impl Failure {
 /// Records how settling a delivery went (a warning when it failed). Synchronous: the
 /// settle itself is awaited by the caller, and a state machine per delivery for this
 /// showed in profiles.
-fn settle(consumer: &Arc<str>, what: &'static str, result: Result<(), Error>) {
+fn settle(consumer: &str, what: &'static str, result: Result<(), Error>) {
     #[cfg(feature = "metrics")]
     metrics::counter!(
         "palisade_events_settled_total",
@@ -1791,7 +1797,7 @@ async fn attempt_once<C: Codec, E: Event, H: Handler<E>>(
     let ctx = Context {
         envelope: Arc::clone(envelope),
         attempt,
-        consumer: shared.context_name.clone(),
+        consumer: shared.name.clone(),
     };
     let call = handler.handle(event, ctx);
     if let Some(inbox) = &shared.inbox {
@@ -1853,14 +1859,15 @@ mod tests {
 
     #[test]
     fn a_context_carries_the_consumer_name_kept_or_shared() {
-        let short: Arc<str> = Arc::from("billing");
-        let kept = Name::of(&short);
+        let kept = Name::of("billing".to_owned());
         assert!(matches!(kept, Name::Kept("billing")));
-        assert_eq!(kept.as_str(), "billing");
-        // Too long to keep: shared with the consumer, the same text.
-        let long: Arc<str> = Arc::from("b".repeat(200));
-        let shared = Name::of(&long);
-        assert!(matches!(&shared, Name::Shared(name) if Arc::ptr_eq(name, &long)));
-        assert_eq!(shared.as_str(), &*long);
+        assert_eq!(&*kept, "billing");
+        assert_eq!(kept.to_string(), "billing");
+        // Too long to keep: shared, the same text.
+        let long = "b".repeat(200);
+        let shared = Name::of(long.clone());
+        assert!(matches!(&shared, Name::Shared(name) if **name == *long));
+        assert_eq!(&*shared, long);
+        assert_eq!(shared.to_string(), long);
     }
 }

@@ -316,6 +316,44 @@ pub(crate) fn try_encode_each<E>(
     Ok(())
 }
 
+/// How many pairs [`try_encode_each`] hands out for `envelope`, and how many bytes
+/// their names and values hold together at most (but for a time past the year 9999),
+/// found without formatting any: what a mapping that writes them all into one buffer
+/// (a Redis command) reserves up front.
+pub(crate) fn encoded_size(envelope: &Envelope) -> (usize, usize) {
+    /// The five attributes always written, names and the id's text.
+    const FIXED: usize = ID.len() + TYPE.len() + SOURCE.len() + TIME.len() + CONTENT_TYPE.len();
+    /// An id's hyphenated text, and the longest time [`TimeText`] writes on the stack.
+    const ID_TEXT: usize = 36;
+    const TIME_TEXT: usize = 30;
+    let optional = [
+        (SUBJECT, &envelope.key),
+        (CORRELATION_ID, &envelope.correlation_id),
+        (CAUSATION_ID, &envelope.causation_id),
+    ];
+    let (mut pairs, mut bytes) = (
+        5,
+        FIXED
+            + ID_TEXT
+            + TIME_TEXT
+            + envelope.event_type.len()
+            + envelope.source.len()
+            + envelope.content_type.len(),
+    );
+    for (name, value) in optional {
+        if let Some(value) = value {
+            pairs += 1;
+            bytes += name.len() + value.len();
+        }
+    }
+    for (name, value) in &envelope.headers {
+        // An escaped name is one byte longer.
+        pairs += 1;
+        bytes += name.len() + 1 + value.len();
+    }
+    (pairs, bytes)
+}
+
 /// [`try_encode_each`] for a mapping that takes every pair.
 pub(crate) fn encode_each(envelope: &Envelope, mut pair: impl FnMut(&str, &str)) {
     let Ok(()) = try_encode_each::<std::convert::Infallible>(envelope, |name, value| {
@@ -772,6 +810,8 @@ mod tests {
             prop_assert_eq!(format_time(&time), time.to_rfc3339_opts(SecondsFormat::AutoSi, true));
         }
 
+        /// Any envelope reads back as written, and [`encoded_size`] foresees what is
+        /// written.
         #[test]
         fn any_envelope_round_trips(
             event_type in ".*",
@@ -790,6 +830,10 @@ mod tests {
             envelope.headers = headers;
             envelope.time = DateTime::from_timestamp_nanos(nanos);
             let pairs = encode(&envelope);
+            // What a writer reserves for them is enough.
+            let (count, bytes) = encoded_size(&envelope);
+            prop_assert_eq!(count, pairs.len());
+            prop_assert!(bytes >= pairs.iter().map(|(n, v)| n.len() + v.len()).sum::<usize>());
             let back = decode_pairs(&pairs, envelope.payload.clone());
             prop_assert_eq!(back.ok(), Some(envelope));
         }

@@ -291,9 +291,26 @@ impl RedisBus {
         format!("{topic}{}", self.options.dead_letter_suffix)
     }
 
-    fn xadd(&self, cmd: &mut redis::Cmd, topic: &str) {
-        xadd_head(cmd, topic, self.options.max_len);
+    /// `XADD` of `envelope` to `topic`.
+    fn xadd(&self, topic: &str, envelope: &Envelope) -> redis::Cmd {
+        let (pairs, bytes) = headers::encoded_size(envelope);
+        let mut cmd = xadd_command(2 * pairs + 2, bytes + DATA.len() + envelope.payload.len());
+        xadd_head(&mut cmd, topic, self.options.max_len);
+        xadd_envelope(&mut cmd, envelope);
+        cmd
     }
+}
+
+/// An `XADD` with room for its head and then `args` arguments of `bytes` bytes in all:
+/// built up from nothing, a command's buffers grew a step at a time, a dozen
+/// allocations for each event published.
+fn xadd_command(args: usize, bytes: usize) -> redis::Cmd {
+    /// `XADD`, a topic name of up to 64 bytes, `MAXLEN ~ <n>` and `*`.
+    const HEAD_ARGS: usize = 6;
+    const HEAD_BYTES: usize = 4 + 64 + 6 + 1 + 20 + 1;
+    let mut cmd = redis::Cmd::with_capacity(HEAD_ARGS + args, HEAD_BYTES + bytes);
+    cmd.arg("XADD");
+    cmd
 }
 
 async fn manager(client: &Client, response_timeout: Duration) -> Result<ConnectionManager, Error> {
@@ -332,9 +349,7 @@ fn redis_error(e: redis::RedisError) -> Error {
 
 impl Publisher for RedisBus {
     async fn publish(&self, topic: &str, envelope: Envelope) -> Result<(), Error> {
-        let mut cmd = redis::cmd("XADD");
-        self.xadd(&mut cmd, topic);
-        xadd_envelope(&mut cmd, &envelope);
+        let cmd = self.xadd(topic, &envelope);
         let mut conn = self.conn.clone();
         let _id: String = cmd.query_async(&mut conn).await.map_err(redis_error)?;
         Ok(())
@@ -344,12 +359,9 @@ impl Publisher for RedisBus {
         if envelopes.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(envelopes.len());
         for envelope in &envelopes {
-            let mut cmd = redis::cmd("XADD");
-            self.xadd(&mut cmd, topic);
-            xadd_envelope(&mut cmd, envelope);
-            pipe.add_command(cmd);
+            pipe.add_command(self.xadd(topic, envelope));
         }
         let mut conn = self.conn.clone();
         let ids: Vec<String> = pipe.query_async(&mut conn).await.map_err(redis_error)?;

@@ -470,13 +470,38 @@ fn encode(envelope: &Envelope) -> Result<HeaderMap, Error> {
         if name == headers::ID {
             map.insert(async_nats::header::NATS_MESSAGE_ID, value);
         }
-        let name: async_nats::HeaderName = wire(name, safe_name(name))
-            .parse()
-            .map_err(|e| Error::Encode(Box::new(e)))?;
-        map.insert(name, value);
+        map.insert(header_name(name)?, value);
         Ok(())
     })?;
     Ok(map)
+}
+
+/// The NATS header name for a wire name: an attribute's without a check or a copy (a
+/// name parsed from text is checked and copied into a buffer of its own, for each
+/// header of each event published).
+fn header_name(name: &str) -> Result<async_nats::HeaderName, Error> {
+    use async_nats::HeaderName;
+    use headers::{CAUSATION_ID, CONTENT_TYPE, CORRELATION_ID, ID, SOURCE, SUBJECT, TIME, TYPE};
+
+    static ATTRIBUTES: [HeaderName; 8] = [
+        HeaderName::from_static(ID),
+        HeaderName::from_static(TYPE),
+        HeaderName::from_static(SOURCE),
+        HeaderName::from_static(TIME),
+        HeaderName::from_static(CONTENT_TYPE),
+        HeaderName::from_static(SUBJECT),
+        HeaderName::from_static(CORRELATION_ID),
+        HeaderName::from_static(CAUSATION_ID),
+    ];
+    if let Some(kept) = ATTRIBUTES
+        .iter()
+        .find(|kept| AsRef::<str>::as_ref(kept) == name)
+    {
+        return Ok(kept.clone());
+    }
+    wire(name, safe_name(name))
+        .parse()
+        .map_err(|e| Error::Encode(Box::new(e)))
 }
 
 /// Reads an envelope out of a NATS message.

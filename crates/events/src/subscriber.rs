@@ -541,7 +541,7 @@ impl Delivery {
             Acker::Boxed(acker) => acker.ack(),
             Acker::Memory(acker) => acker.ack(self.envelope().ok()),
             #[cfg(feature = "kafka")]
-            Acker::Kafka(acker) => acker.ack(),
+            Acker::Kafka(acker) => acker.ack(self.take_message().ok()),
             Acker::Settled => crate::backend::settled(),
         }
     }

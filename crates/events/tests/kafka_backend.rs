@@ -56,6 +56,49 @@ scenario!(order_per_key_is_kept);
 scenario!(separate_groups_each_get_every_event);
 scenario!(retry_in_one_group_is_not_seen_by_another);
 
+/// The reader fills the envelopes of acked deliveries again with the records it reads
+/// next: each record read that way holds exactly its own attributes, whether the one
+/// before it in that envelope had a key, ids, free headers or a longer payload or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_filled_again_hold_only_their_own_record() -> BoxResult {
+    let topic = unique_name("topic");
+    let (_cluster, bus) = cluster(&topic)?;
+    let mut stream = bus
+        .subscribe(&Subscription::new(&topic, unique_name("g")))
+        .await?;
+    let sent: Vec<Envelope> = (0..300_usize)
+        .map(|i| {
+            let mut envelope = Envelope::new("t", "test", vec![b'x'; i % 7 * 40]);
+            if i % 2 == 0 {
+                envelope = envelope.with_key(format!("key-{}", "k".repeat(i % 5)));
+            }
+            if i % 3 == 0 {
+                envelope = envelope.with_correlation_id(format!("c{i}"));
+            }
+            if i % 5 == 0 {
+                envelope = envelope.with_causation_id("z".repeat(i % 300));
+            }
+            if i % 4 == 0 {
+                envelope = envelope.with_header("tenant", format!("t{i}"));
+            }
+            envelope
+        })
+        .collect();
+    bus.publish_batch(&topic, sent.clone()).await?;
+    let mut received = std::collections::HashMap::new();
+    for _ in 0..sent.len() {
+        let delivery = brokers::next(&mut stream).await;
+        let envelope = brokers::envelope(&delivery);
+        delivery.ack().await?;
+        received.insert(envelope.id, envelope);
+    }
+    assert_eq!(received.len(), sent.len());
+    for envelope in &sent {
+        assert_eq!(received.get(&envelope.id), Some(envelope));
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letter_carries_the_reason() -> BoxResult {
     let topic = unique_name("topic");

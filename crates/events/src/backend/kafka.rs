@@ -315,12 +315,14 @@ fn with_extra(headers: OwnedHeaders, extra: &[(&str, &str)]) -> OwnedHeaders {
 }
 
 /// Reads an envelope and the delivery attempt (our `x-palisade-attempt` header, 1 when
-/// absent) out of record headers and value, in one pass over the headers.
+/// absent) out of record headers and value, in one pass over the headers; into `spare`
+/// (an envelope handed back by an earlier delivery's ack) when there is one.
 fn decode_with_attempt<H: Headers>(
     record_headers: Option<&H>,
     payload: Bytes,
     last: &mut headers::LastMinute,
-) -> (Result<Envelope, Error>, u32) {
+    spare: Option<Arc<Envelope>>,
+) -> (Result<Arc<Envelope>, Error>, u32) {
     let mut attempt = None;
     let mut decoder = headers::Decoder::default();
     if let Some(record_headers) = record_headers {
@@ -352,10 +354,45 @@ fn decode_with_attempt<H: Headers>(
             decoder.pair(header.key, value);
         }
     }
-    (
-        decoder.finish_after(payload, last),
-        attempt.unwrap_or(1).max(1),
-    )
+    let envelope = match spare {
+        Some(mut spare) => match Arc::get_mut(&mut spare) {
+            Some(envelope) => decoder.fill(payload, last, envelope).map(|()| spare),
+            None => decoder.finish_after(payload, last).map(Arc::new),
+        },
+        None => decoder.finish_after(payload, last).map(Arc::new),
+    };
+    (envelope, attempt.unwrap_or(1).max(1))
+}
+
+/// How many envelopes handed back by acks a subscription keeps for the records it
+/// reads next.
+const SPARES: usize = 2 * CLAIM;
+
+/// The longest key or id string a kept envelope keeps, in bytes of capacity.
+const SPARE_TEXT: usize = 256;
+
+/// `envelope`, emptied of its payload and free headers, when it can be filled again:
+/// no one else holds it. Envelopes go back and forth between the reader and the acks
+/// so that reading a record does not allocate an envelope and its key, nor free the
+/// ones of the record before: the reading thread frees far more than it allocates
+/// (librdkafka allocates each record on its own threads), so its allocator's cache is
+/// full and every free took the allocator's slow path.
+fn spare(mut envelope: Arc<Envelope>) -> Option<Arc<Envelope>> {
+    let kept = Arc::get_mut(&mut envelope)?;
+    kept.payload = Bytes::new();
+    if !kept.headers.is_empty() {
+        kept.headers = std::collections::BTreeMap::new();
+    }
+    for text in [
+        &mut kept.key,
+        &mut kept.correlation_id,
+        &mut kept.causation_id,
+    ] {
+        if text.as_ref().is_some_and(|t| t.capacity() > SPARE_TEXT) {
+            *text = None;
+        }
+    }
+    Some(envelope)
 }
 
 async fn send(
@@ -485,6 +522,7 @@ impl Subscriber for KafkaBus {
             last: headers::LastMinute::default(),
             room: 0,
             unentered: Vec::with_capacity(CLAIM),
+            spares: Vec::with_capacity(SPARES),
         }))
     }
 }
@@ -605,10 +643,16 @@ impl Slot {
         }
     }
 
-    /// Settles the delivery at `partition` and `offset` and gives its room back.
-    fn settle(&mut self, partition: i32, offset: i64) -> Result<(), Error> {
+    /// Settles the delivery at `partition` and `offset` and gives its room back, with
+    /// its envelope to fill again when there is one.
+    fn settle(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        spare: Option<Arc<Envelope>>,
+    ) -> Result<(), Error> {
         self.returned = true;
-        self.shared.give_back(Some((partition, offset)))
+        self.shared.give_back(Some((partition, offset)), spare)
     }
 }
 
@@ -616,7 +660,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if !self.returned {
             // Dropped unsettled: the room comes back, the offset stays uncommitted.
-            let _ = self.shared.give_back(None);
+            let _ = self.shared.give_back(None, None);
         }
     }
 }
@@ -728,6 +772,8 @@ struct Ledger {
     early: Vec<(i32, i64)>,
     /// The reader, while it waits for room.
     reader: Option<std::task::Waker>,
+    /// Envelopes handed back by acks (at most [`SPARES`]), for the reader to take.
+    spares: Vec<Arc<Envelope>>,
 }
 
 impl Ledger {
@@ -737,6 +783,7 @@ impl Ledger {
             free: prefetch,
             early: Vec::new(),
             reader: None,
+            spares: Vec::with_capacity(SPARES),
         }
     }
 
@@ -801,16 +848,29 @@ impl Shared {
     }
 
     /// Gives one delivery's room back, settling its record first when given one (see
-    /// [`Ledger::settle`]), and wakes the reader if it waits for room.
-    fn give_back(&self, settled: Option<(i32, i64)>) -> Result<(), Error> {
-        let (due, reader) = {
+    /// [`Ledger::settle`]) and keeping its envelope for the reader when given one and
+    /// there is room, and wakes the reader if it waits for room.
+    fn give_back(
+        &self,
+        settled: Option<(i32, i64)>,
+        spare: Option<Arc<Envelope>>,
+    ) -> Result<(), Error> {
+        let (due, reader, _unkept) = {
             let mut ledger = self.ledger();
             ledger.free += 1;
             let due = settled.and_then(|(partition, offset)| {
                 let upto = ledger.settle(partition, offset, self.periodic)?;
                 Some((partition, upto))
             });
-            (due, ledger.reader.take())
+            let unkept = match spare {
+                Some(spare) if ledger.spares.len() < SPARES => {
+                    ledger.spares.push(spare);
+                    None
+                }
+                unkept => unkept,
+            };
+            // An envelope not kept is dropped after the lock is let go.
+            (due, ledger.reader.take(), unkept)
         };
         if let Some(reader) = reader {
             reader.wake();
@@ -873,6 +933,9 @@ struct Reader {
     /// The partitions and offsets of the records delivered since the reader last
     /// entered them in the ledger (at most [`CLAIM`]).
     unentered: Vec<(i32, i64)>,
+    /// Envelopes handed back by acks, taken from the ledger when this ran out, to read
+    /// the next records into.
+    spares: Vec<Arc<Envelope>>,
 }
 
 /// A receive's outcome: the record with its attempt, or librdkafka's error (nothing
@@ -898,8 +961,8 @@ impl Reader {
         {
             let mut receive = std::pin::pin!(consumer.recv());
             if let Poll::Ready(received) = receive.as_mut().poll(cx) {
-                let last = &mut self.last;
-                return Poll::Ready(Some(received.map(|m| Record::of(&m, last))));
+                let (last, spare) = (&mut self.last, self.spares.pop());
+                return Poll::Ready(Some(received.map(|m| Record::of(&m, last, spare))));
             }
         }
         // None fetched yet: wait in a receive of its own (the one above, dropped, no
@@ -912,7 +975,7 @@ impl Reader {
                     consumer
                         .recv()
                         .await
-                        .map(|m| Record::of(&m, &mut headers::LastMinute::default())),
+                        .map(|m| Record::of(&m, &mut headers::LastMinute::default(), None)),
                 ),
                 None => None,
             };
@@ -939,6 +1002,9 @@ impl Reader {
             let mut ledger = self.shared.ledger();
             let due = ledger.enter(&mut self.unentered, self.shared.periodic);
             self.room = ledger.claim(cx.waker());
+            if self.spares.is_empty() {
+                std::mem::swap(&mut self.spares, &mut ledger.spares);
+            }
             due
         };
         self.hand_over(&due);
@@ -1068,11 +1134,12 @@ impl Record {
     fn of(
         message: &rdkafka::message::BorrowedMessage<'_>,
         last: &mut headers::LastMinute,
+        spare: Option<Arc<Envelope>>,
     ) -> (Self, u32) {
         let payload = || Bytes::copy_from_slice(message.payload().unwrap_or_default());
-        let (decoded, attempt) = decode_with_attempt(message.headers(), payload(), last);
+        let (decoded, attempt) = decode_with_attempt(message.headers(), payload(), last, spare);
         let (decoded, raw) = match decoded {
-            Ok(envelope) => (Ok(Arc::new(envelope)), None),
+            Ok(envelope) => (Ok(envelope), None),
             Err(error) => (
                 Err(error),
                 Some(Box::new(RawRecord {
@@ -1107,11 +1174,16 @@ pub(crate) struct KafkaAcker {
 
 impl KafkaAcker {
     fn done(&mut self) -> Result<(), Error> {
-        self.slot.settle(self.partition, self.offset)
+        self.slot.settle(self.partition, self.offset, None)
     }
 
-    pub(crate) fn ack(mut self) -> BoxFuture<'static, Result<(), Error>> {
-        match self.done() {
+    /// Acks the record; its envelope goes back to the reader to be filled again.
+    pub(crate) fn ack(
+        mut self,
+        envelope: Option<Arc<Envelope>>,
+    ) -> BoxFuture<'static, Result<(), Error>> {
+        let spare = envelope.and_then(spare);
+        match self.slot.settle(self.partition, self.offset, spare) {
             Ok(()) => super::settled(),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
@@ -1197,8 +1269,9 @@ mod tests {
             Some(&record_headers),
             envelope.payload.clone(),
             &mut headers::LastMinute::default(),
+            None,
         );
-        assert_eq!(decoded?, envelope);
+        assert_eq!(*decoded?, envelope);
         assert_eq!(attempt, 3);
         Ok(())
     }
@@ -1357,7 +1430,8 @@ mod tests {
             decode_with_attempt::<OwnedHeaders>(
                 None,
                 Bytes::new(),
-                &mut headers::LastMinute::default()
+                &mut headers::LastMinute::default(),
+                None,
             )
             .0,
             Err(Error::Malformed { .. })

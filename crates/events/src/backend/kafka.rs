@@ -320,7 +320,7 @@ fn with_extra(headers: OwnedHeaders, extra: &[(&str, &str)]) -> OwnedHeaders {
 fn decode_with_attempt<H: Headers>(
     record_headers: Option<&H>,
     payload: Bytes,
-    last: &mut headers::LastMinute,
+    last: &mut headers::LastRead,
     spare: Option<Arc<Envelope>>,
 ) -> (Result<Arc<Envelope>, Error>, u32) {
     let mut attempt = None;
@@ -519,7 +519,7 @@ impl Subscriber for KafkaBus {
             retries: rx,
             waiting: None,
             pause: None,
-            last: headers::LastMinute::default(),
+            last: headers::LastRead::default(),
             room: 0,
             unentered: Vec::with_capacity(CLAIM),
             spares: Vec::with_capacity(SPARES),
@@ -927,7 +927,7 @@ struct Reader {
     /// After a consumer error, the pause before the next receive.
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The minute of the last record's time.
-    last: headers::LastMinute,
+    last: headers::LastRead,
     /// Room in the prefetch window claimed from the ledger and not used yet.
     room: usize,
     /// The partitions and offsets of the records delivered since the reader last
@@ -975,7 +975,7 @@ impl Reader {
                     consumer
                         .recv()
                         .await
-                        .map(|m| Record::of(&m, &mut headers::LastMinute::default(), None)),
+                        .map(|m| Record::of(&m, &mut headers::LastRead::default(), None)),
                 ),
                 None => None,
             };
@@ -1133,7 +1133,7 @@ impl Record {
     /// envelope (into the record's own copy only when it is malformed).
     fn of(
         message: &rdkafka::message::BorrowedMessage<'_>,
-        last: &mut headers::LastMinute,
+        last: &mut headers::LastRead,
         spare: Option<Arc<Envelope>>,
     ) -> (Self, u32) {
         let payload = || Bytes::copy_from_slice(message.payload().unwrap_or_default());
@@ -1268,7 +1268,7 @@ mod tests {
         let (decoded, attempt) = decode_with_attempt(
             Some(&record_headers),
             envelope.payload.clone(),
-            &mut headers::LastMinute::default(),
+            &mut headers::LastRead::default(),
             None,
         );
         assert_eq!(*decoded?, envelope);
@@ -1430,7 +1430,7 @@ mod tests {
             decode_with_attempt::<OwnedHeaders>(
                 None,
                 Bytes::new(),
-                &mut headers::LastMinute::default(),
+                &mut headers::LastRead::default(),
                 None,
             )
             .0,

@@ -29,7 +29,10 @@
 //!   process after the delay, with the attempt raised, keeping its offset uncommitted
 //!   (a crash meanwhile redelivers it from the broker). Dead-letter produces a copy,
 //!   with the reason in the `palisade-dead-letter-reason` header, to `<topic>.dlq`
-//!   (`acks=all`), then marks the record done.
+//!   (`acks=all`), then marks the record done. An acked delivery's envelope, when
+//!   nothing else holds it (a handler that kept a clone of the `Arc` keeps it to
+//!   itself), goes back to the subscription, which reads a later record into it: at
+//!   most 64 envelopes kept per subscription, without their payloads.
 //! - **Redelivery**: Kafka has no per-record acknowledgement, so an unsettled record is
 //!   delivered again only when its partition moves to another member (this member
 //!   left the group, died, or lost the partition in a rebalance) or the member

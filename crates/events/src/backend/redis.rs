@@ -294,21 +294,26 @@ impl RedisBus {
     /// `XADD` of `envelope` to `topic`.
     fn xadd(&self, topic: &str, envelope: &Envelope) -> redis::Cmd {
         let (pairs, bytes) = headers::encoded_size(envelope);
-        let mut cmd = xadd_command(2 * pairs + 2, bytes + DATA.len() + envelope.payload.len());
+        let mut cmd = xadd_command(
+            topic,
+            2 * pairs + 2,
+            bytes + DATA.len() + envelope.payload.len(),
+        );
         xadd_head(&mut cmd, topic, self.options.max_len);
         xadd_envelope(&mut cmd, envelope);
         cmd
     }
 }
 
-/// An `XADD` with room for its head and then `args` arguments of `bytes` bytes in all:
-/// built up from nothing, a command's buffers grew a step at a time, a dozen
-/// allocations for each event published.
-fn xadd_command(args: usize, bytes: usize) -> redis::Cmd {
-    /// `XADD`, a topic name of up to 64 bytes, `MAXLEN ~ <n>` and `*`.
+/// An `XADD` with room for its head (see [`xadd_head`]) and then `args` arguments of
+/// `bytes` bytes in all: built up from nothing, a command's buffers grew a step at a
+/// time, a dozen allocations for each event published.
+fn xadd_command(topic: &str, args: usize, bytes: usize) -> redis::Cmd {
+    /// `XADD`, the topic, `MAXLEN ~ <n>` and `*`.
     const HEAD_ARGS: usize = 6;
-    const HEAD_BYTES: usize = 4 + 64 + 6 + 1 + 20 + 1;
-    let mut cmd = redis::Cmd::with_capacity(HEAD_ARGS + args, HEAD_BYTES + bytes);
+    /// The same but the topic, `<n>` at its longest.
+    const HEAD_BYTES: usize = 4 + 6 + 1 + 20 + 1;
+    let mut cmd = redis::Cmd::with_capacity(HEAD_ARGS + args, HEAD_BYTES + topic.len() + bytes);
     cmd.arg("XADD");
     cmd
 }

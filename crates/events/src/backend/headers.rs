@@ -513,8 +513,8 @@ impl<'a> Decoder<'a> {
         self.finish_after(payload, &mut LastRead::default())
     }
 
-    /// [`finish`](Self::finish) for a reader of many envelopes, which keeps the minute
-    /// of the last time it read.
+    /// [`finish`](Self::finish) for a reader of many envelopes, which remembers what it
+    /// read last in `last`.
     pub(crate) fn finish_after(
         self,
         payload: Bytes,

@@ -929,7 +929,8 @@ struct Reader {
     waiting: Option<Waiting>,
     /// After a consumer error, the pause before the next receive.
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The minute of the last record's time.
+    /// What the reader remembers of the last record it read: its time's minute, its
+    /// type and source.
     last: headers::LastRead,
     /// Room in the prefetch window claimed from the ledger and not used yet.
     room: usize,

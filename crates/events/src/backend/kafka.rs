@@ -32,7 +32,7 @@
 //!   (`acks=all`), then marks the record done. An acked delivery's envelope, when
 //!   nothing else holds it (a handler that kept a clone of the `Arc` keeps it to
 //!   itself), goes back to the subscription, which reads a later record into it: at
-//!   most 64 envelopes kept per subscription, without their payloads.
+//!   most 128 envelopes kept per subscription, without their payloads.
 //! - **Redelivery**: Kafka has no per-record acknowledgement, so an unsettled record is
 //!   delivered again only when its partition moves to another member (this member
 //!   left the group, died, or lost the partition in a rebalance) or the member
@@ -367,8 +367,8 @@ fn decode_with_attempt<H: Headers>(
     (envelope, attempt.unwrap_or(1).max(1))
 }
 
-/// How many envelopes handed back by acks a subscription keeps for the records it
-/// reads next.
+/// How many envelopes handed back by acks the ledger keeps for the reader (which holds
+/// at most as many more, taken from the ledger when it had none left).
 const SPARES: usize = 2 * CLAIM;
 
 /// The longest key or id string a kept envelope keeps, in bytes of capacity.

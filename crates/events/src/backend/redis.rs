@@ -293,29 +293,17 @@ impl RedisBus {
 
     /// `XADD` of `envelope` to `topic`.
     fn xadd(&self, topic: &str, envelope: &Envelope) -> redis::Cmd {
+        // What `xadd_envelope` writes: the pairs and the payload under `DATA`.
         let (pairs, bytes) = headers::encoded_size(envelope);
-        let mut cmd = xadd_command(
+        let mut cmd = xadd_head(
             topic,
+            self.options.max_len,
             2 * pairs + 2,
             bytes + DATA.len() + envelope.payload.len(),
         );
-        xadd_head(&mut cmd, topic, self.options.max_len);
         xadd_envelope(&mut cmd, envelope);
         cmd
     }
-}
-
-/// An `XADD` with room for its head (see [`xadd_head`]) and then `args` arguments of
-/// `bytes` bytes in all: built up from nothing, a command's buffers grew a step at a
-/// time, a dozen allocations for each event published.
-fn xadd_command(topic: &str, args: usize, bytes: usize) -> redis::Cmd {
-    /// `XADD`, the topic, `MAXLEN ~ <n>` and `*`.
-    const HEAD_ARGS: usize = 6;
-    /// The same but the topic, `<n>` at its longest.
-    const HEAD_BYTES: usize = 4 + 6 + 1 + 20 + 1;
-    let mut cmd = redis::Cmd::with_capacity(HEAD_ARGS + args, HEAD_BYTES + topic.len() + bytes);
-    cmd.arg("XADD");
-    cmd
 }
 
 async fn manager(client: &Client, response_timeout: Duration) -> Result<ConnectionManager, Error> {
@@ -328,12 +316,21 @@ async fn manager(client: &Client, response_timeout: Duration) -> Result<Connecti
         .map_err(|e| Error::connection(BACKEND, e))
 }
 
-fn xadd_head(cmd: &mut redis::Cmd, topic: &str, max_len: Option<usize>) {
-    cmd.arg(topic);
+/// `XADD <topic> [MAXLEN ~ <n>] *`, with room for `args` more arguments of `bytes`
+/// bytes in all: built up from nothing, a command's buffers grew a step at a time, a
+/// dozen allocations for each event published.
+fn xadd_head(topic: &str, max_len: Option<usize>, args: usize, bytes: usize) -> redis::Cmd {
+    /// `XADD`, the topic, `MAXLEN ~ <n>` and `*`.
+    const HEAD_ARGS: usize = 6;
+    /// The same but the topic, `<n>` at its longest.
+    const HEAD_BYTES: usize = 4 + 6 + 1 + 20 + 1;
+    let mut cmd = redis::Cmd::with_capacity(HEAD_ARGS + args, HEAD_BYTES + topic.len() + bytes);
+    cmd.arg("XADD").arg(topic);
     if let Some(n) = max_len {
         cmd.arg("MAXLEN").arg("~").arg(n);
     }
     cmd.arg("*");
+    cmd
 }
 
 fn xadd_envelope(cmd: &mut redis::Cmd, envelope: &Envelope) {
@@ -688,8 +685,8 @@ impl RedisAcker {
 
     /// `MULTI; XADD <to> …fields; XACK <stream> <group> <id>; EXEC`.
     async fn move_to(self, to: &str, extra: &[(&str, String)]) -> Result<(), Error> {
-        let mut add = redis::cmd("XADD");
-        xadd_head(&mut add, to, self.shared.max_len);
+        // Rare (a retry or a dead letter): the command grows as it is written.
+        let mut add = xadd_head(to, self.shared.max_len, 0, 0);
         let kept = |name: &str| !extra.iter().any(|(n, _)| *n == name);
         match &self.original {
             Original::Envelope(envelope) => {

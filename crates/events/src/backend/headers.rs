@@ -389,11 +389,7 @@ pub(crate) fn decode<'a, I>(pairs: I, payload: Bytes) -> Result<Envelope, Error>
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
-    let mut decoder = Decoder::default();
-    for (name, value) in pairs {
-        decoder.pair(name, value.as_bytes());
-    }
-    decoder.finish(payload)
+    Decoder::of(pairs).finish(payload)
 }
 
 /// An envelope being read back from wire pairs, one pair at a time.
@@ -424,6 +420,18 @@ pub(crate) struct Decoder<'a> {
 }
 
 impl<'a> Decoder<'a> {
+    /// A decoder that took `pairs`, read as text, each with [`pair`](Self::pair).
+    pub(crate) fn of<I>(pairs: I) -> Self
+    where
+        I: IntoIterator<Item = (&'a str, &'a str)>,
+    {
+        let mut decoder = Self::default();
+        for (name, value) in pairs {
+            decoder.pair(name, value.as_bytes());
+        }
+        decoder
+    }
+
     /// Takes one wire pair.
     pub(crate) fn pair(&mut self, name: &str, value: &'a [u8]) {
         // By length first: one comparison of lengths picks the only attribute the name
@@ -757,10 +765,7 @@ mod tests {
     fn the_last_value_of_a_repeated_attribute_counts() -> Result<(), Error> {
         let envelope = Envelope::new("t", "s", Vec::new());
         let pairs = encode(&envelope);
-        let mut decoder = Decoder::default();
-        for (n, v) in &pairs {
-            decoder.pair(n, v.as_bytes());
-        }
+        let mut decoder = Decoder::of(pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
         decoder.pair(TYPE, b"later");
         assert_eq!(decoder.finish(Bytes::new())?.event_type, "later");
         Ok(())
@@ -908,11 +913,8 @@ mod tests {
             // remembers of the last one (its minute, type and source) changes nothing.
             let last = &mut LastRead::default();
             let fill = |pairs: &[(Cow<'static, str>, Cow<'static, str>)], payload: &Bytes, last: &mut LastRead, into: &mut Envelope| {
-                let mut decoder = Decoder::default();
-                for (name, value) in pairs {
-                    decoder.pair(name, value.as_bytes());
-                }
-                decoder.fill(payload.clone(), last, into)
+                Decoder::of(pairs.iter().map(|(n, v)| (n.as_ref(), v.as_ref())))
+                    .fill(payload.clone(), last, into)
             };
             let before = again.clone();
             fill(&encode(&before), &before.payload, last, &mut again)?;

@@ -1177,8 +1177,10 @@ pub(crate) struct KafkaAcker {
 }
 
 impl KafkaAcker {
-    fn done(&mut self) -> Result<(), Error> {
-        self.slot.settle(self.partition, self.offset, None)
+    /// Marks the record done, handing `spare` (its envelope, when it can be filled
+    /// again) back to the reader.
+    fn done(&mut self, spare: Option<Arc<Envelope>>) -> Result<(), Error> {
+        self.slot.settle(self.partition, self.offset, spare)
     }
 
     /// Acks the record; its envelope goes back to the reader to be filled again.
@@ -1186,8 +1188,7 @@ impl KafkaAcker {
         mut self,
         envelope: Option<Arc<Envelope>>,
     ) -> BoxFuture<'static, Result<(), Error>> {
-        let spare = envelope.and_then(spare);
-        match self.slot.settle(self.partition, self.offset, spare) {
+        match self.done(envelope.and_then(spare)) {
             Ok(()) => super::settled(),
             Err(error) => Box::pin(std::future::ready(Err(error))),
         }
@@ -1252,7 +1253,7 @@ impl KafkaAcker {
                 copy,
             )
             .await?;
-            self.done()
+            self.done(None)
         })
     }
 }

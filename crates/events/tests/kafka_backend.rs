@@ -266,6 +266,121 @@ async fn record_without_envelope_headers_is_delivered_malformed_and_can_be_dead_
     Ok(())
 }
 
+/// A record whose header name is not UTF-8 (Kafka does not check names, and a producer
+/// other than ours may write one) is delivered malformed, with the name's error, and
+/// the subscription goes on: reading it must not panic. Dead-lettered, it keeps its
+/// headers as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_name_that_is_not_utf8_is_malformed_not_a_panic() -> BoxResult {
+    let topic = unique_name("topic");
+    let (cluster, bus) = cluster(&topic)?;
+    let mut stream = bus
+        .subscribe(&Subscription::new(&topic, unique_name("g")))
+        .await?;
+    let mut dead = bus
+        .subscribe(&Subscription::new(
+            bus.dead_letter_topic(&topic),
+            unique_name("dlq"),
+        ))
+        .await?;
+    // Every attribute an envelope needs, and one free header with a bad name.
+    let envelope = Envelope::new("order.placed", "shop", "{}");
+    let (id, time) = (envelope.id.to_string(), envelope.time.to_rfc3339());
+    let headers: [(&[u8], &[u8]); 6] = [
+        (b"ce_id", id.as_bytes()),
+        (b"ce_type", b"order.placed"),
+        (b"ce_source", b"shop"),
+        (b"ce_time", time.as_bytes()),
+        (b"content-type", b"application/json"),
+        (b"tenant\xff", b"acme"),
+    ];
+    produce_raw(&cluster.bootstrap_servers(), &topic, &headers, b"{}")?;
+    let delivery = brokers::next(&mut stream).await;
+    match delivery.envelope() {
+        Err(Error::Malformed { reason }) => assert!(reason.contains("UTF-8"), "{reason}"),
+        other => panic!("expected a malformed delivery, got {other:?}"),
+    }
+    delivery.dead_letter("malformed").await?;
+    // The letter is malformed for the same name: its headers were copied as they were.
+    let letter = brokers::next(&mut dead).await;
+    match letter.envelope() {
+        Err(Error::Malformed { reason }) => assert!(reason.contains("header name"), "{reason}"),
+        other => panic!("expected a malformed letter, got {other:?}"),
+    }
+    letter.ack().await?;
+    let sent = Envelope::new("t", "test", "after");
+    bus.publish(&topic, sent.clone()).await?;
+    assert_eq!(
+        brokers::envelope(&brokers::next(&mut stream).await).id,
+        sent.id
+    );
+    Ok(())
+}
+
+/// Produces one record to partition 0 of `topic` with `headers`, names given as bytes:
+/// rdkafka's safe API takes header names as `&str`, so a name that is not UTF-8 is
+/// written through librdkafka's C API.
+#[allow(unsafe_code)]
+fn produce_raw(
+    servers: &str,
+    topic: &str,
+    headers: &[(&[u8], &[u8])],
+    payload: &[u8],
+) -> BoxResult {
+    use rdkafka::bindings as rd;
+    use rdkafka::producer::{BaseProducer, Producer};
+    use std::ffi::{CString, c_int, c_void};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .create()?;
+    let topic = CString::new(topic)?;
+    let ok = rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR;
+    // SAFETY: a new, empty header list, owned here until `rd_kafka_producev` takes it.
+    let list = unsafe { rd::rd_kafka_headers_new(headers.len()) };
+    for (name, value) in headers {
+        // SAFETY: `list` is the live list above; librdkafka copies `name` and `value`,
+        // each read for exactly its given length.
+        let added = unsafe {
+            rd::rd_kafka_header_add(
+                list,
+                name.as_ptr().cast(),
+                isize::try_from(name.len())?,
+                value.as_ptr().cast(),
+                isize::try_from(value.len())?,
+            )
+        };
+        assert_eq!(added, ok);
+    }
+    // SAFETY: the arguments are librdkafka's documented (type, value...) pairs, ended by
+    // `RD_KAFKA_VTYPE_END`; the producer's handle, the topic name and the payload outlive
+    // the call, and `RD_KAFKA_MSG_F_COPY` makes librdkafka copy the payload. On success
+    // librdkafka owns `list`.
+    let produced = unsafe {
+        rd::rd_kafka_producev(
+            producer.client().native_client().ptr(),
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC as c_int,
+            topic.as_ptr(),
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION as c_int,
+            0 as c_int,
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE as c_int,
+            payload.as_ptr().cast_mut().cast::<c_void>(),
+            payload.len(),
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS as c_int,
+            list,
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS as c_int,
+            rd::RD_KAFKA_MSG_F_COPY as c_int,
+            rd::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END as c_int,
+        )
+    };
+    if produced != ok {
+        // SAFETY: not taken by librdkafka: still ours to free.
+        unsafe { rd::rd_kafka_headers_destroy(list) };
+        return Err(format!("rd_kafka_producev: {produced:?}").into());
+    }
+    producer.flush(Duration::from_secs(10))?;
+    Ok(())
+}
+
 /// The broker goes down in the middle of 300 publishes and comes back a second later:
 /// no publish is confirmed while it is down (each waits, or errors, past 200 ms), and
 /// every confirmed event is consumed (librdkafka reconnects; nothing confirmed is lost).

@@ -70,7 +70,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::KafkaResult;
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};
@@ -81,6 +81,9 @@ use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::publisher::{BoxFuture, Publisher};
 use crate::subscriber::{Delivery, DeliveryStream, Subscriber, Subscription};
+use native_headers::{HeaderPairs, RecordHeaders};
+
+mod native_headers;
 
 const BACKEND: &str = "kafka";
 const ATTEMPT: &str = "x-palisade-attempt";
@@ -320,8 +323,8 @@ fn with_extra(headers: OwnedHeaders, extra: &[(&str, &str)]) -> OwnedHeaders {
 /// Reads an envelope and the delivery attempt (our `x-palisade-attempt` header, 1 when
 /// absent) out of record headers and value, in one pass over the headers; into `spare`
 /// (an envelope handed back by an earlier delivery's ack) when there is one.
-fn decode_with_attempt<H: Headers>(
-    record_headers: Option<&H>,
+fn decode_with_attempt<'a, H: HeaderPairs<'a>>(
+    record_headers: Option<H>,
     payload: Bytes,
     last: &mut headers::LastRead,
     spare: Option<Arc<Envelope>>,
@@ -338,23 +341,23 @@ fn decode_with_attempt<H: Headers>(
             if at >= count {
                 return None;
             }
-            let header = record_headers.try_get(at)?;
-            Some((header.key, header.value?))
+            let (name, value) = record_headers.pair(at)?;
+            Some((name, value?))
         });
         for at in first..count {
-            let Some(header) = record_headers.try_get(at) else {
+            let Some((name, value)) = record_headers.pair(at) else {
                 break;
             };
-            let Some(value) = header.value else {
+            let Some(value) = value else {
                 continue;
             };
-            if header.key == ATTEMPT {
+            if name == ATTEMPT.as_bytes() {
                 attempt = std::str::from_utf8(value)
                     .ok()
                     .and_then(|value| value.parse().ok())
                     .or(attempt);
             }
-            decoder.pair(header.key, value);
+            decoder.pair(name, value);
         }
     }
     let envelope = match spare {
@@ -1141,7 +1144,8 @@ impl Record {
         spare: Option<Arc<Envelope>>,
     ) -> (Self, u32) {
         let payload = || Bytes::copy_from_slice(message.payload().unwrap_or_default());
-        let (decoded, attempt) = decode_with_attempt(message.headers(), payload(), last, spare);
+        let (decoded, attempt) =
+            decode_with_attempt(RecordHeaders::of(message), payload(), last, spare);
         let (decoded, raw) = match decoded {
             Ok(envelope) => (Ok(envelope), None),
             Err(error) => (
@@ -1232,15 +1236,15 @@ impl KafkaAcker {
                     envelope.key.as_deref().map(str::as_bytes),
                     &envelope.payload,
                 ),
-                (Err(_), Some(raw)) => {
-                    let mut copy = OwnedHeaders::new();
-                    for header in raw.headers.iter().flat_map(|h| h.iter()) {
-                        if !extra.iter().any(|(n, _)| *n == header.key) {
-                            copy = copy.insert(header);
-                        }
-                    }
-                    (with_extra(copy, &extra), raw.key.as_deref(), &raw.payload)
-                }
+                // The record's headers as they were (copied by librdkafka, names
+                // that are not UTF-8 included), then the reason and the attempt: a
+                // reason or attempt it had already comes before the new one, and
+                // readers take the last (Kafka headers are a list; Java's `lastHeader`).
+                (Err(_), Some(raw)) => (
+                    with_extra(raw.headers.clone().unwrap_or_default(), &extra),
+                    raw.key.as_deref(),
+                    &raw.payload,
+                ),
                 // Every malformed record keeps its raw form.
                 (Err(error), None) => return Err(headers::malformed(error.to_string())),
             };
@@ -1262,6 +1266,19 @@ impl KafkaAcker {
 mod tests {
     use super::*;
     use proptest::test_runner::TestCaseError;
+    use rdkafka::message::Headers as _;
+
+    /// Headers made here, read by position as a record's are.
+    impl<'a> HeaderPairs<'a> for &'a OwnedHeaders {
+        fn count(&self) -> usize {
+            rdkafka::message::Headers::count(*self)
+        }
+
+        fn pair(&self, at: usize) -> Option<(&'a [u8], Option<&'a [u8]>)> {
+            let headers: &'a OwnedHeaders = self;
+            headers.try_get(at).map(|h| (h.key.as_bytes(), h.value))
+        }
+    }
 
     #[test]
     fn record_headers_round_trip_the_envelope() -> Result<(), Error> {
@@ -1432,7 +1449,7 @@ mod tests {
     #[test]
     fn record_without_headers_is_malformed() {
         assert!(matches!(
-            decode_with_attempt::<OwnedHeaders>(
+            decode_with_attempt::<&OwnedHeaders>(
                 None,
                 Bytes::new(),
                 &mut headers::LastRead::default(),

@@ -97,6 +97,77 @@ async fn entry_missing_attributes_is_delivered_malformed_and_dead_letters_intact
     Ok(())
 }
 
+/// An entry whose field name is not UTF-8 (Redis does not check names, and a writer
+/// other than ours may add one) between two of ours, read in one batch: it is
+/// delivered malformed, in its place, and the entries around it as usual. Were the
+/// batch read as text, the one bad name would fail the whole read, and with it every
+/// entry in it, pending here and never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_name_that_is_not_utf8_is_malformed_and_the_batch_is_delivered()
+-> Result<(), Box<dyn std::error::Error>> {
+    let Some(url) = require(Service::Redis).await else {
+        return Ok(());
+    };
+    let bus = bus_at(&url).await?;
+    let topic = unique_name("stream");
+    let mut stream = bus
+        .subscribe(&Subscription::new(&topic, unique_name("g")))
+        .await?;
+    let mut dead = bus
+        .subscribe(&Subscription::new(
+            bus.dead_letter_topic(&topic),
+            unique_name("dlq"),
+        ))
+        .await?;
+    let (before, after) = (
+        Envelope::new("t", "test", "before"),
+        Envelope::new("t", "test", "after"),
+    );
+    // All three written before the subscription reads: one batch.
+    let client = redis::Client::open(url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    bus.publish(&topic, before.clone()).await?;
+    let foreign = Envelope::new("t", "foreign", "{}");
+    let _: String = redis::cmd("XADD")
+        .arg(&topic)
+        .arg("*")
+        .arg("ce_id")
+        .arg(foreign.id.to_string())
+        .arg("ce_type")
+        .arg("t")
+        .arg("ce_source")
+        .arg("foreign")
+        .arg("ce_time")
+        .arg(foreign.time.to_rfc3339())
+        .arg("content-type")
+        .arg("application/json")
+        .arg(&b"tenant\xff"[..])
+        .arg("acme")
+        .arg("ce_data")
+        .arg("{}")
+        .query_async(&mut conn)
+        .await?;
+    bus.publish(&topic, after.clone()).await?;
+    assert_eq!(
+        brokers::envelope(&brokers::next(&mut stream).await).id,
+        before.id
+    );
+    let delivery = brokers::next(&mut stream).await;
+    match delivery.envelope() {
+        Err(Error::Malformed { reason }) => assert!(reason.contains("not UTF-8"), "{reason}"),
+        other => panic!("expected a malformed delivery, got {other:?}"),
+    }
+    delivery.dead_letter("malformed").await?;
+    assert_eq!(
+        brokers::envelope(&brokers::next(&mut stream).await).id,
+        after.id
+    );
+    // The dead letter keeps the name as it was: still malformed for it.
+    let letter = brokers::next(&mut dead).await;
+    assert!(matches!(letter.envelope(), Err(Error::Malformed { .. })));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_to_an_unreachable_server_is_an_error() -> Result<(), Box<dyn std::error::Error>> {
     let Some(url) = require(Service::Redis).await else {

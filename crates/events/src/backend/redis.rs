@@ -57,9 +57,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::streams::{
-    StreamAutoClaimReply, StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply,
-};
+use redis::streams::StreamPendingCountReply;
 use redis::{Client, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
@@ -71,6 +69,9 @@ use crate::envelope::Envelope;
 use crate::error::Error;
 use crate::publisher::{BoxFuture, Publisher};
 use crate::subscriber::{Acknowledge, Delivery, DeliveryStream, Subscriber, Subscription};
+use entries::Entry;
+
+mod entries;
 
 const BACKEND: &str = "redis";
 /// The stream field carrying the payload.
@@ -545,8 +546,8 @@ impl Consumer {
         }
     }
 
-    async fn read(&mut self, count: usize) -> Result<Vec<(StreamId, u32)>, redis::RedisError> {
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
+    async fn read(&mut self, count: usize) -> Result<Vec<(Entry, u32)>, Error> {
+        let reply: Value = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(&self.shared.group)
             .arg(&self.name)
@@ -558,11 +559,11 @@ impl Consumer {
             .arg(&self.shared.stream)
             .arg(">")
             .query_async(&mut self.reader)
-            .await?;
-        Ok(reply
+            .await
+            .map_err(redis_error)?;
+        Ok(entries::read_reply(reply)
+            .map_err(|e| Error::broker(BACKEND, e))?
             .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
             .map(|entry| {
                 let attempt = base_attempt(&entry);
                 (entry, attempt)
@@ -575,8 +576,8 @@ impl Consumer {
         &mut self,
         cursor: &mut String,
         count: usize,
-    ) -> Result<Vec<(StreamId, u32)>, redis::RedisError> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+    ) -> Result<Vec<(Entry, u32)>, Error> {
+        let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.shared.stream)
             .arg(&self.shared.group)
             .arg(&self.name)
@@ -585,9 +586,12 @@ impl Consumer {
             .arg("COUNT")
             .arg(count)
             .query_async(&mut self.reader)
-            .await?;
-        *cursor = reply.next_stream_id;
-        let (Some(first), Some(last)) = (reply.claimed.first(), reply.claimed.last()) else {
+            .await
+            .map_err(redis_error)?;
+        let (next, claimed) =
+            entries::autoclaim_reply(reply).map_err(|e| Error::broker(BACKEND, e))?;
+        *cursor = next;
+        let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
             return Ok(Vec::new());
         };
         // XAUTOCLAIM does not say how often an entry was delivered; XPENDING does.
@@ -596,17 +600,17 @@ impl Consumer {
             .arg(&self.shared.group)
             .arg(&first.id)
             .arg(&last.id)
-            .arg(reply.claimed.len())
+            .arg(claimed.len())
             .arg(&self.name)
             .query_async(&mut self.reader)
-            .await?;
+            .await
+            .map_err(redis_error)?;
         let delivered: HashMap<String, usize> = pending
             .ids
             .into_iter()
             .map(|p| (p.id, p.times_delivered))
             .collect();
-        Ok(reply
-            .claimed
+        Ok(claimed
             .into_iter()
             .map(|entry| {
                 let times = delivered.get(&entry.id).copied().unwrap_or(2).max(1);
@@ -617,12 +621,8 @@ impl Consumer {
             .collect())
     }
 
-    fn delivery(&self, entry: StreamId, attempt: u32, permit: OwnedSemaphorePermit) -> Delivery {
-        let fields: Vec<(String, Bytes)> = entry
-            .map
-            .into_iter()
-            .map(|(name, value)| (name, value_bytes(value)))
-            .collect();
+    fn delivery(&self, entry: Entry, attempt: u32, permit: OwnedSemaphorePermit) -> Delivery {
+        let fields = entry.fields;
         // Decoded here, and the fields dropped here unless the entry is malformed: what
         // the acker keeps is freed by whichever task settles it, and few allocations
         // crossing tasks keep the allocator off its slow path.
@@ -638,34 +638,29 @@ impl Consumer {
     }
 }
 
-fn base_attempt(entry: &StreamId) -> u32 {
-    entry.get::<u32>(ATTEMPT).unwrap_or(1).max(1)
+fn base_attempt(entry: &Entry) -> u32 {
+    entry
+        .field(ATTEMPT)
+        .and_then(|value| std::str::from_utf8(value).ok()?.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1)
 }
 
-fn value_bytes(value: Value) -> Bytes {
-    match value {
-        Value::BulkString(bytes) => Bytes::from(bytes),
-        Value::SimpleString(s) => Bytes::from(s),
-        Value::Int(i) => Bytes::from(i.to_string()),
-        _ => Bytes::new(),
-    }
-}
-
-/// Reads an envelope out of an entry's fields.
-fn decode_fields(fields: &[(String, Bytes)]) -> Result<Envelope, Error> {
+/// Reads an envelope out of an entry's fields: names and values as bytes, each
+/// checked for UTF-8 where the envelope keeps it as text (a field that is not makes
+/// the entry malformed).
+fn decode_fields(fields: &[(Bytes, Bytes)]) -> Result<Envelope, Error> {
     let mut payload = None;
-    let mut pairs = Vec::with_capacity(fields.len());
+    let mut decoder = headers::Decoder::default();
     for (name, value) in fields {
-        if name == DATA {
+        if name.as_ref() == DATA.as_bytes() {
             payload = Some(value.clone());
-            continue;
+        } else {
+            decoder.pair(name, value);
         }
-        let value = std::str::from_utf8(value)
-            .map_err(|e| headers::malformed(format!("field {name:?} is not UTF-8: {e}")))?;
-        pairs.push((name.as_str(), value));
     }
     let payload = payload.ok_or_else(|| headers::malformed(format!("missing field {DATA}")))?;
-    headers::decode(pairs, payload)
+    decoder.finish(payload)
 }
 
 /// Settles one entry.
@@ -673,7 +668,7 @@ struct RedisAcker {
     shared: Arc<Shared>,
     entry_id: String,
     /// The envelope, or the entry's fields as read when it is malformed.
-    original: Original<Vec<(String, Bytes)>>,
+    original: Original<Vec<(Bytes, Bytes)>>,
     attempt: u32,
     _permit: OwnedSemaphorePermit,
 }
@@ -687,11 +682,11 @@ impl RedisAcker {
     async fn move_to(self, to: &str, extra: &[(&str, String)]) -> Result<(), Error> {
         // Rare (a retry or a dead letter): the command grows as it is written.
         let mut add = xadd_head(to, self.shared.max_len, 0, 0);
-        let kept = |name: &str| !extra.iter().any(|(n, _)| *n == name);
+        let kept = |name: &[u8]| !extra.iter().any(|(n, _)| n.as_bytes() == name);
         match &self.original {
             Original::Envelope(envelope) => {
                 headers::encode_each(envelope, |name, value| {
-                    if kept(name) {
+                    if kept(name.as_bytes()) {
                         add.arg(name).arg(value);
                     }
                 });
@@ -700,7 +695,7 @@ impl RedisAcker {
             Original::Malformed { raw: fields, .. } => {
                 for (name, value) in fields {
                     if kept(name) {
-                        add.arg(name.as_str()).arg(value.as_ref());
+                        add.arg(name.as_ref()).arg(value.as_ref());
                     }
                 }
             }
@@ -740,16 +735,20 @@ impl Acknowledge for RedisAcker {
             // Re-claiming resets the idle time and counts the delivery; it returns
             // nothing if another member claimed the entry during the delay.
             let min_idle = u64::try_from(delay.as_millis() * 9 / 10).unwrap_or(u64::MAX);
-            let claimed: Result<StreamClaimReply, _> = redis::cmd("XCLAIM")
+            let claimed = redis::cmd("XCLAIM")
                 .arg(&self.shared.stream)
                 .arg(&self.shared.group)
                 .arg(&self.shared.consumer)
                 .arg(min_idle)
                 .arg(&self.entry_id)
-                .query_async(&mut conn)
-                .await;
+                .query_async::<Value>(&mut conn)
+                .await
+                .map_err(redis_error)
+                .and_then(|reply| {
+                    entries::claim_reply(reply).map_err(|e| Error::broker(BACKEND, e))
+                });
             match claimed {
-                Ok(reply) if reply.ids.iter().any(|e| e.id == self.entry_id) => {
+                Ok(claimed) if claimed.iter().any(|e| e.id == self.entry_id) => {
                     let mut again = *self;
                     again.attempt = again.attempt.saturating_add(1);
                     let tx = again.shared.tx.clone();
@@ -781,12 +780,15 @@ impl Acknowledge for RedisAcker {
 mod tests {
     use super::*;
 
-    fn fields_of(envelope: &Envelope) -> Vec<(String, Bytes)> {
-        let mut fields: Vec<(String, Bytes)> = headers::encode(envelope)
+    fn fields_of(envelope: &Envelope) -> Vec<(Bytes, Bytes)> {
+        let mut fields: Vec<(Bytes, Bytes)> = headers::encode(envelope)
             .into_iter()
-            .map(|(n, v)| (n.into_owned(), Bytes::from(v.into_owned())))
+            .map(|(n, v)| (Bytes::from(n.into_owned()), Bytes::from(v.into_owned())))
             .collect();
-        fields.push((DATA.to_owned(), envelope.payload.clone()));
+        fields.push((
+            Bytes::from_static(DATA.as_bytes()),
+            envelope.payload.clone(),
+        ));
         fields
     }
 
@@ -804,13 +806,13 @@ mod tests {
     fn entry_without_payload_or_with_binary_header_is_malformed() {
         let envelope = Envelope::new("t", "s", "{}");
         let mut fields = fields_of(&envelope);
-        fields.retain(|(n, _)| n != DATA);
+        fields.retain(|(n, _)| n.as_ref() != DATA.as_bytes());
         assert!(matches!(
             decode_fields(&fields),
             Err(Error::Malformed { .. })
         ));
         let mut fields = fields_of(&envelope);
-        fields.push(("h".to_owned(), Bytes::from_static(&[0xff, 0xfe])));
+        fields.push((Bytes::from_static(b"h"), Bytes::from_static(&[0xff, 0xfe])));
         assert!(matches!(
             decode_fields(&fields),
             Err(Error::Malformed { .. })

@@ -59,10 +59,12 @@ impl<'a> RecordHeaders<'a> {
 }
 
 impl<'a> HeaderPairs<'a> for RecordHeaders<'a> {
+    #[inline]
     fn count(&self) -> usize {
         self.count
     }
 
+    #[inline]
     fn pair(&self, at: usize) -> Option<(&'a [u8], Option<&'a [u8]>)> {
         let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0);
         // SAFETY: `self.native` is the record's live header list (see `of`); librdkafka

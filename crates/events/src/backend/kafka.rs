@@ -9,7 +9,10 @@
 //!   delivery reports, so librdkafka batches it.
 //! - **Envelope mapping**: record headers under the names of
 //!   [the shared mapping](super::headers), the payload as the record value. A record
-//!   without the required headers is handed out as [`Delivery::malformed`].
+//!   without the required headers, or with a header name or value that is not UTF-8
+//!   where the envelope keeps it as text, is handed out as [`Delivery::malformed`] (its
+//!   header names are read as bytes: rdkafka's own accessor panics on one that is not
+//!   UTF-8).
 //! - **Consume**: an offset becomes committable only once the record and every earlier
 //!   record of its partition delivered to this member were settled: the member stores
 //!   the lowest unsettled offset (or the next one when none is unsettled) with

@@ -9,8 +9,10 @@
 //! - **Envelope mapping**: one stream field per attribute (`ce_id`, `ce_type`,
 //!   `ce_source`, `ce_subject`, `ce_time`, `content-type`, `ce_correlationid`,
 //!   `ce_causationid`), one per free header, and the payload in `ce_data`. An entry
-//!   without the required fields is handed out as [`Delivery::malformed`], to be
-//!   dead-lettered with its fields intact.
+//!   without the required fields, or with a field name or value that is not UTF-8
+//!   where the envelope keeps it as text, is handed out as [`Delivery::malformed`], to
+//!   be dead-lettered with its fields intact (replies are read with field names as
+//!   bytes: redis-rs's stream replies leave such an entry out).
 //! - **Consume**: `XREADGROUP … >` for new entries, at most `prefetch` unsettled at
 //!   once; every [`RedisOptions::claim_idle`] the subscription also runs `XAUTOCLAIM`
 //!   to take over entries that another member read but never settled (a consumer that

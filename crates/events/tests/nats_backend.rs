@@ -6,7 +6,7 @@ mod brokers;
 use std::time::Duration;
 
 use palisade_events::backend::nats::{NatsBus, NatsOptions};
-use palisade_events::{Envelope, Error, Publisher, Subscriber, Subscription};
+use palisade_events::{Envelope, Error, Publisher, Subscription};
 use palisade_testkit::{FaultProxy, Service, require, unique_name};
 
 /// A short ack wait so redelivery after a consumer's death is quick.
@@ -54,15 +54,8 @@ async fn message_missing_attributes_is_delivered_malformed_and_dead_letters_inta
     };
     let bus = bus_at(&url).await?;
     let topic = unique_name("topic");
-    let mut stream = bus
-        .subscribe(&Subscription::new(&topic, unique_name("g")))
-        .await?;
-    let mut dead = bus
-        .subscribe(&Subscription::new(
-            bus.dead_letter_topic(&topic),
-            unique_name("dlq"),
-        ))
-        .await?;
+    let (mut stream, mut dead) =
+        brokers::with_dead_letters(&bus, &topic, &bus.dead_letter_topic(&topic)).await?;
     let client = async_nats::connect(url.as_str()).await?;
     let jetstream = async_nats::jetstream::new(client);
     let mut headers = async_nats::HeaderMap::new();
@@ -79,12 +72,7 @@ async fn message_missing_attributes_is_delivered_malformed_and_dead_letters_inta
     assert!(matches!(letter.envelope(), Err(Error::Malformed { .. })));
     letter.ack().await?;
     // The subscription keeps running after a malformed entry.
-    let sent = Envelope::new("t", "test", "after");
-    bus.publish(&topic, sent.clone()).await?;
-    assert_eq!(
-        brokers::envelope(&brokers::next(&mut stream).await).id,
-        sent.id
-    );
+    brokers::keeps_running(&bus, &topic, &mut stream).await?;
     Ok(())
 }
 

@@ -6,7 +6,7 @@ mod brokers;
 use std::time::Duration;
 
 use palisade_events::backend::redis::{RedisBus, RedisOptions};
-use palisade_events::{Envelope, Error, Publisher, Subscriber, Subscription};
+use palisade_events::{Envelope, Error, Publisher, Subscription};
 use palisade_testkit::{FaultProxy, Service, require, unique_name};
 
 /// Short claim and block times so redelivery after a consumer's death is quick (but
@@ -60,15 +60,8 @@ async fn entry_missing_attributes_is_delivered_malformed_and_dead_letters_intact
     };
     let bus = bus_at(&url).await?;
     let topic = unique_name("stream");
-    let mut stream = bus
-        .subscribe(&Subscription::new(&topic, unique_name("g")))
-        .await?;
-    let mut dead = bus
-        .subscribe(&Subscription::new(
-            bus.dead_letter_topic(&topic),
-            unique_name("dlq"),
-        ))
-        .await?;
+    let (mut stream, mut dead) =
+        brokers::with_dead_letters(&bus, &topic, &bus.dead_letter_topic(&topic)).await?;
     let client = redis::Client::open(url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let _: String = redis::cmd("XADD")
@@ -88,12 +81,7 @@ async fn entry_missing_attributes_is_delivered_malformed_and_dead_letters_intact
     assert!(matches!(letter.envelope(), Err(Error::Malformed { .. })));
     letter.ack().await?;
     // The subscription keeps running after a malformed entry.
-    let sent = Envelope::new("t", "test", "after");
-    bus.publish(&topic, sent.clone()).await?;
-    assert_eq!(
-        brokers::envelope(&brokers::next(&mut stream).await).id,
-        sent.id
-    );
+    brokers::keeps_running(&bus, &topic, &mut stream).await?;
     Ok(())
 }
 
@@ -110,15 +98,8 @@ async fn field_name_that_is_not_utf8_is_malformed_and_the_batch_is_delivered()
     };
     let bus = bus_at(&url).await?;
     let topic = unique_name("stream");
-    let mut stream = bus
-        .subscribe(&Subscription::new(&topic, unique_name("g")))
-        .await?;
-    let mut dead = bus
-        .subscribe(&Subscription::new(
-            bus.dead_letter_topic(&topic),
-            unique_name("dlq"),
-        ))
-        .await?;
+    let (mut stream, mut dead) =
+        brokers::with_dead_letters(&bus, &topic, &bus.dead_letter_topic(&topic)).await?;
     let (before, after) = (
         Envelope::new("t", "test", "before"),
         Envelope::new("t", "test", "after"),

@@ -13,6 +13,35 @@ use palisade_events::{
 };
 use palisade_testkit::unique_name;
 
+/// A subscription to `topic` and one to `dead_letter_topic`, each in a group of its
+/// own (both made before anything is published, so that no broker drops what comes).
+pub async fn with_dead_letters<B: Subscriber>(
+    bus: &B,
+    topic: &str,
+    dead_letter_topic: &str,
+) -> Result<(DeliveryStream, DeliveryStream), Error> {
+    let stream = bus
+        .subscribe(&Subscription::new(topic, unique_name("g")))
+        .await?;
+    let dead = bus
+        .subscribe(&Subscription::new(dead_letter_topic, unique_name("dlq")))
+        .await?;
+    Ok((stream, dead))
+}
+
+/// Publishes one more event to `topic` and checks that it is `stream`'s next delivery:
+/// the subscription kept running (after a malformed message, say).
+pub async fn keeps_running<B: Publisher>(
+    bus: &B,
+    topic: &str,
+    stream: &mut DeliveryStream,
+) -> Result<(), Error> {
+    let sent = Envelope::new("t", "test", "after");
+    bus.publish(topic, sent.clone()).await?;
+    assert_eq!(envelope(&next(stream).await).id, sent.id);
+    Ok(())
+}
+
 /// How long a scenario waits for a delivery that must come.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 

@@ -134,8 +134,9 @@ fn bytes(value: Value, what: &str) -> Result<Bytes, Unreadable> {
 }
 
 fn text(value: Value, what: &str) -> Result<String, Unreadable> {
-    let bytes = bytes(value, what)?;
-    String::from_utf8(bytes.to_vec()).map_err(|e| format!("{what} is not UTF-8: {e}"))
+    // The reply's own buffer, not a copy: a `Bytes` made from a `Vec` gives it back.
+    String::from_utf8(Vec::from(bytes(value, what)?))
+        .map_err(|e| format!("{what} is not UTF-8: {e}"))
 }
 
 /// A value's kind, for an error (never its content: an entry may be large).

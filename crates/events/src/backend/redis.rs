@@ -343,6 +343,11 @@ fn xadd_envelope(cmd: &mut redis::Cmd, envelope: &Envelope) {
     cmd.arg(DATA).arg(envelope.payload.as_ref());
 }
 
+/// A reply our reader could not read ([`entries`]).
+fn unreadable(reason: entries::Unreadable) -> Error {
+    Error::broker(BACKEND, reason)
+}
+
 fn redis_error(e: redis::RedisError) -> Error {
     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
     {
@@ -564,7 +569,7 @@ impl Consumer {
             .await
             .map_err(redis_error)?;
         Ok(entries::read_reply(reply)
-            .map_err(|e| Error::broker(BACKEND, e))?
+            .map_err(unreadable)?
             .into_iter()
             .map(|entry| {
                 let attempt = base_attempt(&entry);
@@ -590,8 +595,7 @@ impl Consumer {
             .query_async(&mut self.reader)
             .await
             .map_err(redis_error)?;
-        let (next, claimed) =
-            entries::autoclaim_reply(reply).map_err(|e| Error::broker(BACKEND, e))?;
+        let (next, claimed) = entries::autoclaim_reply(reply).map_err(unreadable)?;
         *cursor = next;
         let (Some(first), Some(last)) = (claimed.first(), claimed.last()) else {
             return Ok(Vec::new());
@@ -746,9 +750,7 @@ impl Acknowledge for RedisAcker {
                 .query_async::<Value>(&mut conn)
                 .await
                 .map_err(redis_error)
-                .and_then(|reply| {
-                    entries::claim_reply(reply).map_err(|e| Error::broker(BACKEND, e))
-                });
+                .and_then(|reply| entries::claim_reply(reply).map_err(unreadable));
             match claimed {
                 Ok(claimed) if claimed.iter().any(|e| e.id == self.entry_id) => {
                     let mut again = *self;
